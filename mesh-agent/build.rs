@@ -1,0 +1,36 @@
+//! Builds the eBPF programs (embedded into the agent) and the gRPC/xDS schemas.
+use anyhow::Context as _;
+
+fn main() -> anyhow::Result<()> {
+    let protos = [
+        "../proto/envoy_discovery.proto",
+        "../proto/istio_workload.proto",
+        "../proto/istio_ca.proto",
+    ];
+    for p in protos {
+        println!("cargo::rerun-if-changed={p}");
+    }
+    tonic_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&protos, &["../proto"])
+        .context("compiling proto/ (is protoc installed? run scripts/setup.sh)")?;
+
+    // AYA_BUILD_SKIP=1 (host-only checks while the eBPF crate is being edited) leaves
+    // an empty object; the agent then refuses to start with a clear message.
+    println!("cargo::rerun-if-env-changed=AYA_BUILD_SKIP");
+    if std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1") {
+        let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("mesh");
+        std::fs::write(out, b"")?;
+        return Ok(());
+    }
+    // The eBPF crate lives beside this one; aya-build compiles it with the nightly
+    // toolchain for the bpf target and leaves the object in OUT_DIR.
+    let ebpf = aya_build::Package {
+        name: "mesh-ebpf",
+        root_dir: "../mesh-ebpf",
+        ..Default::default()
+    };
+    aya_build::build_ebpf([ebpf], aya_build::Toolchain::Nightly)
+        .context("building the eBPF programs (see scripts/setup.sh for bpf-linker and rust-src)")
+}

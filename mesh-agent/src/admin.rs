@@ -1,0 +1,104 @@
+//! Admin endpoint (localhost): `/ready`, and `/config_dump` with what the agent holds.
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::warn;
+
+use crate::identity::CertManager;
+use crate::inpod::PodManager;
+use crate::state::{State, TunnelProtocol};
+
+pub struct Admin {
+    pub state: State,
+    pub pods: Arc<PodManager>,
+    pub certs: Arc<CertManager>,
+    pub synced: watch::Receiver<bool>,
+}
+
+impl Admin {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let admin = self.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.route(req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                if let Err(e) = conn.await {
+                    warn!("admin connection: {e}");
+                }
+            });
+        }
+    }
+
+    fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match req.uri().path() {
+            "/ready" if *self.synced.borrow() => reply(StatusCode::OK, "ready\n".into()),
+            "/ready" => reply(StatusCode::SERVICE_UNAVAILABLE, "waiting for the control plane\n".into()),
+            "/config_dump" => {
+                let body = serde_json::to_string_pretty(&self.config_dump()).unwrap_or_default();
+                reply(StatusCode::OK, body)
+            }
+            _ => reply(StatusCode::NOT_FOUND, "try /ready or /config_dump\n".into()),
+        }
+    }
+
+    pub fn config_dump(&self) -> serde_json::Value {
+        let workloads: Vec<_> = self
+            .state
+            .workloads()
+            .iter()
+            .map(|w| {
+                json!({
+                    "uid": w.uid, "name": w.name, "namespace": w.namespace,
+                    "addresses": w.addresses, "identity": w.identity().to_string(), "node": w.node,
+                    "protocol": if w.protocol == TunnelProtocol::Hbone { "HBONE" } else { "NONE" },
+                })
+            })
+            .collect();
+        let services: Vec<_> = self
+            .state
+            .services()
+            .iter()
+            .map(|s| {
+                json!({
+                    "hostname": s.hostname, "vips": s.vips,
+                    "ports": s.ports.iter().map(|p| json!({"port": p.service_port, "target_port": p.target_port})).collect::<Vec<_>>(),
+                    "endpoints": s.endpoints.keys().collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let certs: Vec<_> = self
+            .certs
+            .identities()
+            .into_iter()
+            .map(|(id, not_after)| {
+                let secs = not_after.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                json!({"identity": id.to_string(), "not_after_unix": secs})
+            })
+            .collect();
+        json!({"workloads": workloads, "services": services, "pods": self.pods.pods(), "certificates": certs})
+    }
+}
+
+fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+/// Binds the admin listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

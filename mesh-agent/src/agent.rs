@@ -1,0 +1,115 @@
+//! The node agent role: wires the kernel, the proxy, xDS, certificates, enrollment and
+//! the admin endpoint together and runs until asked to stop.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tracing::info;
+
+use crate::identity::{CertManager, WorkloadCert};
+use crate::inpod::PodManager;
+use crate::kernel::Kernel;
+use crate::proxy::{CertSource, ProxyInputs};
+use crate::state::{Identity, State};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Name of this node; the control plane sends what this node's pods need.
+    #[arg(long, env = "MESH_NODE")]
+    pub node: String,
+    /// Control plane xDS address.
+    #[arg(long, env = "MESH_XDS_ADDRESS", default_value = "http://127.0.0.1:15010")]
+    pub xds_address: String,
+    /// Certificate authority address (Istio CA API).
+    #[arg(long, env = "MESH_CA_ADDRESS", default_value = "http://127.0.0.1:15010")]
+    pub ca_address: String,
+    /// Unix socket on which the CNI hook reports pods.
+    #[arg(long, env = "MESH_CNI_SOCKET", default_value = "/run/mesh/cni.sock")]
+    pub cni_socket: PathBuf,
+    /// Folder on a bpffs where the kernel maps are pinned.
+    #[arg(long, env = "MESH_BPFFS", default_value = "/sys/fs/bpf/mesh")]
+    pub bpffs: PathBuf,
+    /// Admin endpoint (keep it on localhost).
+    #[arg(long, env = "MESH_ADMIN_ADDRESS", default_value = "127.0.0.1:15000")]
+    pub admin_address: SocketAddr,
+    /// SPIFFE trust domain of this mesh.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kernel(#[from] crate::kernel::Error),
+    #[error(transparent)]
+    Enrollment(#[from] crate::inpod::Error),
+    #[error("admin endpoint {addr}: {source}; is another agent using it? (--admin-address)")]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Certs(Arc<CertManager>);
+
+impl CertSource for Certs {
+    fn fetch(&self, id: &Identity) -> BoxFuture<'_, Result<Arc<WorkloadCert>, String>> {
+        let id = id.clone();
+        Box::pin(async move { self.0.fetch(&id).await.map_err(|e| e.to_string()) })
+    }
+}
+
+pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    info!(?args, "starting node agent");
+    let kernel = Arc::new(Kernel::load(&args.bpffs)?);
+    // From here on, everything we made is undone on the way out, also on error.
+    let result = serve(&args, kernel.clone(), shutdown).await;
+    match Arc::try_unwrap(kernel) {
+        Ok(k) => k.shutdown(),
+        Err(k) => {
+            tracing::warn!("kernel state still shared at exit; removing pins only");
+            let _ = std::fs::remove_dir_all(k.bpffs());
+        }
+    }
+    let _ = std::fs::remove_file(&args.cni_socket);
+    result
+}
+
+async fn serve(
+    args: &AgentArgs,
+    kernel: Arc<Kernel>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let state = State::default();
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    let xds = tokio::spawn(crate::xds::run(args.xds_address.clone(), args.node.clone(), state.clone(), synced_tx));
+    let certs = Arc::new(CertManager::new(args.ca_address.clone(), args.node.clone()));
+    let inputs = Arc::new(ProxyInputs {
+        state: state.clone(),
+        certs: Arc::new(Certs(certs.clone())),
+        orig_dst: kernel.clone(),
+        node: args.node.clone(),
+    });
+    let pods = Arc::new(PodManager::new(kernel.clone(), inputs, args.trust_domain.clone()));
+    let sync = tokio::spawn(kernel.clone().run_sync(state.clone()));
+    let admin_listener = crate::admin::bind(args.admin_address)
+        .await
+        .map_err(|source| Error::Admin { addr: args.admin_address, source })?;
+    let admin = Arc::new(crate::admin::Admin { state, pods: pods.clone(), certs, synced });
+    let admin_task = tokio::spawn(admin.serve(admin_listener));
+    let cni = crate::inpod::bind(&args.cni_socket)?;
+    let cni_task = tokio::spawn(crate::inpod::serve(cni, pods.clone()));
+    info!(cni_socket = %args.cni_socket.display(), admin = %args.admin_address, "agent ready for pods");
+
+    shutdown.await;
+    info!("shutting down: removing pods' listeners and kernel attachments");
+    for t in [cni_task, admin_task, sync, xds] {
+        t.abort();
+        let _ = t.await;
+    }
+    pods.delete_all();
+    drop(pods);
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! `meshctl`: shows an operator what the kernel and the agent on this node hold.
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use mesh_agent::kernel::dump;
+
+#[derive(Parser)]
+#[command(name = "meshctl", version, about = "Inspect the mesh on this node")]
+struct Cli {
+    /// The agent's bpffs folder (its --bpffs).
+    #[arg(long, env = "MESH_BPFFS", default_value = "/sys/fs/bpf/mesh", global = true)]
+    bpffs: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Kernel maps: list them, or dump one decoded.
+    Maps {
+        #[command(subcommand)]
+        what: Option<MapsCmd>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MapsCmd {
+    /// Every entry of one map, decoded (addresses, ports, cookies, counters).
+    Dump {
+        /// Map name, as `meshctl maps` lists it (PODS, MESH_DESTS, ORIG_DST, COUNTERS, ...).
+        name: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(&cli) {
+        eprintln!("meshctl: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), dump::DumpError> {
+    match &cli.cmd {
+        Cmd::Maps { what: None } => {
+            let maps = dump::list(&cli.bpffs)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&maps).unwrap_or_default());
+                return Ok(());
+            }
+            println!("{:<16} {:<16} {:>8} {:>10} {:>6} {:>6}", "NAME", "TYPE", "ENTRIES", "CAPACITY", "KEY", "VALUE");
+            for m in maps {
+                println!(
+                    "{:<16} {:<16} {:>8} {:>10} {:>6} {:>6}",
+                    m.name, m.kind, m.entries, m.capacity, m.key_size, m.value_size
+                );
+            }
+        }
+        Cmd::Maps { what: Some(MapsCmd::Dump { name }) } => {
+            let rows = dump::dump(&cli.bpffs, name)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                return Ok(());
+            }
+            print_table(&rows);
+        }
+    }
+    Ok(())
+}
+
+/// Rows of flat JSON objects as an aligned table, columns in first-row order.
+fn print_table(rows: &[serde_json::Value]) {
+    let Some(first) = rows.first().and_then(|r| r.as_object()) else {
+        println!("(empty)");
+        return;
+    };
+    let cols: Vec<&String> = first.keys().collect();
+    let cell = |r: &serde_json::Value, c: &str| match &r[c] {
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    let widths: Vec<usize> = cols
+        .iter()
+        .map(|c| rows.iter().map(|r| cell(r, c).len()).chain([c.len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ")
+    };
+    println!("{}", line(cols.iter().map(|c| c.to_uppercase()).collect()));
+    for r in rows {
+        println!("{}", line(cols.iter().map(|c| cell(r, c)).collect()));
+    }
+}

@@ -1,0 +1,220 @@
+//! Pod enrollment: the CNI hook tells the agent when a pod appears or goes.
+//!
+//! The hook connects to a Unix socket and writes one JSON object per line; the agent
+//! answers each with one line. On `add`, the agent opens the pod's listeners inside
+//! its network namespace, then attaches the capture programs to its cgroup (in that
+//! order, so a captured connection always finds a listener). On `delete`, the reverse.
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{info, warn};
+
+use crate::kernel::Kernel;
+use crate::proxy::{EnrolledPod, PodProxy, ProxyInputs};
+use crate::state::Identity;
+
+/// What the CNI hook knows about a pod.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct PodEvent {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    #[serde(default = "default_sa")]
+    pub service_account: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub ips: Vec<IpAddr>,
+    /// Network namespace path, e.g. `/run/netns/<name>` or `/proc/<pid>/ns/net`.
+    pub netns: PathBuf,
+    /// The pod's cgroup v2 directory.
+    pub cgroup: PathBuf,
+}
+
+fn default_sa() -> String {
+    "default".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Add { pod: PodEvent },
+    Delete { uid: String },
+}
+
+#[derive(Debug, Serialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("pod {pod}: {what}")]
+    Invalid { pod: String, what: String },
+    #[error("pod {pod}: starting its listeners: {source}")]
+    Proxy {
+        pod: String,
+        #[source]
+        source: crate::proxy::Error,
+    },
+    #[error("pod {pod}: {source}")]
+    Kernel {
+        pod: String,
+        #[source]
+        source: crate::kernel::Error,
+    },
+    #[error("CNI socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Enrolled {
+    event: PodEvent,
+    proxy: PodProxy,
+}
+
+/// The pods this agent has enrolled.
+pub struct PodManager {
+    kernel: Arc<Kernel>,
+    inputs: Arc<ProxyInputs>,
+    trust_domain: String,
+    pods: Mutex<HashMap<String, Enrolled>>,
+}
+
+impl PodManager {
+    pub fn new(kernel: Arc<Kernel>, inputs: Arc<ProxyInputs>, trust_domain: String) -> Self {
+        Self { kernel, inputs, trust_domain, pods: Mutex::default() }
+    }
+
+    pub async fn add(&self, pod: PodEvent) -> Result<(), Error> {
+        let who = format!("{}/{}", pod.namespace, pod.name);
+        let invalid = |what: String| Error::Invalid { pod: who.clone(), what };
+        if pod.ips.is_empty() {
+            return Err(invalid("has no IP address".into()));
+        }
+        for (what, p) in [("network namespace", &pod.netns), ("cgroup", &pod.cgroup)] {
+            if !p.exists() {
+                return Err(invalid(format!("{what} {} does not exist", p.display())));
+            }
+        }
+        self.delete(&pod.uid);
+        let enrolled = EnrolledPod {
+            uid: pod.uid.clone(),
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            service_account: pod.service_account.clone(),
+            ips: pod.ips.clone(),
+            netns: pod.netns.clone(),
+            identity: Identity {
+                trust_domain: self.trust_domain.clone(),
+                namespace: pod.namespace.clone(),
+                service_account: pod.service_account.clone(),
+            },
+        };
+        let proxy = PodProxy::start(self.inputs.clone(), enrolled)
+            .await
+            .map_err(|source| Error::Proxy { pod: who.clone(), source })?;
+        self.kernel
+            .enroll(&pod.uid, proxy.netns_cookie(), pod.ips[0], &pod.cgroup)
+            .map_err(|source| Error::Kernel { pod: who.clone(), source })?;
+        info!(pod = %who, uid = %pod.uid, ips = ?pod.ips, "pod enrolled");
+        self.pods.lock().unwrap().insert(pod.uid.clone(), Enrolled { event: pod, proxy });
+        Ok(())
+    }
+
+    /// Removes a pod; returns whether it was enrolled.
+    pub fn delete(&self, uid: &str) -> bool {
+        let removed = self.pods.lock().unwrap().remove(uid);
+        self.kernel.unenroll(uid);
+        match removed {
+            Some(e) => {
+                e.proxy.shutdown();
+                info!(pod = %format!("{}/{}", e.event.namespace, e.event.name), uid, "pod removed");
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Enrolled pods, for the admin dump.
+    pub fn pods(&self) -> Vec<PodEvent> {
+        let mut v: Vec<_> = self.pods.lock().unwrap().values().map(|e| e.event.clone()).collect();
+        v.sort_by(|a, b| a.uid.cmp(&b.uid));
+        v
+    }
+
+    pub fn delete_all(&self) {
+        let uids: Vec<String> = self.pods.lock().unwrap().keys().cloned().collect();
+        for uid in uids {
+            self.delete(&uid);
+        }
+    }
+
+    async fn handle(&self, line: &str) -> Response {
+        let result = match serde_json::from_str::<Request>(line) {
+            Err(e) => Err(format!("bad request {line:?}: {e}")),
+            Ok(Request::Add { pod }) => self.add(pod).await.map_err(|e| e.to_string()),
+            Ok(Request::Delete { uid }) => {
+                self.delete(&uid);
+                Ok(())
+            }
+        };
+        match result {
+            Ok(()) => Response { ok: true, error: None },
+            Err(error) => {
+                warn!("enrollment: {error}");
+                Response { ok: false, error: Some(error) }
+            }
+        }
+    }
+}
+
+/// Binds the CNI socket (replacing a stale one from an earlier run).
+pub fn bind(path: &Path) -> Result<UnixListener, Error> {
+    let err = |source| Error::Socket { path: path.to_path_buf(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).map_err(err)
+}
+
+/// Serves enrollment requests until the listener fails.
+pub async fn serve(listener: UnixListener, pods: Arc<PodManager>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_conn(stream, pods.clone()));
+            }
+            Err(e) => {
+                warn!("CNI socket accept: {e}");
+                return;
+            }
+        }
+    }
+}
+
+async fn serve_conn(stream: UnixStream, pods: Arc<PodManager>) {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let resp = pods.handle(&line).await;
+        let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+        out.push(b'\n');
+        if w.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! mesh: a sidecarless service mesh node agent, and its control-plane role.
+//!
+//! # Layout
+//! - [`kernel`]: loads, pins and attaches the eBPF programs; reads and writes their maps.
+//! - [`inpod`]: pod enrollment (the CNI hook's events) and sockets inside pod namespaces.
+//! - [`proxy`]: the outbound (15001) and HBONE inbound (15008) listeners.
+//! - [`tls`]: rustls configurations that present and verify SPIFFE identities.
+//! - [`identity`]: workload certificates, obtained from the CA and kept fresh.
+//! - [`state`]: what the control plane says exists: workloads and services.
+//! - [`xds`]: the agent's delta ADS client that fills [`state`].
+//! - [`controlplane`]: the control-plane role: config folder, xDS server, CA.
+//! - [`proto`]: generated gRPC/protobuf types (see `proto/README.md`).
+//! - [`agent`], [`admin`]: the node agent role and its localhost admin endpoint.
+//! - [`netns`]: running a closure inside another network namespace.
+pub mod admin;
+pub mod agent;
+pub mod controlplane;
+pub mod identity;
+pub mod inpod;
+pub mod kernel;
+pub mod netns;
+pub mod proto;
+pub mod proxy;
+pub mod state;
+pub mod tls;
+pub mod xds;

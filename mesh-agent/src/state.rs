@@ -1,0 +1,218 @@
+//! What the control plane says exists: workloads and services, indexed for the proxy.
+//!
+//! Plain data filled by [`crate::xds`]; `find_*` methods answer from what is known now.
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+
+/// A SPIFFE identity: `spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity {
+    pub trust_domain: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
+    }
+}
+
+impl std::str::FromStr for Identity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest = s.strip_prefix("spiffe://").ok_or_else(|| format!("{s:?} is not a spiffe:// URI"))?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty() => Ok(Identity {
+                trust_domain: td.to_string(),
+                namespace: ns.to_string(),
+                service_account: sa.to_string(),
+            }),
+            _ => Err(format!("{s:?} is not spiffe://<trust-domain>/ns/<namespace>/sa/<account>")),
+        }
+    }
+}
+
+/// How a workload accepts mesh traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelProtocol {
+    /// Not in the mesh: reached directly, never captured.
+    None,
+    /// HBONE on port 15008.
+    Hbone,
+}
+
+/// A pod (or other workload) as the control plane describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// Unique id, e.g. `Kubernetes//Pod/default/client`.
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub trust_domain: String,
+    pub node: String,
+    pub addresses: Vec<IpAddr>,
+    pub protocol: TunnelProtocol,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Workload {
+    pub fn identity(&self) -> Identity {
+        Identity {
+            trust_domain: self.trust_domain.clone(),
+            namespace: self.namespace.clone(),
+            service_account: self.service_account.clone(),
+        }
+    }
+}
+
+/// A service port: the port clients call and the port the backends listen on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub service_port: u16,
+    pub target_port: u16,
+}
+
+/// A service as the control plane describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    /// e.g. `echo.default.svc.cluster.local`.
+    pub hostname: String,
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    /// Backend workload uids, with per-workload port overrides (service port -> target).
+    pub endpoints: BTreeMap<String, BTreeMap<u16, u16>>,
+}
+
+impl Service {
+    /// The xDS resource name of a service: `<namespace>/<hostname>`.
+    pub fn resource_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.hostname)
+    }
+}
+
+#[derive(Default, Debug)]
+struct Stores {
+    workloads: HashMap<String, Arc<Workload>>,
+    by_ip: HashMap<IpAddr, String>,
+    services: HashMap<String, Arc<Service>>,
+    by_vip: HashMap<IpAddr, String>,
+}
+
+/// The agent's view of the mesh, shared by the proxy, the kernel sync and the admin API.
+#[derive(Clone)]
+pub struct State {
+    inner: Arc<RwLock<Stores>>,
+    version: Arc<watch::Sender<u64>>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self { inner: Default::default(), version: Arc::new(watch::channel(0).0) }
+    }
+}
+
+impl State {
+    /// Adds or replaces a workload (by uid).
+    pub fn upsert_workload(&self, w: Workload) {
+        let mut s = self.inner.write().unwrap();
+        if let Some(old) = s.workloads.remove(&w.uid) {
+            for ip in &old.addresses {
+                s.by_ip.remove(ip);
+            }
+        }
+        for ip in &w.addresses {
+            s.by_ip.insert(*ip, w.uid.clone());
+        }
+        s.workloads.insert(w.uid.clone(), Arc::new(w));
+        drop(s);
+        self.bump();
+    }
+
+    /// Removes a workload by uid; returns whether it was known.
+    pub fn remove_workload(&self, uid: &str) -> bool {
+        let mut s = self.inner.write().unwrap();
+        let Some(old) = s.workloads.remove(uid) else { return false };
+        for ip in &old.addresses {
+            if s.by_ip.get(ip).map(String::as_str) == Some(uid) {
+                s.by_ip.remove(ip);
+            }
+        }
+        drop(s);
+        self.bump();
+        true
+    }
+
+    /// Adds or replaces a service (by `namespace/hostname`).
+    pub fn upsert_service(&self, svc: Service) {
+        let key = svc.resource_name();
+        let mut s = self.inner.write().unwrap();
+        if let Some(old) = s.services.remove(&key) {
+            for ip in &old.vips {
+                s.by_vip.remove(ip);
+            }
+        }
+        for ip in &svc.vips {
+            s.by_vip.insert(*ip, key.clone());
+        }
+        s.services.insert(key, Arc::new(svc));
+        drop(s);
+        self.bump();
+    }
+
+    /// Removes a service by `namespace/hostname`; returns whether it was known.
+    pub fn remove_service(&self, name: &str) -> bool {
+        let mut s = self.inner.write().unwrap();
+        let Some(old) = s.services.remove(name) else { return false };
+        for ip in &old.vips {
+            if s.by_vip.get(ip).map(String::as_str) == Some(name) {
+                s.by_vip.remove(ip);
+            }
+        }
+        drop(s);
+        self.bump();
+        true
+    }
+
+    pub fn find_workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
+        let s = self.inner.read().unwrap();
+        s.by_ip.get(&ip).and_then(|uid| s.workloads.get(uid)).cloned()
+    }
+
+    pub fn find_workload(&self, uid: &str) -> Option<Arc<Workload>> {
+        self.inner.read().unwrap().workloads.get(uid).cloned()
+    }
+
+    pub fn find_service_by_vip(&self, ip: IpAddr) -> Option<Arc<Service>> {
+        let s = self.inner.read().unwrap();
+        s.by_vip.get(&ip).and_then(|k| s.services.get(k)).cloned()
+    }
+
+    pub fn workloads(&self) -> Vec<Arc<Workload>> {
+        let mut v: Vec<_> = self.inner.read().unwrap().workloads.values().cloned().collect();
+        v.sort_by(|a, b| a.uid.cmp(&b.uid));
+        v
+    }
+
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        let mut v: Vec<_> = self.inner.read().unwrap().services.values().cloned().collect();
+        v.sort_by(|a, b| a.resource_name().cmp(&b.resource_name()));
+        v
+    }
+
+    /// Changes every time the store changes; the kernel sync waits on it.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+}

@@ -1,0 +1,166 @@
+//! Map keys and values shared by the mesh kernel programs and the agent.
+//!
+//! Layout rules: `#[repr(C)]`, explicit padding, no `bool`, `_be` for fields in
+//! network byte order, and a compile-time size check beside each type. Addresses are
+//! 16 bytes; IPv4 is stored IPv4-mapped (`::ffff:a.b.c.d`), as the kernel's
+//! `s6_addr32` words, so one key type serves both families.
+#![no_std]
+
+/// Agent's outbound listener port inside every enrolled pod's network namespace.
+pub const OUTBOUND_PORT: u16 = 15001;
+/// HBONE (HTTP/2 CONNECT over mTLS) port, on each pod's address.
+pub const HBONE_PORT: u16 = 15008;
+
+/// Names of the pinned maps, under the agent's bpffs folder.
+pub const MAP_MESH_DESTS: &str = "MESH_DESTS";
+pub const MAP_ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
+pub const MAP_ORIG_DST: &str = "ORIG_DST";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_PODS: &str = "PODS";
+
+/// Value of `PODS`, keyed by the pod's network namespace cookie (u64): an enrolled pod.
+/// The capture programs redirect only sockets whose namespace is in this map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodInfo {
+    /// The pod's first address.
+    pub addr: Addr,
+    /// Reserved for per-pod flags.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<PodInfo>() == 20);
+
+/// An IPv6 or IPv4-mapped address as four network-order 32-bit words.
+pub type Addr = [u32; 4];
+
+/// Key of `MESH_DESTS`: a destination the mesh captures. `port_be == 0` matches any port
+/// of that address (a workload); a non-zero port matches only that port (a service VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DestKey {
+    pub addr: Addr,
+    pub port_be: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<DestKey>() == 20);
+
+/// Value of `MESH_DESTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DestValue {
+    /// `DEST_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<DestValue>() == 4);
+/// The destination is a service VIP.
+pub const DEST_SERVICE: u32 = 1;
+/// The destination is a workload that speaks HBONE.
+pub const DEST_WORKLOAD: u32 = 2;
+
+/// Where a captured socket was going before `connect()` was rewritten.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst {
+    pub addr: Addr,
+    pub port_be: u16,
+    /// `AF_INET` or `AF_INET6` as the application asked.
+    pub family: u16,
+    /// Network namespace of the socket (`bpf_get_netns_cookie`).
+    pub netns_cookie: u64,
+}
+const _: () = assert!(core::mem::size_of::<OrigDst>() == 32);
+
+/// Key of `ORIG_DST`: the captured socket as the agent sees it after `accept()`:
+/// its network namespace and its local (the agent's peer) port. Every pod has its own
+/// 127.0.0.1, so the port alone would collide across pods.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub netns_cookie: u64,
+    /// Local port of the pod's socket, host byte order.
+    pub port: u16,
+    pub family: u16,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<SockKey>() == 16);
+
+/// Indexes of the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// connect() calls seen by the capture program in enrolled pods.
+    pub const CONNECT_SEEN: u32 = 0;
+    /// connect() calls redirected to the agent.
+    pub const CONNECT_REDIRECTED: u32 = 1;
+    /// Captured sockets whose original destination was handed to `ORIG_DST`.
+    pub const ORIG_RECORDED: u32 = 2;
+    /// Captured sockets that reached ESTABLISHED without a cookie entry (map full or lost).
+    pub const ORIG_MISSING: u32 = 3;
+    /// `ORIG_DST` entries removed by the kernel when the socket closed.
+    pub const ORIG_EXPIRED: u32 = 4;
+    /// connect() calls from a cgroup we attached to whose namespace is not enrolled.
+    pub const NOT_ENROLLED: u32 = 5;
+    pub const COUNT: u32 = 6;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "connect_seen",
+        "connect_redirected",
+        "orig_recorded",
+        "orig_missing",
+        "orig_expired",
+        "not_enrolled",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is repr(C), has no padding the kernel could read uninitialised
+    // (padding is explicit), and is valid for any bit pattern.
+    unsafe impl aya::Pod for super::DestKey {}
+    unsafe impl aya::Pod for super::DestValue {}
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::SockKey {}
+    unsafe impl aya::Pod for super::PodInfo {}
+}
+
+/// The map form of an address (IPv4 as IPv4-mapped).
+pub fn addr_from_ip(ip: core::net::IpAddr) -> Addr {
+    let o = match ip {
+        core::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// The address a map entry holds (IPv4-mapped shown as IPv4).
+pub fn ip_from_addr(a: Addr) -> core::net::IpAddr {
+    let mut o = [0u8; 16];
+    for (i, w) in a.iter().enumerate() {
+        o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let v6 = core::net::Ipv6Addr::from(o);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => core::net::IpAddr::V4(v4),
+        None => core::net::IpAddr::V6(v6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::net::IpAddr;
+
+    #[test]
+    fn addresses_round_trip_in_kernel_layout() {
+        for s in ["10.201.1.2", "127.0.0.1", "fd00::1", "::1"] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert_eq!(ip_from_addr(addr_from_ip(ip)), ip, "{s}");
+        }
+        // The kernel's user_ip4 for 10.201.1.2 is the bytes 0a c9 01 02 in memory.
+        let a = addr_from_ip("10.201.1.2".parse().unwrap());
+        assert_eq!(a[3].to_ne_bytes(), [10, 201, 1, 2]);
+        assert_eq!(a[2].to_ne_bytes(), [0, 0, 0xff, 0xff]);
+    }
+}

@@ -1,0 +1,149 @@
+//! connect4 / connect6 / sockops: capture and original-destination tracking.
+use aya_ebpf::bindings::{
+    BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+    BPF_TCP_CLOSE,
+};
+use aya_ebpf::helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie};
+use aya_ebpf::macros::{cgroup_sock_addr, sock_ops};
+use aya_ebpf::programs::{SockAddrContext, SockOpsContext};
+use aya_ebpf::EbpfContext;
+use mesh_common::{counter, Addr, DestKey, OrigDst, SockKey, OUTBOUND_PORT};
+
+use crate::maps::{count, MESH_DESTS, ORIG_BY_COOKIE, ORIG_DST, PODS};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u32 = 6;
+/// A cgroup/connect program returns 1 to let the connect() proceed.
+const ALLOW: i32 = 1;
+
+/// `::ffff:0:0/96` as the third network-order word of an address.
+#[inline(always)]
+fn v4_mapped_word() -> u32 {
+    0x0000_ffffu32.to_be()
+}
+
+#[inline(always)]
+fn v4_mapped(ip4_be: u32) -> Addr {
+    [0, 0, v4_mapped_word(), ip4_be]
+}
+
+#[inline(always)]
+fn is_v4_mapped(a: &Addr) -> bool {
+    a[0] == 0 && a[1] == 0 && a[2] == v4_mapped_word()
+}
+
+/// Whether the mesh captures `addr:port`: the exact service port first, then the
+/// address with any port (a workload).
+#[inline(always)]
+fn is_mesh_dest(addr: Addr, port_be: u16) -> bool {
+    let exact = DestKey { addr, port_be, _pad: [0; 2] };
+    // SAFETY: read-only lookups of plain-old-data values.
+    if unsafe { MESH_DESTS.get(&exact) }.is_some() {
+        return true;
+    }
+    let any = DestKey { addr, port_be: 0, _pad: [0; 2] };
+    unsafe { MESH_DESTS.get(&any) }.is_some()
+}
+
+/// Shared part of connect4/connect6: returns the rewritten destination address
+/// (`None` to leave the connect() alone).
+#[inline(always)]
+fn capture(ctx: &SockAddrContext, dst: Addr, port_be: u16, family: u16) -> Option<()> {
+    // SAFETY: the context pointer is the kernel's bpf_sock_addr for this call.
+    let sa = unsafe { &*ctx.sock_addr };
+    if sa.protocol != IPPROTO_TCP {
+        return None;
+    }
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    count(counter::CONNECT_SEEN);
+    // SAFETY: read-only lookup of a plain-old-data value.
+    if unsafe { PODS.get(&netns) }.is_none() {
+        count(counter::NOT_ENROLLED);
+        return None;
+    }
+    if !is_mesh_dest(dst, port_be) {
+        return None;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let orig = OrigDst { addr: dst, port_be, family, netns_cookie: netns };
+    ORIG_BY_COOKIE.insert(&cookie, &orig, 0).ok()?;
+    count(counter::CONNECT_REDIRECTED);
+    Some(())
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context pointer is the kernel's bpf_sock_addr for this call.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let ip4 = sa.user_ip4;
+    let port_be = sa.user_port as u16;
+    if capture(&ctx, v4_mapped(ip4), port_be, AF_INET).is_some() {
+        sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
+        sa.user_port = OUTBOUND_PORT.to_be() as u32;
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context pointer is the kernel's bpf_sock_addr for this call.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let ip6: Addr = sa.user_ip6;
+    let port_be = sa.user_port as u16;
+    if capture(&ctx, ip6, port_be, AF_INET6).is_some() {
+        // An IPv4-mapped destination goes to the IPv4 listener, the rest to [::1].
+        sa.user_ip6 = if is_v4_mapped(&ip6) {
+            v4_mapped(u32::from_ne_bytes([127, 0, 0, 1]))
+        } else {
+            [0, 0, 0, 1u32.to_be()]
+        };
+        sa.user_port = OUTBOUND_PORT.to_be() as u32;
+    }
+    ALLOW
+}
+
+/// The key under which the agent will look the connection up after accept(): the
+/// address family of the listener it lands on (IPv4-mapped sockets reach the IPv4 one).
+#[inline(always)]
+fn sock_key(ctx: &SockOpsContext) -> SockKey {
+    let family = if ctx.family() == AF_INET as u32 || is_v4_mapped(&ctx.remote_ip6()) {
+        AF_INET
+    } else {
+        AF_INET6
+    };
+    SockKey {
+        netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        port: ctx.local_port() as u16,
+        family,
+        _pad: [0; 4],
+    }
+}
+
+#[sock_ops]
+pub fn track_orig(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            // SAFETY: read of a plain-old-data value, copied before the remove below.
+            let Some(orig) = (unsafe { ORIG_BY_COOKIE.get(&cookie) }).copied() else {
+                return 0;
+            };
+            let _ = ORIG_BY_COOKIE.remove(&cookie);
+            if ORIG_DST.insert(&sock_key(&ctx), &orig, 0).is_ok() {
+                count(counter::ORIG_RECORDED);
+                // Ask for state changes so that the entry goes when the socket closes.
+                let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+            } else {
+                count(counter::ORIG_MISSING);
+            }
+        }
+        BPF_SOCK_OPS_STATE_CB => {
+            if ctx.arg(1) == BPF_TCP_CLOSE && ORIG_DST.remove(&sock_key(&ctx)).is_ok() {
+                count(counter::ORIG_EXPIRED);
+            }
+        }
+        _ => {}
+    }
+    0
+}

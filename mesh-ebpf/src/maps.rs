@@ -1,0 +1,34 @@
+//! Every map of the kernel programs. Pinned by name under the agent's bpffs folder so
+//! that `meshctl` can read them.
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray};
+use mesh_common::{counter, DestKey, DestValue, OrigDst, PodInfo, SockKey};
+
+/// Destinations the mesh captures (service VIP:port, or workload address with port 0).
+#[map]
+pub static MESH_DESTS: HashMap<DestKey, DestValue> = HashMap::pinned(65_536, 0);
+
+/// Enrolled pods by network-namespace cookie.
+#[map]
+pub static PODS: HashMap<u64, PodInfo> = HashMap::pinned(16_384, 0);
+
+/// Original destination by socket cookie, from connect() until ESTABLISHED. LRU: a
+/// connect() that never completes does not leak an entry.
+#[map]
+pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::pinned(65_536, 0);
+
+/// Original destination by (pod namespace, local port), from ESTABLISHED until close.
+#[map]
+pub static ORIG_DST: LruHashMap<SockKey, OrigDst> = LruHashMap::pinned(262_144, 0);
+
+/// Event counters, per CPU (the bpf target has no atomic add); summed by userspace.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(counter::COUNT, 0);
+
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(v) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *v += 1 };
+    }
+}
