@@ -162,7 +162,7 @@ impl PodManager {
     async fn handle(&self, line: &str) -> Response {
         let result = match serde_json::from_str::<Request>(line) {
             Err(e) => Err(format!("bad request {line:?}: {e}")),
-            Ok(Request::Add { pod }) => self.add(pod).await.map_err(|e| e.to_string()),
+            Ok(Request::Add { pod }) => self.add(pod).await.map_err(|e| crate::error_chain(&e)),
             Ok(Request::Delete { uid }) => {
                 self.delete(&uid);
                 Ok(())

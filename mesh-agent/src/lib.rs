@@ -24,3 +24,18 @@ pub mod proxy;
 pub mod state;
 pub mod tls;
 pub mod xds;
+
+/// An error and its causes on one line: `what failed: why: root cause`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = c.source();
+    }
+    out
+}

@@ -31,9 +31,9 @@ fn main() {
     };
     let result: Result<(), String> = rt.block_on(async {
         match cli.role {
-            Role::Agent(args) => mesh_agent::agent::run(args, shutdown_signal()).await.map_err(|e| e.to_string()),
+            Role::Agent(args) => mesh_agent::agent::run(args, shutdown_signal()).await.map_err(|e| mesh_agent::error_chain(&e)),
             Role::ControlPlane(args) => {
-                mesh_agent::controlplane::run(args, shutdown_signal()).await.map_err(|e| e.to_string())
+                mesh_agent::controlplane::run(args, shutdown_signal()).await.map_err(|e| mesh_agent::error_chain(&e))
             }
         }
     });

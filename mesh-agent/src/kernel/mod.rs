@@ -3,8 +3,9 @@
 //!
 //! One [`Kernel`] per agent. Maps are pinned under the agent's bpffs folder (so that
 //! `meshctl` can read them); programs are attached to each enrolled pod's cgroup with
-//! bpf_links in multi-program mode, so other programs on the same cgroup (a CNI's)
-//! keep running beside ours.
+//! bpf_links. A cgroup bpf_link is always multi-program in the kernel (the attach
+//! flags must be 0, which aya calls `Single`), so other programs on the same cgroup
+//! (a CNI's) keep running beside ours.
 pub mod dump;
 mod preflight;
 
@@ -145,13 +146,13 @@ impl Kernel {
             move |source| Error::Attach { name, path, source }
         };
         let connect4 = program::<CgroupSockAddr>(&mut ebpf, CONNECT4)?
-            .attach(&cg, CgroupAttachMode::AllowMultiple)
+            .attach(&cg, CgroupAttachMode::Single)
             .map_err(attach_err(CONNECT4))?;
         let connect6 = program::<CgroupSockAddr>(&mut ebpf, CONNECT6)?
-            .attach(&cg, CgroupAttachMode::AllowMultiple)
+            .attach(&cg, CgroupAttachMode::Single)
             .map_err(attach_err(CONNECT6))?;
         let sockops = program::<SockOps>(&mut ebpf, SOCKOPS)?
-            .attach(&cg, CgroupAttachMode::AllowMultiple)
+            .attach(&cg, CgroupAttachMode::Single)
             .map_err(attach_err(SOCKOPS))?;
         drop(ebpf);
         let info = PodInfo { addr: addr_from_ip(addr), flags: 0 };

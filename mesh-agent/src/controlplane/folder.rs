@@ -1,0 +1,586 @@
+//! The folder source: Kubernetes objects read from `*.yaml`/`*.yml` files, and a watch on them.
+//!
+//! Each YAML document is parsed on its own: a bad document is reported (file, line, field
+//! path) and rejected, the others apply, and the last good version of the object it held
+//! keeps serving.
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+/// A document that could not be used; the message is meant for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{file}:{line}: {kind} field `{path}`: {message}; this document is ignored and the last good version of its object keeps serving")]
+    Field { file: String, line: usize, kind: String, path: String, message: String },
+    #[error("{file}:{line}: not valid YAML: {message}; this document is ignored and the last good version of its object keeps serving")]
+    Syntax { file: String, line: usize, message: String },
+    #[error("{file}:{line}: {message}")]
+    Object { file: String, line: usize, message: String },
+    #[error("cannot read {file}: {source}; its objects keep their last good version")]
+    Read { file: String, #[source] source: std::io::Error },
+    #[error("cannot watch config folder {dir}: {source}; is it a directory the agent can read (inotify limits: fs.inotify.max_user_watches)?")]
+    Watch { dir: String, #[source] source: notify::Error },
+}
+
+/// `kind/namespace/name` of an object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub uid: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Namespace {
+    pub metadata: Metadata,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct ServiceAccount {
+    pub metadata: Metadata,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Service {
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: ServiceSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(default, rename = "clusterIP")]
+    pub cluster_ip: Option<String>,
+    #[serde(default, rename = "clusterIPs")]
+    pub cluster_ips: Vec<String>,
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub ports: Vec<ServicePortSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePortSpec {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub port: u16,
+    #[serde(default)]
+    pub target_port: Option<TargetPort>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// A numeric `targetPort`; named ports are refused while parsing, with a clear message.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TargetPort(pub u16);
+
+impl<'de> Deserialize<'de> for TargetPort {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = TargetPort;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a port number from 1 to 65535")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<TargetPort, E> {
+                match u16::try_from(v) {
+                    Ok(p) if p > 0 => Ok(TargetPort(p)),
+                    _ => Err(E::custom(format!("port {v} is out of range 1-65535"))),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<TargetPort, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!("port {v} is out of range 1-65535"))),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TargetPort, E> {
+                Err(E::custom(format!(
+                    "named target port {v:?} is not supported yet; write the container's port number"
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Pod {
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: PodSpec,
+    #[serde(default)]
+    pub status: PodStatus,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub service_account_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatus {
+    #[serde(default, rename = "podIP")]
+    pub pod_ip: Option<IpAddr>,
+    #[serde(default, rename = "podIPs")]
+    pub pod_ips: Vec<PodIp>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct PodIp {
+    pub ip: IpAddr,
+}
+
+impl Pod {
+    pub fn service_account(&self) -> &str {
+        self.spec.service_account_name.as_deref().filter(|s| !s.is_empty()).unwrap_or("default")
+    }
+
+    /// `podIPs`, or `podIP` when the list is absent; deduplicated, in order.
+    pub fn ips(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self.status.pod_ips.iter().map(|p| p.ip).collect();
+        if let Some(ip) = self.status.pod_ip {
+            if !v.contains(&ip) {
+                v.insert(0, ip);
+            }
+        }
+        v
+    }
+}
+
+/// One object of a kind we understand.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Namespace(Namespace),
+    ServiceAccount(ServiceAccount),
+    Service(Service),
+    Pod(Pod),
+}
+
+/// Everything the folder holds now, by kind.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Objects {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub service_accounts: BTreeMap<(String, String), ServiceAccount>,
+    pub services: BTreeMap<(String, String), Service>,
+    pub pods: BTreeMap<(String, String), Pod>,
+}
+
+impl Objects {
+    fn insert(&mut self, key: &ObjectKey, o: Object) {
+        let nn = (key.namespace.clone(), key.name.clone());
+        match o {
+            Object::Namespace(n) => drop(self.namespaces.insert(key.name.clone(), n)),
+            Object::ServiceAccount(s) => drop(self.service_accounts.insert(nn, s)),
+            Object::Service(s) => drop(self.services.insert(nn, s)),
+            Object::Pod(p) => drop(self.pods.insert(nn, p)),
+        }
+    }
+}
+
+/// Where an object came from: file and document index.
+type Origin = (PathBuf, usize);
+
+/// The folder's parsed state, remembering the last good version of every object.
+#[derive(Default)]
+pub struct Folder {
+    last_good: HashMap<ObjectKey, (Origin, Object)>,
+}
+
+/// One document as text, with the file line it starts on (1-based).
+struct Doc<'a> {
+    text: &'a str,
+    first_line: usize,
+}
+
+fn split_documents(text: &str) -> Vec<Doc<'_>> {
+    let mut docs = Vec::new();
+    let mut start = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_end();
+        if trimmed == "---" || trimmed.starts_with("--- ") {
+            docs.push(Doc { text: &text[start..offset], first_line: start_line });
+            start = offset + line.len();
+            start_line = i + 2;
+        }
+        offset += line.len();
+    }
+    docs.push(Doc { text: &text[start..], first_line: start_line });
+    docs
+}
+
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    metadata: Option<HeadMeta>,
+}
+
+#[derive(Deserialize)]
+struct HeadMeta {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// Result of parsing one document.
+enum Parsed {
+    Empty,
+    Skipped(String),
+    Ok(ObjectKey, Object),
+    /// Rejected; the key is known when at least `kind` and `metadata.name` could be read.
+    Bad(Option<ObjectKey>, Error),
+}
+
+fn key_of(kind: &str, ns: Option<&str>, name: &str) -> ObjectKey {
+    let namespace = if kind == "Namespace" { String::new() } else { ns.unwrap_or("default").to_string() };
+    ObjectKey { kind: kind.to_string(), namespace, name: name.to_string() }
+}
+
+fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
+    let line_of = |e: &serde_yaml::Error| e.location().map_or(doc.first_line, |l| doc.first_line + l.line() - 1);
+    let head: Option<Head> = match serde_yaml::from_str::<Option<serde_yaml::Value>>(doc.text) {
+        Ok(None) => return Parsed::Empty,
+        Ok(Some(serde_yaml::Value::Null)) => return Parsed::Empty,
+        Ok(Some(_)) => serde_yaml::from_str(doc.text).ok(),
+        Err(e) => {
+            let line = line_of(&e);
+            return Parsed::Bad(None, Error::Syntax { file: file.into(), line, message: strip_location(&e) });
+        }
+    };
+    let Some(Head { kind: Some(kind), metadata }) = head else {
+        return Parsed::Bad(None, Error::Object {
+            file: file.into(),
+            line: doc.first_line,
+            message: "document has no `kind`; is this a Kubernetes object?".into(),
+        });
+    };
+    let name = metadata.as_ref().and_then(|m| m.name.clone());
+    let key = name.as_deref().map(|n| key_of(&kind, metadata.as_ref().and_then(|m| m.namespace.as_deref()), n));
+    fn typed<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_path_to_error::Error<serde_yaml::Error>> {
+        serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+    }
+    let result = match kind.as_str() {
+        "Namespace" => typed(doc.text).map(Object::Namespace),
+        "ServiceAccount" => typed(doc.text).map(Object::ServiceAccount),
+        "Service" => typed(doc.text).map(Object::Service),
+        "Pod" => typed(doc.text).map(Object::Pod),
+        other => return Parsed::Skipped(other.to_string()),
+    };
+    match result {
+        Ok(obj) => match key {
+            Some(key) if !key.name.is_empty() => Parsed::Ok(key, obj),
+            _ => Parsed::Bad(None, Error::Object {
+                file: file.into(),
+                line: doc.first_line,
+                message: format!("{kind} has no metadata.name; this document is ignored"),
+            }),
+        },
+        Err(e) => {
+            let line = line_of(e.inner());
+            let path = e.path().to_string();
+            Parsed::Bad(key, Error::Field { file: file.into(), line, kind, path, message: strip_location(e.inner()) })
+        }
+    }
+}
+
+/// serde_yaml appends " at line L column C"; we report the file line ourselves.
+fn strip_location(e: &serde_yaml::Error) -> String {
+    let s = e.to_string();
+    match s.find(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Every `*.yaml`/`*.yml` file under `dir`, sorted, recursively; hidden entries are skipped
+/// (editors' swap files, Kubernetes ConfigMap `..data` links).
+pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl Folder {
+    /// Parses the given files (path, contents; `Err` when unreadable) into objects.
+    /// Returns what serves now and the documents that were rejected.
+    pub fn apply(&mut self, files: Vec<(PathBuf, std::io::Result<String>)>) -> (Objects, Vec<Error>) {
+        let mut errors = Vec::new();
+        let mut next: HashMap<ObjectKey, (Origin, Object)> = HashMap::new();
+        let mut keep_origins: Vec<Origin> = Vec::new();
+        let mut keep_files: Vec<PathBuf> = Vec::new();
+        let mut keep_keys: Vec<ObjectKey> = Vec::new();
+        for (path, text) in files {
+            let file = path.display().to_string();
+            let text = match text {
+                Ok(t) => t,
+                Err(source) => {
+                    errors.push(Error::Read { file, source });
+                    keep_files.push(path);
+                    continue;
+                }
+            };
+            for (i, doc) in split_documents(&text).iter().enumerate() {
+                match parse_document(&file, doc) {
+                    Parsed::Empty => {}
+                    Parsed::Skipped(kind) => {
+                        tracing::debug!(file, line = doc.first_line, kind, "config: skipping a kind this version does not use");
+                    }
+                    Parsed::Ok(key, obj) => {
+                        if let Some(((f, _), _)) = next.get(&key) {
+                            errors.push(Error::Object {
+                                file: file.clone(),
+                                line: doc.first_line,
+                                message: format!(
+                                    "{} {}/{} is also defined in {}; the later definition wins",
+                                    key.kind, key.namespace, key.name, f.display()
+                                ),
+                            });
+                        }
+                        next.insert(key, ((path.clone(), i), obj));
+                    }
+                    Parsed::Bad(key, e) => {
+                        errors.push(e);
+                        keep_origins.push((path.clone(), i));
+                        keep_keys.extend(key);
+                    }
+                }
+            }
+        }
+        // Last good config: a rejected document keeps what it (or its object) last served.
+        for (key, (origin, obj)) in &self.last_good {
+            let keep = keep_keys.contains(key) || keep_origins.contains(origin) || keep_files.contains(&origin.0);
+            if keep && !next.contains_key(key) {
+                next.insert(key.clone(), (origin.clone(), obj.clone()));
+            }
+        }
+        self.last_good = next;
+        let mut objects = Objects::default();
+        for (key, (_, obj)) in &self.last_good {
+            objects.insert(key, obj.clone());
+        }
+        (objects, errors)
+    }
+
+    /// Reads every YAML file under `dir` and applies it.
+    pub fn load(&mut self, dir: &Path) -> Result<(Objects, Vec<Error>), std::io::Error> {
+        let files = yaml_files(dir)?;
+        let contents = files.into_iter().map(|p| {
+            let t = std::fs::read_to_string(&p);
+            (p, t)
+        });
+        Ok(self.apply(contents.collect()))
+    }
+}
+
+/// Watches `dir` (inotify, recursive) and sends `()` once per debounced burst of changes:
+/// after `quiet` without events, or at most `max` after the first one.
+/// The returned watcher must be kept alive.
+pub fn watch(
+    dir: &Path,
+    quiet: Duration,
+    max: Duration,
+) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>), Error> {
+    use notify::Watcher as _;
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
+        Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
+        Ok(_) => {
+            let _ = raw_tx.send(());
+        }
+        Err(e) => {
+            tracing::warn!("config: file watch error: {e}; reloading to be safe");
+            let _ = raw_tx.send(());
+        }
+    })
+    .map_err(|source| Error::Watch { dir: dir.display().to_string(), source })?;
+    watcher
+        .watch(dir, notify::RecursiveMode::Recursive)
+        .map_err(|source| Error::Watch { dir: dir.display().to_string(), source })?;
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while raw_rx.recv().await.is_some() {
+            let deadline = tokio::time::Instant::now() + max;
+            loop {
+                let quiet_end = (tokio::time::Instant::now() + quiet).min(deadline);
+                match tokio::time::timeout_at(quiet_end, raw_rx.recv()).await {
+                    Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
+                    Ok(None) => return,
+                    _ => break,
+                }
+            }
+            // A full channel already holds a pending reload, which will see this change too.
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(()) {
+                return;
+            }
+        }
+    });
+    Ok((watcher, rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(folder: &mut Folder, files: &[(&str, &str)]) -> (Objects, Vec<String>) {
+        let files = files.iter().map(|(p, t)| (PathBuf::from(p), Ok(t.to_string()))).collect();
+        let (o, e) = folder.apply(files);
+        (o, e.iter().map(|e| e.to_string()).collect())
+    }
+
+    const GOOD: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+  labels:
+    istio.io/dataplane-mode: ambient
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  namespace: demo
+  labels: {app: client}
+spec:
+  nodeName: node1
+  serviceAccountName: sleep
+status:
+  podIP: 10.0.0.5
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: demo}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: echo}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: demo}
+";
+
+    #[test]
+    fn parses_known_kinds_and_skips_others() {
+        let (o, errors) = apply(&mut Folder::default(), &[("a.yaml", GOOD)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(o.namespaces["demo"].metadata.labels["istio.io/dataplane-mode"], "ambient");
+        let pod = &o.pods[&("demo".into(), "client".into())];
+        assert_eq!(pod.service_account(), "sleep");
+        assert_eq!(pod.ips(), vec!["10.0.0.5".parse::<IpAddr>().unwrap()]);
+        assert_eq!(pod.spec.node_name.as_deref(), Some("node1"));
+        let svc = &o.services[&("demo".into(), "echo".into())];
+        assert_eq!(svc.spec.ports[0].target_port, Some(TargetPort(8080)));
+    }
+
+    #[test]
+    fn bad_field_names_file_line_and_path_and_spares_other_documents() {
+        let bad = GOOD.replace("port: 80, targetPort: 8080", "port: eighty, targetPort: 8080");
+        let (o, errors) = apply(&mut Folder::default(), &[("dir/a.yaml", &bad)]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let e = &errors[0];
+        assert!(e.starts_with("dir/a.yaml:27: Service field `spec.ports[0].port`"), "{e}");
+        assert!(o.services.is_empty());
+        assert_eq!(o.pods.len(), 1);
+        assert_eq!(o.namespaces.len(), 1);
+    }
+
+    #[test]
+    fn named_target_port_is_refused_clearly() {
+        let bad = GOOD.replace("targetPort: 8080", "targetPort: http");
+        let (_, errors) = apply(&mut Folder::default(), &[("a.yaml", &bad)]);
+        assert!(errors[0].contains("spec.ports[0].targetPort"), "{}", errors[0]);
+        assert!(errors[0].contains("named target port \"http\" is not supported"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let bad = GOOD.replace("  nodeName: node1", "  nodeName: [node1");
+        let (o, errors) = apply(&mut Folder::default(), &[("a.yaml", &bad)]);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("a.yaml:1") && errors[0].contains("not valid YAML"), "{}", errors[0]);
+        assert!(o.pods.is_empty());
+        assert_eq!(o.services.len(), 1);
+    }
+
+    #[test]
+    fn last_good_version_keeps_serving() {
+        let mut folder = Folder::default();
+        let (first, _) = apply(&mut folder, &[("a.yaml", GOOD)]);
+        // The pod's document breaks (bad IP) and the service's breaks (syntax): both keep
+        // their previous version; the namespace change applies.
+        let bad = GOOD
+            .replace("podIP: 10.0.0.5", "podIP: not-an-ip")
+            .replace("selector: {app: echo}", "selector: {app: echo")
+            .replace("ambient", "none");
+        let (o, errors) = apply(&mut folder, &[("a.yaml", &bad)]);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("status.podIP"), "{}", errors[0]);
+        assert_eq!(o.pods, first.pods);
+        assert_eq!(o.services, first.services);
+        assert_eq!(o.namespaces["demo"].metadata.labels["istio.io/dataplane-mode"], "none");
+        // Deleting the file removes its objects.
+        let (o, errors) = apply(&mut folder, &[]);
+        assert!(errors.is_empty() && o == Objects::default());
+    }
+
+    #[test]
+    fn unreadable_file_keeps_its_objects() {
+        let mut folder = Folder::default();
+        let (first, _) = apply(&mut folder, &[("a.yaml", GOOD)]);
+        let err = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let (o, errors) = folder.apply(vec![(PathBuf::from("a.yaml"), Err(err))]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(o, first);
+    }
+
+    #[test]
+    fn document_splitting_tracks_lines() {
+        let docs = split_documents("a: 1\n---\nb: 2\nc: 3\n--- \nd: 4");
+        let lines: Vec<_> = docs.iter().map(|d| d.first_line).collect();
+        assert_eq!(lines, vec![1, 3, 6]);
+        assert_eq!(docs[1].text, "b: 2\nc: 3\n");
+    }
+}

@@ -1,0 +1,203 @@
+//! The control-plane role: reads a folder of Kubernetes YAML, serves delta xDS
+//! (`istio.workload.Address`) and a CA (`IstioCertificateService`) on one gRPC port.
+//!
+//! - [`folder`]: parse and watch the config folder (last good config per object).
+//! - [`model`]: objects -> xDS resources, and which identities run on which node.
+//! - [`xds_server`]: per-agent delta streams.
+//! - [`ca`]: the root and the certificate service.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub mod ca;
+pub mod folder;
+pub mod model;
+pub mod xds_server;
+
+use crate::proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
+use crate::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+
+/// Flags of `mesh-agent control-plane`.
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
+pub struct ControlPlaneArgs {
+    /// Folder of Kubernetes YAML (Namespace, ServiceAccount, Service, Pod), watched for changes.
+    #[arg(long, env = "MESH_CONFIG_DIR")]
+    pub config_dir: PathBuf,
+    /// gRPC address for xDS and the CA.
+    #[arg(long, env = "MESH_LISTEN", default_value = "127.0.0.1:15010")]
+    pub listen: SocketAddr,
+    /// Where the CA root key and certificate are kept (created on first start).
+    #[arg(long, env = "MESH_STATE_DIR", default_value = "/var/lib/mesh/control-plane")]
+    pub state_dir: PathBuf,
+    /// SPIFFE trust domain of issued identities.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Quiet time after a config change before recomputing.
+    #[arg(long, env = "MESH_DEBOUNCE_MS", default_value_t = 100)]
+    pub debounce_ms: u64,
+    /// Longest a burst of changes may delay a recompute.
+    #[arg(long, env = "MESH_DEBOUNCE_MAX_MS", default_value_t = 10_000)]
+    pub debounce_max_ms: u64,
+    /// Lifetime of issued workload certificates.
+    #[arg(long, env = "MESH_CERT_TTL_HOURS", default_value_t = 24)]
+    pub cert_ttl_hours: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid control-plane flags: {0}")]
+    Config(String),
+    #[error("config folder {dir}: {source}; does MESH_CONFIG_DIR point at a readable directory?")]
+    ConfigDir { dir: PathBuf, #[source] source: std::io::Error },
+    #[error(transparent)]
+    Watch(#[from] folder::Error),
+    #[error("CA: {0}")]
+    Ca(#[from] ca::Error),
+    #[error("cannot listen on {addr}: {source}; is another control plane already running there?")]
+    Bind { addr: SocketAddr, #[source] source: std::io::Error },
+    #[error("gRPC server failed: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+impl ControlPlaneArgs {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.trust_domain.is_empty() || self.trust_domain.contains(['/', ' ']) {
+            return Err(Error::Config(format!("--trust-domain {:?} must be a non-empty DNS-like name", self.trust_domain)));
+        }
+        if self.debounce_ms > self.debounce_max_ms {
+            return Err(Error::Config(format!(
+                "--debounce-ms ({}) must not exceed --debounce-max-ms ({})",
+                self.debounce_ms, self.debounce_max_ms
+            )));
+        }
+        if self.cert_ttl_hours == 0 {
+            return Err(Error::Config("--cert-ttl-hours must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Binds `args.listen` and serves until `shutdown` completes.
+pub async fn run(args: ControlPlaneArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    args.validate()?;
+    let listener = TcpListener::bind(args.listen).await.map_err(|source| Error::Bind { addr: args.listen, source })?;
+    serve(listener, args, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind 127.0.0.1:0).
+pub async fn serve(listener: TcpListener, args: ControlPlaneArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    args.validate()?;
+    tracing::info!(config = ?args, "control plane: starting");
+    let ttl = Duration::from_secs(args.cert_ttl_hours * 3600);
+    let ca = Arc::new(ca::Ca::load_or_create(&args.state_dir, ttl)?);
+
+    // Watch before the first read so that no change slips between the two.
+    let (watcher, mut changes) = folder::watch(
+        &args.config_dir,
+        Duration::from_millis(args.debounce_ms),
+        Duration::from_millis(args.debounce_max_ms),
+    )?;
+    let mut source = folder::Folder::default();
+    let first = load(&mut source, &args).map_err(|source| Error::ConfigDir { dir: args.config_dir.clone(), source })?;
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(first));
+
+    let reload_args = args.clone();
+    let reloader = tokio::spawn(async move {
+        let _watcher = watcher;
+        while changes.recv().await.is_some() {
+            match load(&mut source, &reload_args) {
+                Ok(next) => {
+                    snap_tx.send_if_modified(|cur| {
+                        let changed = **cur != next;
+                        if changed {
+                            *cur = Arc::new(next);
+                        }
+                        changed
+                    });
+                }
+                Err(e) => tracing::warn!(
+                    dir = %reload_args.config_dir.display(),
+                    "config: cannot list the config folder: {e}; keeping the last good config"
+                ),
+            }
+        }
+    });
+
+    let xds = xds_server::XdsServer::new(snap_rx.clone());
+    let ca_svc = ca::CaService::new(ca, args.trust_domain.clone(), snap_rx);
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, "control plane: serving xDS and CA");
+    let routes = Routes {
+        xds: AggregatedDiscoveryServiceServer::new(xds),
+        ca: IstioCertificateServiceServer::new(ca_svc),
+    };
+    // On shutdown, stopping the reloader drops the snapshot sender, which ends every
+    // agent stream; otherwise graceful shutdown would wait for agents to hang up.
+    let stop_reloader = reloader.abort_handle();
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!("control plane: shutting down");
+        stop_reloader.abort();
+    };
+    let result = tonic::transport::Server::builder()
+        .serve_with_incoming_shutdown(routes, tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await;
+    reloader.abort();
+    result.map_err(Error::Serve)
+}
+
+/// Both gRPC services on one port, dispatched by path (tonic's router would pull in axum).
+#[derive(Clone)]
+struct Routes {
+    xds: AggregatedDiscoveryServiceServer<xds_server::XdsServer>,
+    ca: IstioCertificateServiceServer<ca::CaService>,
+}
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Routes {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        use tonic::server::NamedService;
+        let service = req.uri().path().trim_start_matches('/').split('/').next().unwrap_or_default();
+        if service == AggregatedDiscoveryServiceServer::<xds_server::XdsServer>::NAME {
+            self.xds.call(req)
+        } else if service == IstioCertificateServiceServer::<ca::CaService>::NAME {
+            self.ca.call(req)
+        } else {
+            let status = tonic::Status::unimplemented(format!(
+                "this control plane serves delta ADS and IstioCertificateService, not {service:?}"
+            ));
+            Box::pin(async move { Ok(status.into_http()) })
+        }
+    }
+}
+
+fn load(source: &mut folder::Folder, args: &ControlPlaneArgs) -> std::io::Result<model::Snapshot> {
+    let (objects, errors) = source.load(&args.config_dir)?;
+    for e in &errors {
+        tracing::warn!("config: {e}");
+    }
+    let snap = model::build(&objects, &args.trust_domain);
+    tracing::info!(
+        resources = snap.resources.len(),
+        pods = objects.pods.len(),
+        services = objects.services.len(),
+        rejected = errors.len(),
+        "config: loaded"
+    );
+    Ok(snap)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,273 @@
+//! From folder objects to xDS resources (`istio.workload.Address`), as istiod's ambient
+//! index computes them: one Workload per pod, one Service per Kubernetes Service.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use prost::Message as _;
+
+use super::folder::{Objects, Pod};
+use crate::proto::workload as wl;
+use crate::state::Identity;
+
+/// Namespace/pod label that puts pods in (or keeps them out of) the mesh.
+pub const DATAPLANE_MODE: &str = "istio.io/dataplane-mode";
+/// DNS suffix of Kubernetes service hostnames.
+pub const DOMAIN_SUFFIX: &str = "cluster.local";
+
+/// One resource as served: its encoded form and its version (a hash of the encoding).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resource {
+    pub version: String,
+    pub any: prost_types::Any,
+}
+
+/// Everything the control plane serves at one point in time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// By xDS resource name: workload uid or `<namespace>/<hostname>`.
+    pub resources: BTreeMap<String, Resource>,
+    /// Which identities run on which node: the CA issues only these.
+    pub identities: BTreeSet<(String, Identity)>,
+}
+
+impl Snapshot {
+    pub fn node_runs(&self, node: &str, id: &Identity) -> bool {
+        self.identities.contains(&(node.to_string(), id.clone()))
+    }
+}
+
+/// `Kubernetes//Pod/<ns>/<name>`.
+pub fn workload_uid(namespace: &str, name: &str) -> String {
+    format!("Kubernetes//Pod/{namespace}/{name}")
+}
+
+pub fn service_hostname(namespace: &str, name: &str) -> String {
+    format!("{name}.{namespace}.svc.{DOMAIN_SUFFIX}")
+}
+
+/// A pod is in the mesh when its namespace says ambient and the pod does not opt out.
+pub fn in_mesh(objects: &Objects, pod: &Pod) -> bool {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let ns_ambient = objects
+        .namespaces
+        .get(ns)
+        .and_then(|n| n.metadata.labels.get(DATAPLANE_MODE))
+        .is_some_and(|v| v == "ambient");
+    let pod_opts_out = pod.metadata.labels.get(DATAPLANE_MODE).is_some_and(|v| v == "none");
+    ns_ambient && !pod_opts_out
+}
+
+fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// FNV-1a 64: stable across processes and Rust versions, enough to tell versions apart.
+pub fn version_of(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn resource(addr: wl::Address) -> Resource {
+    let value = addr.encode_to_vec();
+    Resource {
+        version: version_of(&value),
+        any: prost_types::Any { type_url: crate::proto::ADDRESS_TYPE_URL.to_string(), value },
+    }
+}
+
+/// Builds the Address resources and the node/identity index.
+pub fn build(objects: &Objects, trust_domain: &str) -> Snapshot {
+    let mut snap = Snapshot::default();
+    // Services first: their ports and selectors give each pod's `services` map.
+    let mut services: Vec<(String, &BTreeMap<String, String>, Vec<wl::Port>)> = Vec::new();
+    for ((ns, name), svc) in &objects.services {
+        let hostname = service_hostname(ns, name);
+        let ports: Vec<wl::Port> = svc
+            .spec
+            .ports
+            .iter()
+            .filter(|p| p.protocol.as_deref().is_none_or(|p| p.eq_ignore_ascii_case("TCP")))
+            .map(|p| wl::Port {
+                service_port: u32::from(p.port),
+                target_port: u32::from(p.target_port.map_or(p.port, |t| t.0)),
+            })
+            .collect();
+        let mut ips: Vec<&str> = svc.spec.cluster_ips.iter().map(String::as_str).collect();
+        if let Some(ip) = svc.spec.cluster_ip.as_deref() {
+            if !ips.contains(&ip) {
+                ips.insert(0, ip);
+            }
+        }
+        let addresses = ips
+            .iter()
+            .filter_map(|ip| ip.parse::<IpAddr>().ok()) // "None" (headless) and "" have no VIP
+            .map(|ip| wl::NetworkAddress { network: String::new(), address: ip_bytes(&ip) })
+            .collect();
+        let proto = wl::Service {
+            name: name.clone(),
+            namespace: ns.clone(),
+            hostname: hostname.clone(),
+            addresses,
+            ports: ports.clone(),
+            subject_alt_names: vec![],
+        };
+        let key = format!("{ns}/{hostname}");
+        snap.resources.insert(key.clone(), resource(wl::Address { r#type: Some(wl::address::Type::Service(proto)) }));
+        if !svc.spec.selector.is_empty() {
+            services.push((key, &svc.spec.selector, ports));
+        }
+    }
+    for ((ns, name), pod) in &objects.pods {
+        let sa = pod.service_account().to_string();
+        let node = pod.spec.node_name.clone().unwrap_or_default();
+        if !node.is_empty() {
+            let id = Identity { trust_domain: trust_domain.into(), namespace: ns.clone(), service_account: sa.clone() };
+            snap.identities.insert((node.clone(), id));
+        }
+        let ips = pod.ips();
+        if ips.is_empty() {
+            continue; // not scheduled or not started yet: nothing can reach it
+        }
+        let svc_map = services
+            .iter()
+            .filter(|(key, selector, _)| {
+                key.starts_with(&format!("{ns}/"))
+                    && selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
+            })
+            .map(|(key, _, ports)| (key.clone(), wl::PortList { ports: ports.clone() }))
+            .collect();
+        let labels = &pod.metadata.labels;
+        let canonical_name = ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
+            .iter()
+            .find_map(|k| labels.get(*k).cloned())
+            .unwrap_or_else(|| name.clone());
+        let canonical_revision = ["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]
+            .iter()
+            .find_map(|k| labels.get(*k).cloned())
+            .unwrap_or_else(|| "latest".into());
+        let tunnel = if in_mesh(objects, pod) { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None };
+        let uid = workload_uid(ns, name);
+        let proto = wl::Workload {
+            uid: uid.clone(),
+            name: name.clone(),
+            namespace: ns.clone(),
+            addresses: ips.iter().map(ip_bytes).collect(),
+            tunnel_protocol: tunnel as i32,
+            trust_domain: trust_domain.into(),
+            service_account: sa,
+            node,
+            canonical_name,
+            canonical_revision,
+            workload_type: wl::WorkloadType::Pod as i32,
+            workload_name: name.clone(),
+            services: svc_map,
+            cluster_id: "Kubernetes".into(),
+            ..Default::default()
+        };
+        snap.resources.insert(uid, resource(wl::Address { r#type: Some(wl::address::Type::Workload(proto)) }));
+    }
+    snap
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controlplane::folder::Folder;
+
+    fn objects(yaml: &str) -> Objects {
+        let (o, errors) = Folder::default().apply(vec![("t.yaml".into(), Ok(yaml.to_string()))]);
+        assert!(errors.is_empty(), "{errors:?}");
+        o
+    }
+
+    fn decode(r: &Resource) -> wl::address::Type {
+        wl::Address::decode(r.any.value.as_slice()).unwrap().r#type.unwrap()
+    }
+
+    fn workload(s: &Snapshot, uid: &str) -> wl::Workload {
+        match decode(&s.resources[uid]) {
+            wl::address::Type::Workload(w) => w,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const YAML: &str = "
+kind: Namespace
+metadata: {name: mesh, labels: {istio.io/dataplane-mode: ambient}}
+---
+kind: Namespace
+metadata: {name: plain}
+---
+kind: Pod
+metadata: {name: a, namespace: mesh, labels: {app: echo}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.1, podIPs: [{ip: 10.0.0.1}, {ip: 'fd00::1'}]}
+---
+kind: Pod
+metadata: {name: b, namespace: mesh, labels: {app: echo, istio.io/dataplane-mode: none}}
+spec: {nodeName: n2, serviceAccountName: bee}
+status: {podIP: 10.0.0.2}
+---
+kind: Pod
+metadata: {name: c, namespace: plain, labels: {app: echo}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.3}
+---
+kind: Pod
+metadata: {name: pending, namespace: mesh, labels: {app: echo}}
+spec: {nodeName: n3, serviceAccountName: late}
+---
+kind: Service
+metadata: {name: echo, namespace: mesh}
+spec:
+  clusterIP: 10.96.0.1
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080}, {port: 53, protocol: UDP}, {port: 9000}]
+";
+
+    #[test]
+    fn ambient_label_logic() {
+        let s = build(&objects(YAML), "td");
+        let proto = |uid: &str| workload(&s, uid).tunnel_protocol;
+        assert_eq!(proto("Kubernetes//Pod/mesh/a"), wl::TunnelProtocol::Hbone as i32);
+        assert_eq!(proto("Kubernetes//Pod/mesh/b"), wl::TunnelProtocol::None as i32, "pod opted out");
+        assert_eq!(proto("Kubernetes//Pod/plain/c"), wl::TunnelProtocol::None as i32, "namespace not ambient");
+        assert!(!s.resources.contains_key("Kubernetes//Pod/mesh/pending"), "no IP yet");
+        let a = workload(&s, "Kubernetes//Pod/mesh/a");
+        assert_eq!(a.addresses, vec![vec![10, 0, 0, 1], "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec()]);
+        assert_eq!((a.trust_domain.as_str(), a.service_account.as_str(), a.node.as_str()), ("td", "default", "n1"));
+        let id = |ns: &str, sa: &str| Identity { trust_domain: "td".into(), namespace: ns.into(), service_account: sa.into() };
+        assert!(s.node_runs("n1", &id("mesh", "default")));
+        assert!(s.node_runs("n3", &id("mesh", "late")), "a pod without IP still needs its certificate");
+        assert!(!s.node_runs("n1", &id("mesh", "bee")));
+    }
+
+    #[test]
+    fn service_and_endpoints() {
+        let s = build(&objects(YAML), "td");
+        let key = "mesh/echo.mesh.svc.cluster.local";
+        let wl::address::Type::Service(svc) = decode(&s.resources[key]) else { panic!() };
+        assert_eq!(svc.addresses, vec![wl::NetworkAddress { network: String::new(), address: vec![10, 96, 0, 1] }]);
+        let ports = vec![wl::Port { service_port: 80, target_port: 8080 }, wl::Port { service_port: 9000, target_port: 9000 }];
+        assert_eq!(svc.ports, ports, "UDP dropped, missing targetPort = port");
+        for uid in ["Kubernetes//Pod/mesh/a", "Kubernetes//Pod/mesh/b"] {
+            assert_eq!(workload(&s, uid).services[key].ports, ports, "{uid}");
+        }
+        assert!(workload(&s, "Kubernetes//Pod/plain/c").services.is_empty(), "other namespace");
+    }
+
+    #[test]
+    fn versions_follow_content() {
+        let a = build(&objects(YAML), "td");
+        let b = build(&objects(&YAML.replace("10.0.0.3", "10.0.0.4")), "td");
+        let changed: Vec<_> = a.resources.iter().filter(|(k, r)| b.resources[*k].version != r.version).map(|(k, _)| k.as_str()).collect();
+        assert_eq!(changed, vec!["Kubernetes//Pod/plain/c"]);
+    }
+}

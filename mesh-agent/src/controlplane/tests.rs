@@ -1,0 +1,151 @@
+//! End to end on loopback: the real server, the real xDS client and CertManager.
+use std::time::Duration;
+
+use super::*;
+use crate::identity::CertManager;
+use crate::state::{Identity, State};
+
+const CONFIG: &str = "
+kind: Namespace
+metadata: {name: demo, labels: {istio.io/dataplane-mode: ambient}}
+---
+kind: Pod
+metadata: {name: client, namespace: demo, labels: {app: client}}
+spec: {nodeName: node1, serviceAccountName: sleep}
+status: {podIP: 10.0.0.5}
+---
+kind: Pod
+metadata: {name: echo, namespace: demo, labels: {app: echo}}
+spec: {nodeName: node2}
+status: {podIP: 10.0.0.6}
+---
+kind: Service
+metadata: {name: echo, namespace: demo}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080}]
+";
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(3), "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_xds_pushes_changes_and_issues_certificates() {
+    let config = tempfile::tempdir().unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    std::fs::write(config.path().join("demo.yaml"), CONFIG).unwrap();
+    let args = ControlPlaneArgs {
+        config_dir: config.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: state_dir.path().to_path_buf(),
+        trust_domain: "cluster.local".into(),
+        debounce_ms: 50,
+        debounce_max_ms: 500,
+        cert_ttl_hours: 1,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, args, async move { drop(stop_rx.await) }));
+
+    // (a) the agent's State receives workloads and services.
+    let state = State::default();
+    let (synced_tx, mut synced) = watch::channel(false);
+    let client = tokio::spawn(crate::xds::run(addr.clone(), "node1".into(), state.clone(), synced_tx));
+    tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s)).await.unwrap().unwrap();
+    assert_eq!(state.workloads().len(), 2);
+    let svc = state.find_service_by_vip("10.96.0.10".parse().unwrap()).unwrap();
+    assert_eq!(svc.hostname, "echo.demo.svc.cluster.local");
+    assert_eq!(svc.endpoints["Kubernetes//Pod/demo/echo"][&80], 8080);
+    let client_wl = state.find_workload_by_ip("10.0.0.5".parse().unwrap()).unwrap();
+    assert_eq!(client_wl.identity().to_string(), "spiffe://cluster.local/ns/demo/sa/sleep");
+
+    // (b) an edit is pushed as a delta: the removed pod leaves State and the endpoints.
+    let edited = CONFIG.replace("kind: Pod\nmetadata: {name: echo", "kind: ConfigMap\nmetadata: {name: echo");
+    std::fs::write(config.path().join("demo.yaml"), edited).unwrap();
+    let edit_time = std::time::Instant::now();
+    eventually("the echo pod to disappear", || state.find_workload("Kubernetes//Pod/demo/echo").is_none()).await;
+    assert!(edit_time.elapsed() < Duration::from_secs(1), "push took {:?}", edit_time.elapsed());
+    eventually("the service to lose its endpoint", || {
+        state.find_service_by_vip("10.96.0.10".parse().unwrap()).is_some_and(|s| s.endpoints.is_empty())
+    })
+    .await;
+    assert!(state.find_workload("Kubernetes//Pod/demo/client").is_some());
+
+    // (c) certificates: issued for an identity on this node, refused for another node's.
+    let certs = CertManager::new(addr.clone(), "node1".into());
+    let id: Identity = "spiffe://cluster.local/ns/demo/sa/sleep".parse().unwrap();
+    let (a, b) = tokio::join!(certs.fetch(&id), certs.fetch(&id));
+    let cert = a.unwrap();
+    assert!(std::sync::Arc::ptr_eq(&cert, &b.unwrap()), "concurrent callers share one request");
+    assert_eq!(cert.identity, id);
+    assert_eq!(cert.roots.len(), 1);
+    assert_eq!(certs.identities(), vec![(id.clone(), cert.not_after)]);
+    let anchor = webpki::anchor_from_trusted_cert(&cert.roots[0]).unwrap();
+    let ee = webpki::EndEntityCert::try_from(&cert.cert_chain[0]).unwrap();
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &[],
+        rustls_pki_types::UnixTime::now(),
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .unwrap();
+    let (_, leaf) = x509_parser::parse_x509_certificate(&cert.cert_chain[0]).unwrap();
+    let san = leaf.subject_alternative_name().unwrap().unwrap();
+    assert_eq!(format!("{:?}", san.value.general_names), "[URI(\"spiffe://cluster.local/ns/demo/sa/sleep\")]");
+    assert!(!leaf.is_ca());
+
+    let other = CertManager::new(addr.clone(), "node2".into());
+    let e = other.fetch(&id).await.unwrap_err();
+    assert!(matches!(e, crate::identity::Error::Refused { code: tonic::Code::PermissionDenied, .. }), "{e}");
+    assert!(e.to_string().contains("node \"node2\" runs no pod with identity spiffe://cluster.local/ns/demo/sa/sleep"), "{e}");
+
+    // (d) a reconnecting agent gets only what it lacks: nothing for what it holds at the
+    // current version, a removal for what no longer exists.
+    resume_sends_only_the_difference(&addr).await;
+
+    // Shutdown completes even with an agent still connected.
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+    client.abort();
+}
+
+async fn resume_sends_only_the_difference(addr: &str) {
+    use crate::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use crate::proto::discovery::{DeltaDiscoveryRequest, Node};
+    use crate::proto::ADDRESS_TYPE_URL;
+
+    let request = |held: std::collections::HashMap<String, String>| DeltaDiscoveryRequest {
+        node: Some(Node { id: "node9".into(), ..Default::default() }),
+        type_url: ADDRESS_TYPE_URL.into(),
+        initial_resource_versions: held,
+        ..Default::default()
+    };
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    // First a fresh subscriber, to learn the current versions.
+    let stream = tokio_stream::iter(vec![request(Default::default())]);
+    let mut responses = client.delta_aggregated_resources(stream).await.unwrap().into_inner();
+    let all = responses.message().await.unwrap().unwrap();
+    assert_eq!(all.resources.len(), 2, "client pod and echo service");
+    let mut held: std::collections::HashMap<String, String> =
+        all.resources.iter().map(|r| (r.name.clone(), r.version.clone())).collect();
+    let svc = "demo/echo.demo.svc.cluster.local";
+    held.insert(svc.into(), "stale".into());
+    held.insert("Kubernetes//Pod/demo/gone".into(), "1".into());
+    let stream = tokio_stream::iter(vec![request(held)]);
+    let mut responses = client.delta_aggregated_resources(stream).await.unwrap().into_inner();
+    let resumed = responses.message().await.unwrap().unwrap();
+    let names: Vec<_> = resumed.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec![svc]);
+    assert_eq!(resumed.removed_resources, vec!["Kubernetes//Pod/demo/gone"]);
+    assert!(!resumed.nonce.is_empty());
+}

@@ -1,0 +1,20 @@
+//! Generated gRPC/protobuf types, one module per upstream package (see `proto/README.md`).
+#![allow(clippy::all, missing_docs)]
+
+/// Envoy's delta ADS (`envoy.service.discovery.v3`).
+pub mod discovery {
+    tonic::include_proto!("envoy.service.discovery.v3");
+}
+
+/// Istio's workload API (`istio.workload`).
+pub mod workload {
+    tonic::include_proto!("istio.workload");
+}
+
+/// Istio's CA API (`istio.v1.auth`).
+pub mod ca {
+    tonic::include_proto!("istio.v1.auth");
+}
+
+/// The xDS type URL of [`workload::Address`].
+pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";

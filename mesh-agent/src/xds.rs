@@ -1,0 +1,390 @@
+//! The agent's delta ADS client: subscribes to `istio.workload.Address`, fills [`State`],
+//! and resumes with what it holds after a reconnect (last known good while disconnected).
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use prost::Message as _;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::proto::discovery::{
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse, Node, Resource, Status as RpcStatus,
+};
+use crate::proto::workload as wl;
+use crate::proto::ADDRESS_TYPE_URL;
+use crate::state::{self, State, TunnelProtocol};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Address(String),
+    #[error("connect failed: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("the control plane closed the stream")]
+    Closed,
+}
+
+/// A resource we could not use; reported back to the control plane in a NACK.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{0}: not an istio.workload.Address: {1}")]
+    Decode(String, String),
+    #[error("{0}: unexpected type URL {1:?}")]
+    TypeUrl(String, String),
+    #[error("{0}: empty Address (neither workload nor service)")]
+    Empty(String),
+    #[error("{0}: address of {1} bytes is neither IPv4 (4) nor IPv6 (16)")]
+    BadAddress(String, usize),
+    #[error("{0}: port {1} is out of range")]
+    BadPort(String, u32),
+}
+
+/// What one Address resource says.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Converted {
+    /// A workload and the services it backs (service name -> service port -> target port).
+    Workload(state::Workload, BTreeMap<String, BTreeMap<u16, u16>>),
+    /// A service, without endpoints (they come from workloads).
+    Service(state::Service),
+}
+
+fn ip(name: &str, b: &[u8]) -> Result<IpAddr, ConvertError> {
+    match b.len() {
+        4 => Ok(IpAddr::from(<[u8; 4]>::try_from(b).unwrap())),
+        16 => Ok(IpAddr::from(<[u8; 16]>::try_from(b).unwrap())),
+        n => Err(ConvertError::BadAddress(name.into(), n)),
+    }
+}
+
+fn port(name: &str, p: u32) -> Result<u16, ConvertError> {
+    u16::try_from(p).map_err(|_| ConvertError::BadPort(name.into(), p))
+}
+
+/// Converts one Address (already decoded) to state types. Pure.
+pub fn convert(name: &str, addr: wl::Address) -> Result<Converted, ConvertError> {
+    match addr.r#type {
+        None => Err(ConvertError::Empty(name.into())),
+        Some(wl::address::Type::Workload(w)) => {
+            let addresses = w.addresses.iter().map(|b| ip(name, b)).collect::<Result<Vec<_>, _>>()?;
+            let mut services = BTreeMap::new();
+            for (svc, list) in &w.services {
+                let mut ports = BTreeMap::new();
+                for p in &list.ports {
+                    ports.insert(port(name, p.service_port)?, port(name, p.target_port)?);
+                }
+                services.insert(svc.clone(), ports);
+            }
+            let protocol = match wl::TunnelProtocol::try_from(w.tunnel_protocol) {
+                Ok(wl::TunnelProtocol::Hbone) => TunnelProtocol::Hbone,
+                _ => TunnelProtocol::None,
+            };
+            let workload = state::Workload {
+                uid: if w.uid.is_empty() { name.to_string() } else { w.uid },
+                name: w.name,
+                namespace: w.namespace,
+                service_account: if w.service_account.is_empty() { "default".into() } else { w.service_account },
+                trust_domain: if w.trust_domain.is_empty() { "cluster.local".into() } else { w.trust_domain },
+                node: w.node,
+                addresses,
+                protocol,
+                labels: BTreeMap::new(),
+            };
+            Ok(Converted::Workload(workload, services))
+        }
+        Some(wl::address::Type::Service(s)) => {
+            let vips = s.addresses.iter().map(|a| ip(name, &a.address)).collect::<Result<Vec<_>, _>>()?;
+            let ports = s
+                .ports
+                .iter()
+                .map(|p| Ok(state::ServicePort { service_port: port(name, p.service_port)?, target_port: port(name, p.target_port)? }))
+                .collect::<Result<Vec<_>, ConvertError>>()?;
+            Ok(Converted::Service(state::Service {
+                name: s.name,
+                namespace: s.namespace,
+                hostname: s.hostname,
+                vips,
+                ports,
+                endpoints: BTreeMap::new(),
+            }))
+        }
+    }
+}
+
+/// Decodes a delta resource and converts it. Pure.
+pub fn decode(r: &Resource) -> Result<Converted, ConvertError> {
+    let any = r.resource.as_ref().ok_or_else(|| ConvertError::Empty(r.name.clone()))?;
+    if any.type_url != ADDRESS_TYPE_URL {
+        return Err(ConvertError::TypeUrl(r.name.clone(), any.type_url.clone()));
+    }
+    let addr = wl::Address::decode(any.value.as_slice()).map_err(|e| ConvertError::Decode(r.name.clone(), e.to_string()))?;
+    convert(&r.name, addr)
+}
+
+/// What the client holds, to compute service endpoints and to resume after a reconnect.
+#[derive(Default)]
+pub struct Cache {
+    /// name -> version of every resource applied.
+    versions: HashMap<String, String>,
+    /// workload uid -> services it backs.
+    backs: HashMap<String, BTreeMap<String, BTreeMap<u16, u16>>>,
+    /// service name -> service (endpoints filled on upsert).
+    services: HashMap<String, state::Service>,
+}
+
+impl Cache {
+    /// Applies one response; returns the resources that could not be used (kept at their
+    /// previous version).
+    pub fn apply(&mut self, resp: &DeltaDiscoveryResponse, state: &State) -> Vec<ConvertError> {
+        let mut errors = Vec::new();
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        for r in &resp.resources {
+            match decode(r) {
+                Err(e) => errors.push(e),
+                Ok(Converted::Workload(w, backs)) => {
+                    touched.extend(backs.keys().cloned());
+                    if let Some(old) = self.backs.insert(w.uid.clone(), backs) {
+                        touched.extend(old.into_keys());
+                    }
+                    state.upsert_workload(w);
+                    self.versions.insert(r.name.clone(), r.version.clone());
+                }
+                Ok(Converted::Service(s)) => {
+                    touched.insert(r.name.clone());
+                    self.services.insert(r.name.clone(), s);
+                    self.versions.insert(r.name.clone(), r.version.clone());
+                }
+            }
+        }
+        for name in &resp.removed_resources {
+            self.versions.remove(name);
+            if let Some(old) = self.backs.remove(name) {
+                touched.extend(old.into_keys());
+                state.remove_workload(name);
+            } else if self.services.remove(name).is_some() {
+                state.remove_service(name);
+            }
+        }
+        for name in touched {
+            let Some(svc) = self.services.get(&name) else { continue };
+            let mut svc = svc.clone();
+            svc.endpoints = self
+                .backs
+                .iter()
+                .filter_map(|(uid, backs)| backs.get(&name).map(|ports| (uid.clone(), ports.clone())))
+                .collect();
+            state.upsert_service(svc);
+        }
+        errors
+    }
+
+    pub fn versions(&self) -> &HashMap<String, String> {
+        &self.versions
+    }
+}
+
+/// A tonic endpoint for `host:port` or a full `http://` URI.
+pub(crate) fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, String> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    tonic::transport::Endpoint::from_shared(uri)
+        .map(|e| e.connect_timeout(Duration::from_secs(5)).tcp_nodelay(true))
+        .map_err(|e| format!("invalid address {addr:?}: {e}"))
+}
+
+/// Runs the client until dropped or aborted. `synced` turns true once the first
+/// response is applied.
+pub async fn run(addr: String, node: String, state: State, synced: watch::Sender<bool>) {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(15);
+    let mut cache = Cache::default();
+    let mut backoff = MIN;
+    loop {
+        let mut got_response = false;
+        let cause = match session(&addr, &node, &state, &synced, &mut cache, &mut got_response).await {
+            Ok(()) => Error::Closed,
+            Err(e) => e,
+        };
+        if got_response {
+            backoff = MIN;
+        }
+        let delay = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+        tracing::warn!("xds: cannot reach control plane at {addr}: {cause}; retrying in {delay:?}");
+        tokio::time::sleep(delay).await;
+        backoff = (backoff * 2).min(MAX);
+    }
+}
+
+async fn session(
+    addr: &str,
+    node: &str,
+    state: &State,
+    synced: &watch::Sender<bool>,
+    cache: &mut Cache,
+    got_response: &mut bool,
+) -> Result<(), Error> {
+    let channel = endpoint(addr).map_err(Error::Address)?.connect().await.map_err(Error::Connect)?;
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    let first = DeltaDiscoveryRequest {
+        node: Some(Node { id: node.to_string(), ..Default::default() }),
+        type_url: ADDRESS_TYPE_URL.to_string(),
+        initial_resource_versions: cache.versions().clone(),
+        ..Default::default()
+    };
+    tx.send(first).await.map_err(|_| Error::Closed)?;
+    let mut responses = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+    tracing::info!(addr, held = cache.versions().len(), "xds: connected to the control plane");
+    while let Some(resp) = responses.message().await? {
+        *got_response = true;
+        if resp.type_url != ADDRESS_TYPE_URL {
+            tracing::debug!(type_url = resp.type_url, "xds: ignoring a type we did not ask for");
+            continue;
+        }
+        let errors = cache.apply(&resp, state);
+        let error_detail = if errors.is_empty() {
+            None
+        } else {
+            let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            tracing::warn!("xds: rejected {} resource(s), keeping their previous version: {message}", errors.len());
+            Some(RpcStatus { code: tonic::Code::InvalidArgument as i32, message, details: vec![] })
+        };
+        tracing::debug!(
+            nonce = resp.nonce,
+            applied = resp.resources.len() - errors.len(),
+            removed = resp.removed_resources.len(),
+            "xds: update"
+        );
+        let ack = DeltaDiscoveryRequest {
+            type_url: ADDRESS_TYPE_URL.to_string(),
+            response_nonce: resp.nonce.clone(),
+            error_detail,
+            ..Default::default()
+        };
+        tx.send(ack).await.map_err(|_| Error::Closed)?;
+        synced.send_if_modified(|s| !std::mem::replace(s, true));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workload_addr(uid: &str, backs: &[(&str, u32, u32)]) -> wl::Address {
+        let mut services = HashMap::new();
+        for (svc, sp, tp) in backs {
+            services.insert(svc.to_string(), wl::PortList { ports: vec![wl::Port { service_port: *sp, target_port: *tp }] });
+        }
+        wl::Address {
+            r#type: Some(wl::address::Type::Workload(wl::Workload {
+                uid: uid.into(),
+                name: "a".into(),
+                namespace: "ns".into(),
+                addresses: vec![vec![10, 0, 0, 1], vec![0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]],
+                tunnel_protocol: wl::TunnelProtocol::Hbone as i32,
+                trust_domain: "td".into(),
+                service_account: "sa".into(),
+                node: "n1".into(),
+                services,
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn service_addr(ns: &str, host: &str) -> wl::Address {
+        wl::Address {
+            r#type: Some(wl::address::Type::Service(wl::Service {
+                name: "echo".into(),
+                namespace: ns.into(),
+                hostname: host.into(),
+                addresses: vec![wl::NetworkAddress { network: String::new(), address: vec![10, 96, 0, 1] }],
+                ports: vec![wl::Port { service_port: 80, target_port: 8080 }],
+                subject_alt_names: vec![],
+            })),
+        }
+    }
+
+    fn res(name: &str, a: &wl::Address) -> Resource {
+        Resource {
+            version: crate::controlplane::model::version_of(&a.encode_to_vec()),
+            resource: Some(prost_types::Any { type_url: ADDRESS_TYPE_URL.into(), value: a.encode_to_vec() }),
+            name: name.into(),
+            aliases: vec![],
+        }
+    }
+
+    #[test]
+    fn converts_workload() {
+        let Converted::Workload(w, backs) = convert("u1", workload_addr("u1", &[("ns/echo", 80, 8080)])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(w.addresses, vec!["10.0.0.1".parse::<IpAddr>().unwrap(), "fd00::1".parse().unwrap()]);
+        assert_eq!(w.protocol, TunnelProtocol::Hbone);
+        assert_eq!(w.identity().to_string(), "spiffe://td/ns/ns/sa/sa");
+        assert_eq!(backs["ns/echo"], BTreeMap::from([(80, 8080)]));
+    }
+
+    #[test]
+    fn converts_service_and_defaults() {
+        let Converted::Service(s) = convert("ns/h", service_addr("ns", "h")).unwrap() else { panic!() };
+        assert_eq!(s.resource_name(), "ns/h");
+        assert_eq!(s.vips, vec!["10.96.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(s.ports, vec![state::ServicePort { service_port: 80, target_port: 8080 }]);
+        let bare = wl::Address { r#type: Some(wl::address::Type::Workload(wl::Workload::default())) };
+        let Converted::Workload(w, _) = convert("u", bare).unwrap() else { panic!() };
+        assert_eq!((w.uid.as_str(), w.service_account.as_str(), w.trust_domain.as_str()), ("u", "default", "cluster.local"));
+        assert_eq!(w.protocol, TunnelProtocol::None);
+    }
+
+    #[test]
+    fn rejects_bad_resources() {
+        let mut a = workload_addr("u", &[]);
+        if let Some(wl::address::Type::Workload(w)) = &mut a.r#type {
+            w.addresses = vec![vec![1, 2, 3]];
+        }
+        assert_eq!(convert("u", a), Err(ConvertError::BadAddress("u".into(), 3)));
+        assert_eq!(convert("u", wl::Address { r#type: None }), Err(ConvertError::Empty("u".into())));
+        let garbage = Resource {
+            name: "x".into(),
+            resource: Some(prost_types::Any { type_url: ADDRESS_TYPE_URL.into(), value: vec![0xff, 0xff] }),
+            ..Default::default()
+        };
+        assert!(matches!(decode(&garbage), Err(ConvertError::Decode(..))));
+    }
+
+    #[test]
+    fn cache_builds_endpoints_keeps_last_good_and_removes() {
+        let state = State::default();
+        let mut cache = Cache::default();
+        let svc = "ns/echo.ns.svc.cluster.local";
+        let resp = DeltaDiscoveryResponse {
+            resources: vec![res("u1", &workload_addr("u1", &[(svc, 80, 8080)])), res(svc, &service_addr("ns", "echo.ns.svc.cluster.local"))],
+            ..Default::default()
+        };
+        assert!(cache.apply(&resp, &state).is_empty());
+        let s = &state.services()[0];
+        assert_eq!(s.endpoints, BTreeMap::from([("u1".to_string(), BTreeMap::from([(80, 8080)]))]));
+        assert!(state.find_workload_by_ip("10.0.0.1".parse().unwrap()).is_some());
+
+        // A bad update for u1 is rejected and the previous version stays.
+        let mut bad = res("u1", &workload_addr("u1", &[]));
+        bad.resource.as_mut().unwrap().value = vec![0xff];
+        let errors = cache.apply(&DeltaDiscoveryResponse { resources: vec![bad], ..Default::default() }, &state);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].to_string().starts_with("u1:"), "{}", errors[0]);
+        assert_eq!(state.services()[0].endpoints.len(), 1);
+
+        // Removing the workload drops it from the service's endpoints.
+        let resp = DeltaDiscoveryResponse { removed_resources: vec!["u1".into()], ..Default::default() };
+        assert!(cache.apply(&resp, &state).is_empty());
+        assert!(state.workloads().is_empty());
+        assert!(state.services()[0].endpoints.is_empty());
+        assert_eq!(cache.versions().keys().collect::<Vec<_>>(), vec![svc]);
+        let resp = DeltaDiscoveryResponse { removed_resources: vec![svc.into()], ..Default::default() };
+        cache.apply(&resp, &state);
+        assert!(state.services().is_empty() && cache.versions().is_empty());
+    }
+}
