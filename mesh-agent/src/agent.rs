@@ -109,7 +109,7 @@ async fn serve(
         t.abort();
         let _ = t.await;
     }
-    pods.delete_all();
+    pods.delete_all().await;
     drop(pods);
     Ok(())
 }

@@ -61,7 +61,7 @@ pub enum Error {
     Proxy {
         pod: String,
         #[source]
-        source: crate::proxy::Error,
+        source: Box<crate::proxy::Error>,
     },
     #[error("pod {pod}: {source}")]
     Kernel {
@@ -95,6 +95,8 @@ impl PodManager {
         Self { kernel, inputs, trust_domain, pods: Mutex::default() }
     }
 
+    /// Opens the pod's listeners, then attaches the capture programs. Replaces an
+    /// earlier enrollment of the same uid.
     pub async fn add(&self, pod: PodEvent) -> Result<(), Error> {
         let who = format!("{}/{}", pod.namespace, pod.name);
         let invalid = |what: String| Error::Invalid { pod: who.clone(), what };
@@ -106,7 +108,7 @@ impl PodManager {
                 return Err(invalid(format!("{what} {} does not exist", p.display())));
             }
         }
-        self.delete(&pod.uid);
+        self.delete(&pod.uid).await;
         let enrolled = EnrolledPod {
             uid: pod.uid.clone(),
             namespace: pod.namespace.clone(),
@@ -122,7 +124,7 @@ impl PodManager {
         };
         let proxy = PodProxy::start(self.inputs.clone(), enrolled)
             .await
-            .map_err(|source| Error::Proxy { pod: who.clone(), source })?;
+            .map_err(|source| Error::Proxy { pod: who.clone(), source: Box::new(source) })?;
         self.kernel
             .enroll(&pod.uid, proxy.netns_cookie(), pod.ips[0], &pod.cgroup)
             .map_err(|source| Error::Kernel { pod: who.clone(), source })?;
@@ -132,12 +134,12 @@ impl PodManager {
     }
 
     /// Removes a pod; returns whether it was enrolled.
-    pub fn delete(&self, uid: &str) -> bool {
+    pub async fn delete(&self, uid: &str) -> bool {
         let removed = self.pods.lock().unwrap().remove(uid);
         self.kernel.unenroll(uid);
         match removed {
             Some(e) => {
-                e.proxy.shutdown();
+                e.proxy.shutdown_wait().await;
                 info!(pod = %format!("{}/{}", e.event.namespace, e.event.name), uid, "pod removed");
                 true
             }
@@ -152,10 +154,10 @@ impl PodManager {
         v
     }
 
-    pub fn delete_all(&self) {
+    pub async fn delete_all(&self) {
         let uids: Vec<String> = self.pods.lock().unwrap().keys().cloned().collect();
         for uid in uids {
-            self.delete(&uid);
+            self.delete(&uid).await;
         }
     }
 
@@ -164,7 +166,7 @@ impl PodManager {
             Err(e) => Err(format!("bad request {line:?}: {e}")),
             Ok(Request::Add { pod }) => self.add(pod).await.map_err(|e| crate::error_chain(&e)),
             Ok(Request::Delete { uid }) => {
-                self.delete(&uid);
+                self.delete(&uid).await;
                 Ok(())
             }
         };

@@ -97,15 +97,25 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Checks the machine, loads the programs and pins the maps under `bpffs`.
+    /// Checks the machine, loads the programs and pins the maps under `bpffs`. On
+    /// failure nothing is left behind: a folder this call created is removed again.
     pub fn load(bpffs: &Path) -> Result<Kernel, Error> {
         preflight(bpffs).map_err(Error::Preflight)?;
         if EBPF_OBJECT.is_empty() {
             return Err(Error::NoObject);
         }
+        let existed = bpffs.exists();
         std::fs::create_dir_all(bpffs).map_err(|e| {
             Error::Preflight(format!("cannot create {}: {e}", bpffs.display()))
         })?;
+        let loaded = Self::load_into(bpffs);
+        if loaded.is_err() && !existed {
+            let _ = std::fs::remove_dir_all(bpffs);
+        }
+        loaded
+    }
+
+    fn load_into(bpffs: &Path) -> Result<Kernel, Error> {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(bpffs)
             .load(EBPF_OBJECT)

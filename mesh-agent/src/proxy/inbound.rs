@@ -1,0 +1,285 @@
+//! The HBONE inbound listener (15008 inside the pod): terminates mTLS with the pod's
+//! certificate, authenticates the caller, and serves HTTP/2 CONNECT to the pod's ports.
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use super::copy::{copy, AccessLog};
+use super::{connect_in, drained, Drain, EnrolledPod, Error, ProxyInputs, CONNECT_TIMEOUT};
+use crate::identity::WorkloadCert;
+use crate::state::{Identity, State};
+use crate::tls;
+
+static CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+type CachedConfig = (Arc<WorkloadCert>, Arc<rustls::ServerConfig>);
+
+pub(super) struct Inbound {
+    listener: TcpListener,
+    ctx: Arc<Ctx>,
+}
+
+/// What each HBONE connection needs (not the listener: a connection that outlives
+/// the listener task must not keep the port bound).
+struct Ctx {
+    inputs: Arc<ProxyInputs>,
+    pod: Arc<EnrolledPod>,
+    drain: Drain,
+    config: Mutex<Option<CachedConfig>>,
+}
+
+impl Inbound {
+    pub fn new(inputs: Arc<ProxyInputs>, pod: Arc<EnrolledPod>, listener: TcpListener, drain: Drain) -> Self {
+        Inbound { listener, ctx: Arc::new(Ctx { inputs, pod, drain, config: Mutex::new(None) }) }
+    }
+
+    pub async fn run(self) {
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(pod = %self.ctx.pod.workload_name(), "HBONE accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+            let id = CONN_ID.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::info_span!("inbound", id, pod = %self.ctx.pod.workload_name(), %peer);
+            let ctx = self.ctx.clone();
+            let drain = ctx.drain.clone();
+            tokio::spawn(
+                async move {
+                    tokio::select! {
+                        _ = ctx.handle(stream, peer) => {}
+                        _ = drained(drain) => tracing::debug!("pod proxy stopped; connection closed"),
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }
+}
+
+impl Ctx {
+    /// The pod's TLS server configuration, rebuilt when the certificate changes.
+    async fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, Error> {
+        let id = &self.pod.identity;
+        let cert = self
+            .inputs
+            .certs
+            .fetch(id)
+            .await
+            .map_err(|reason| Error::Cert { identity: id.clone(), reason })?;
+        let mut cached = self.config.lock().unwrap();
+        if let Some((c, cfg)) = cached.as_ref() {
+            if Arc::ptr_eq(c, &cert) {
+                return Ok(cfg.clone());
+            }
+        }
+        let cfg = Arc::new(tls::server_config(&cert)?);
+        *cached = Some((cert, cfg.clone()));
+        Ok(cfg)
+    }
+
+    async fn handle(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let mut log = AccessLog::new("inbound");
+        log.dst_workload = self.pod.workload_name();
+        log.dst_identity = self.pod.identity.to_string();
+        let cfg = match self.server_config().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("refusing HBONE connection from {peer}: {e}");
+                log.finish(Some(&e));
+                return;
+            }
+        };
+        let tls = match tokio::time::timeout(CONNECT_TIMEOUT, TlsAcceptor::from(cfg).accept(stream)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                let e = format!("mTLS handshake from {peer} failed: {}", tls::readable_io_error(e));
+                tracing::warn!("{e}");
+                log.finish(Some(&e));
+                return;
+            }
+            Err(_) => {
+                let e = format!("mTLS handshake from {peer} timed out");
+                tracing::warn!("{e}");
+                log.finish(Some(&e));
+                return;
+            }
+        };
+        // From here on each CONNECT stream writes its own record.
+        log.discard();
+        let caller = authenticate(&self.inputs.state, peer.ip(), tls.get_ref().1);
+        if let Caller { rejected: Some((_, reason)), .. } = &caller {
+            tracing::warn!("rejecting HBONE caller {peer}: {reason}");
+        }
+        let conn = Arc::new(Conn { inbound: self.clone(), caller });
+        // hyper runs each stream on its own task: carry the connection's span there.
+        let span = tracing::Span::current();
+        let svc = hyper::service::service_fn(move |req| {
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(conn.request(req).await) }.instrument(span.clone())
+        });
+        if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tls), svc)
+            .await
+        {
+            tracing::debug!("HBONE connection from {peer} ended: {e}");
+        }
+    }
+}
+
+/// Who is calling, as far as we could establish it.
+struct Caller {
+    identity: Option<Identity>,
+    workload: Option<String>,
+    /// Set when the caller must be refused: the status to answer every CONNECT with.
+    rejected: Option<(StatusCode, String)>,
+}
+
+/// The caller's certificate identity must be the identity the control plane gives the
+/// workload owning the connection's source address.
+fn authenticate(state: &State, peer: IpAddr, conn: &rustls::CommonState) -> Caller {
+    let identity = match tls::peer_identity(conn) {
+        Ok(id) => id,
+        Err(e) => {
+            let reason = format!("caller {peer} has no usable SPIFFE identity: {e}");
+            return Caller { identity: None, workload: None, rejected: Some((StatusCode::UNAUTHORIZED, reason)) };
+        }
+    };
+    authorize_source(state, peer, identity)
+}
+
+fn authorize_source(state: &State, peer: IpAddr, identity: Identity) -> Caller {
+    let Some(w) = state.find_workload_by_ip(peer) else {
+        let reason = format!("source address {peer} is not a known workload (caller presented {identity})");
+        return Caller { identity: Some(identity), workload: None, rejected: Some((StatusCode::FORBIDDEN, reason)) };
+    };
+    let name = format!("{}/{}", w.namespace, w.name);
+    let expected = w.identity();
+    let rejected = (expected != identity).then(|| {
+        let reason =
+            format!("source address {peer} belongs to {name} with identity {expected}, but the caller presented {identity}");
+        (StatusCode::FORBIDDEN, reason)
+    });
+    Caller { identity: Some(identity), workload: Some(name), rejected }
+}
+
+/// One authenticated (or refused) HTTP/2 connection.
+struct Conn {
+    inbound: Arc<Ctx>,
+    caller: Caller,
+}
+
+impl Conn {
+    async fn request(&self, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let pod = &self.inbound.pod;
+        let mut log = AccessLog::new("inbound");
+        log.src_identity = self.caller.identity.as_ref().map(|i| i.to_string()).unwrap_or_default();
+        log.src_workload = self.caller.workload.clone().unwrap_or_default();
+        log.dst_workload = pod.workload_name();
+        log.dst_identity = pod.identity.to_string();
+        let refuse = |log: &AccessLog, status: StatusCode, reason: String| {
+            log.finish(Some(&format!("{} {reason}", status.as_u16())));
+            respond(status, reason)
+        };
+        if let Some((status, reason)) = &self.caller.rejected {
+            return refuse(&log, *status, reason.clone());
+        }
+        if req.method() != Method::CONNECT {
+            let reason = format!("only CONNECT is served on the HBONE port, not {}", req.method());
+            return refuse(&log, StatusCode::METHOD_NOT_ALLOWED, reason);
+        }
+        let authority = req.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+        let target = match authority.parse::<SocketAddr>() {
+            Ok(t) => SocketAddr::new(t.ip().to_canonical(), t.port()),
+            Err(_) => {
+                let reason = format!("CONNECT authority {authority:?} is not <ip>:<port>");
+                return refuse(&log, StatusCode::BAD_REQUEST, reason);
+            }
+        };
+        log.dst_addr = Some(target);
+        if !pod.ips.contains(&target.ip()) {
+            let reason = format!("{target} is not an address of pod {}", pod.workload_name());
+            return refuse(&log, StatusCode::BAD_REQUEST, reason);
+        }
+        let app = match connect_in(&pod.netns, target, "inbound", "is the application listening on that port?").await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return refuse(&log, StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            }
+        };
+        let upgrade = hyper::upgrade::on(&mut req);
+        let drain = self.inbound.drain.clone();
+        tokio::spawn(
+            async move {
+                let work = async {
+                    match upgrade.await {
+                        Ok(up) => {
+                            let err = copy(&log, TokioIo::new(up), app).await;
+                            log.finish(err.as_ref().map(|e| e as &dyn std::fmt::Display));
+                        }
+                        Err(e) => log.finish(Some(&format!("CONNECT upgrade failed: {e}"))),
+                    }
+                };
+                tokio::select! {
+                    _ = work => {}
+                    _ = drained(drain) => {}
+                }
+            }
+            .in_current_span(),
+        );
+        respond(StatusCode::OK, String::new())
+    }
+}
+
+fn respond(status: StatusCode, reason: String) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(Bytes::from(reason)));
+    *res.status_mut() = status;
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{TunnelProtocol, Workload};
+
+    #[test]
+    fn source_address_must_match_identity() {
+        let state = State::default();
+        state.upsert_workload(Workload {
+            uid: "a".into(),
+            name: "a".into(),
+            namespace: "default".into(),
+            service_account: "a".into(),
+            trust_domain: "cluster.local".into(),
+            node: "n".into(),
+            addresses: vec!["10.0.0.1".parse().unwrap()],
+            protocol: TunnelProtocol::Hbone,
+            labels: Default::default(),
+        });
+        let a: Identity = "spiffe://cluster.local/ns/default/sa/a".parse().unwrap();
+        let b: Identity = "spiffe://cluster.local/ns/default/sa/b".parse().unwrap();
+        let ok = authorize_source(&state, "10.0.0.1".parse().unwrap(), a.clone());
+        assert!(ok.rejected.is_none());
+        assert_eq!(ok.workload.as_deref(), Some("default/a"));
+        let wrong = authorize_source(&state, "10.0.0.1".parse().unwrap(), b.clone());
+        assert_eq!(wrong.rejected.as_ref().map(|r| r.0), Some(StatusCode::FORBIDDEN));
+        assert!(wrong.rejected.unwrap().1.contains("belongs to default/a with identity"));
+        let unknown = authorize_source(&state, "10.0.0.9".parse().unwrap(), a);
+        assert_eq!(unknown.rejected.map(|r| r.0), Some(StatusCode::FORBIDDEN));
+    }
+}

@@ -1,0 +1,285 @@
+//! The data plane for enrolled pods: an outbound listener (15001) that tunnels captured
+//! connections over HBONE, and an HBONE inbound listener (15008), both opened inside
+//! each pod's network namespace (ztunnel's in-pod model).
+//!
+//! # Layout
+//! - [`PodProxy`]: one pod's listeners; start it on enrollment, drop it on removal.
+//! - `outbound`: accept a captured connection, find its original destination, resolve
+//!   it ([`resolve`]) and tunnel it (`hbone`) or pass it through.
+//! - `inbound`: terminate mTLS, authenticate the caller, serve HTTP/2 CONNECT.
+//! - `hbone`: the HBONE client and its per-destination HTTP/2 connection pool.
+//! - `copy`: bidirectional copy with byte counts, and the access log.
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::identity::WorkloadCert;
+use crate::netns;
+use crate::state::{Identity, State};
+
+mod copy;
+pub mod hbone;
+mod inbound;
+mod outbound;
+pub mod resolve;
+
+pub const OUTBOUND_PORT: u16 = 15001;
+pub const HBONE_PORT: u16 = 15008;
+/// Connect timeout for every socket the proxy opens (tunnels and local forwards).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where the proxy gets workload certificates (implemented for `identity::CertManager`).
+pub trait CertSource: Send + Sync + 'static {
+    fn fetch(&self, id: &Identity) -> BoxFuture<'_, Result<Arc<WorkloadCert>, String>>;
+}
+
+/// The original destination of a captured connection, recorded by the kernel's
+/// connect hook, keyed by the pod's netns cookie and the pod socket's local port.
+pub trait OrigDstLookup: Send + Sync + 'static {
+    fn lookup(&self, netns_cookie: u64, peer_port: u16, ipv6: bool) -> Option<SocketAddr>;
+}
+
+/// What every pod proxy on this node shares.
+pub struct ProxyInputs {
+    pub state: State,
+    pub certs: Arc<dyn CertSource>,
+    pub orig_dst: Arc<dyn OrigDstLookup>,
+    /// This node's name.
+    pub node: String,
+}
+
+/// A pod in the mesh on this node, as the CNI hook reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnrolledPod {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+    pub ips: Vec<IpAddr>,
+    /// The pod's network namespace, e.g. `/proc/<pid>/ns/net` or `/run/netns/<name>`.
+    pub netns: PathBuf,
+    pub identity: Identity,
+}
+
+impl EnrolledPod {
+    /// `namespace/name`, as the access log names workloads.
+    pub fn workload_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("binding the {what} listener on {addr} inside {netns}: {source}; is another proxy (a sidecar, ztunnel) using the port?")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        netns: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("creating a socket in the pod's network namespace: {0}")]
+    Netns(#[source] io::Error),
+    #[error("reading the network namespace cookie of the outbound listener (kernel 5.14+ needed): {0}")]
+    Cookie(#[source] io::Error),
+    #[error("no certificate for {identity}: {reason}; is the CA reachable?")]
+    Cert { identity: Identity, reason: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::Error),
+    #[error(transparent)]
+    Resolve(#[from] resolve::ResolveError),
+    #[error("timed out connecting to {addr} ({what}); {hint}")]
+    ConnectTimeout { addr: SocketAddr, what: &'static str, hint: &'static str },
+    #[error("connecting to {addr} ({what}): {source}")]
+    Connect {
+        addr: SocketAddr,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mTLS handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("HTTP/2 with {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("HBONE CONNECT to {target} via {addr} refused: {status} {reason}")]
+    Refused { addr: SocketAddr, target: SocketAddr, status: http::StatusCode, reason: String },
+}
+
+/// Shutdown signal: every task holds a receiver; dropping the sender (in [`PodProxy`])
+/// wakes them all.
+pub(crate) type Drain = watch::Receiver<()>;
+
+pub(crate) async fn drained(mut d: Drain) {
+    while d.changed().await.is_ok() {}
+}
+
+/// One pod's running listeners. Dropping it (or [`PodProxy::shutdown`]) stops the
+/// listeners and every connection they carry.
+pub struct PodProxy {
+    cookie: u64,
+    outbound_addrs: Vec<SocketAddr>,
+    inbound_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+    drain: Option<watch::Sender<()>>,
+}
+
+impl PodProxy {
+    /// Binds the pod's listeners inside its network namespace and starts serving.
+    /// Returns once the sockets are listening. Must run inside a Tokio runtime.
+    pub async fn start(inputs: Arc<ProxyInputs>, pod: EnrolledPod) -> Result<PodProxy, Error> {
+        let ns = pod.netns.clone();
+        let bound = tokio::task::spawn_blocking(move || netns::run_in(&ns, || Ok(bind_listeners(&ns))))
+            .await
+            .map_err(|e| Error::Netns(io::Error::other(e)))?
+            .map_err(Error::Netns)??;
+        let cookie = netns::socket_netns_cookie(&bound.outbound[0]).map_err(Error::Cookie)?;
+        let (tx, rx) = watch::channel(());
+        let pod = Arc::new(pod);
+        let pool = Arc::new(hbone::Pool::default());
+        let mut tasks = Vec::new();
+        let mut outbound_addrs = Vec::new();
+        for l in bound.outbound {
+            let l = TcpListener::from_std(l).map_err(Error::Netns)?;
+            outbound_addrs.push(l.local_addr().map_err(Error::Netns)?);
+            let ob = outbound::Outbound::new(inputs.clone(), pod.clone(), pool.clone(), cookie, l, rx.clone());
+            tasks.push(tokio::spawn(ob.run()));
+        }
+        let l = TcpListener::from_std(bound.inbound).map_err(Error::Netns)?;
+        let inbound_addr = l.local_addr().map_err(Error::Netns)?;
+        tasks.push(tokio::spawn(inbound::Inbound::new(inputs, pod.clone(), l, rx).run()));
+        tracing::info!(pod = %pod.workload_name(), identity = %pod.identity, netns = %pod.netns.display(),
+            cookie, outbound = ?outbound_addrs, inbound = %inbound_addr, "pod proxy started");
+        Ok(PodProxy { cookie, outbound_addrs, inbound_addr, tasks, drain: Some(tx) })
+    }
+
+    /// The kernel's cookie for the pod's network namespace (key of the orig-dst map).
+    pub fn netns_cookie(&self) -> u64 {
+        self.cookie
+    }
+
+    /// The outbound listeners (`127.0.0.1:15001`, and `[::1]:15001` when available).
+    pub fn outbound_addrs(&self) -> &[SocketAddr] {
+        &self.outbound_addrs
+    }
+
+    /// The HBONE listener (`[::]:15008` dual stack, or `0.0.0.0:15008`).
+    pub fn inbound_addr(&self) -> SocketAddr {
+        self.inbound_addr
+    }
+
+    /// Stops the listeners and all their connections. The sockets close a moment
+    /// later, on the runtime; use [`PodProxy::shutdown_wait`] to wait for that.
+    pub fn shutdown(self) {}
+
+    /// Like [`PodProxy::shutdown`], but returns only once the listening sockets are
+    /// closed, so the same ports can be bound again in that namespace.
+    pub async fn shutdown_wait(mut self) {
+        self.drain.take();
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for PodProxy {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Bound {
+    outbound: Vec<std::net::TcpListener>,
+    inbound: std::net::TcpListener,
+}
+
+/// Runs inside the pod's namespace.
+fn bind_listeners(ns: &Path) -> Result<Bound, Error> {
+    let bind = |what, addr: SocketAddr, v6only: Option<bool>| {
+        listen(addr, v6only).map_err(|source| Error::Bind { what, addr, netns: ns.to_owned(), source })
+    };
+    let mut outbound = vec![bind("outbound", (Ipv4Addr::LOCALHOST, OUTBOUND_PORT).into(), None)?];
+    match bind("outbound", (Ipv6Addr::LOCALHOST, OUTBOUND_PORT).into(), Some(true)) {
+        Ok(l) => outbound.push(l),
+        Err(Error::Bind { source, .. }) if no_ipv6(&source) => {}
+        Err(e) => return Err(e),
+    }
+    let inbound = match bind("HBONE inbound", (Ipv6Addr::UNSPECIFIED, HBONE_PORT).into(), Some(false)) {
+        Ok(l) => l,
+        Err(Error::Bind { source, .. }) if no_ipv6(&source) => {
+            bind("HBONE inbound", (Ipv4Addr::UNSPECIFIED, HBONE_PORT).into(), None)?
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Bound { outbound, inbound })
+}
+
+fn no_ipv6(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL) | Some(libc::EAFNOSUPPORT))
+}
+
+fn listen(addr: SocketAddr, v6only: Option<bool>) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if let Some(v6only) = v6only {
+        s.set_only_v6(v6only)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// Creates a TCP socket inside the network namespace `ns` (so that it has the pod's
+/// addresses and routes), ready to connect from any thread.
+pub(crate) async fn socket_in(ns: &Path, dst: SocketAddr) -> Result<TcpSocket, Error> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let ns = ns.to_owned();
+    let s = tokio::task::spawn_blocking(move || {
+        netns::run_in(&ns, || {
+            let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_nonblocking(true)?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+    })
+    .await
+    .map_err(|e| Error::Netns(io::Error::other(e)))?
+    .map_err(Error::Netns)?;
+    Ok(TcpSocket::from_std_stream(s.into()))
+}
+
+/// Connects a socket made inside `ns` to `dst`, within [`CONNECT_TIMEOUT`].
+pub(crate) async fn connect_in(
+    ns: &Path,
+    dst: SocketAddr,
+    what: &'static str,
+    hint: &'static str,
+) -> Result<tokio::net::TcpStream, Error> {
+    let sock = socket_in(ns, dst).await?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(dst)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(Error::Connect { addr: dst, what, source }),
+        Err(_) => Err(Error::ConnectTimeout { addr: dst, what, hint }),
+    }
+}
