@@ -67,7 +67,7 @@ pub enum Error {
     Kernel {
         pod: String,
         #[source]
-        source: crate::kernel::Error,
+        source: Box<crate::kernel::Error>,
     },
     #[error("CNI socket {path}: {source}")]
     Socket {
@@ -127,7 +127,7 @@ impl PodManager {
             .map_err(|source| Error::Proxy { pod: who.clone(), source: Box::new(source) })?;
         self.kernel
             .enroll(&pod.uid, proxy.netns_cookie(), pod.ips[0], &pod.cgroup)
-            .map_err(|source| Error::Kernel { pod: who.clone(), source })?;
+            .map_err(|source| Error::Kernel { pod: who.clone(), source: Box::new(source) })?;
         info!(pod = %who, uid = %pod.uid, ips = ?pod.ips, "pod enrolled");
         self.pods.lock().unwrap().insert(pod.uid.clone(), Enrolled { event: pod, proxy });
         Ok(())

@@ -203,7 +203,7 @@ impl State {
 
     pub fn services(&self) -> Vec<Arc<Service>> {
         let mut v: Vec<_> = self.inner.read().unwrap().services.values().cloned().collect();
-        v.sort_by(|a, b| a.resource_name().cmp(&b.resource_name()));
+        v.sort_by_key(|s| s.resource_name());
         v
     }
 

@@ -1,0 +1,42 @@
+//! A pod outside the mesh (namespace `legacy`, never enrolled) reaches echo-1 by IP
+//! directly: no outbound capture, no access-log line naming it, no redirect counted.
+
+use std::time::Duration;
+
+use mesh_tests::require_root;
+use mesh_tests::scenario::{curl_ok, Options, Scene};
+
+#[test]
+fn pods_outside_the_mesh_are_not_captured() -> anyhow::Result<()> {
+    if !require_root("not_enrolled") {
+        return Ok(());
+    }
+    let scene = Scene::start("not-enrolled", Options { second_node: false, outsider: true })?;
+    let outsider = scene.outsider.clone().expect("outsider");
+    let bed = &scene.bed;
+    // Let any start-up connections settle before reading the counter.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = bed.counter("node1", "connect_redirected")?;
+    let log_before = bed.access_log("node1").len();
+
+    let body = curl_ok(&outsider, &format!("http://{}:8080/", scene.echo1.ip), 3)?;
+    assert_eq!(body.trim(), "hello from echo-1");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let after = bed.counter("node1", "connect_redirected")?;
+    assert_eq!(before, after, "connect_redirected grew for a pod that is not enrolled");
+    let new_lines: Vec<String> = bed.access_log("node1").into_iter().skip(log_before).collect();
+    let about_outsider: Vec<&String> = new_lines
+        .iter()
+        .filter(|l| l.contains("/ns/legacy/") || (l.contains(&outsider.ip) && mesh_tests::log_field(l, "direction").as_deref() == Some("outbound")))
+        .collect();
+    assert!(about_outsider.is_empty(), "access log mentions the outsider: {about_outsider:?}");
+
+    // The mesh still works for enrolled pods, and that one is counted.
+    let body = curl_ok(&scene.client, &format!("http://{}:8080/", scene.echo1.ip), 5)?;
+    assert_eq!(body.trim(), "hello from echo-1");
+    let counted = bed.counter("node1", "connect_redirected")?;
+    assert!(counted > after, "an enrolled client's connect was not counted ({after} -> {counted})");
+    scene.finish();
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! Developer commands: `cargo xtask demo`, `cargo xtask bench`, `cargo xtask cleanup`.
+
+mod bench;
+mod demo;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "mesh developer commands (run as root: they build network namespaces and load eBPF)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Two nodes, four pods, the control plane and two agents: requests through the
+    /// mesh, access logs and kernel maps, then everything removed.
+    Demo,
+    /// Direct vs meshed throughput and latency, same node and across nodes; writes
+    /// docs/benchmarks.md.
+    Bench {
+        /// iperf3 duration per run, seconds.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Round trips per latency run (bounded by 20 s).
+        #[arg(long, default_value_t = 20000)]
+        round_trips: u32,
+    },
+    /// Removes leftovers (namespaces, cgroups, bpffs folders) of killed test runs.
+    Cleanup,
+}
+
+fn main() -> Result<()> {
+    mesh_tests::install_signal_cleanup();
+    let cli = Cli::parse();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("this command needs root (network namespaces, cgroups, eBPF); try: sudo -E cargo xtask ...");
+    }
+    match cli.cmd {
+        Cmd::Demo => demo::run(),
+        Cmd::Bench { seconds, round_trips } => bench::run(seconds, round_trips),
+        Cmd::Cleanup => {
+            mesh_tests::cleanup::cleanup_stale();
+            Ok(())
+        }
+    }
+}
