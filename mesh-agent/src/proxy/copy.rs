@@ -9,6 +9,10 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Bytes read per step in each direction: large enough that bulk transfers fill
+/// whole TLS records and HTTP/2 frames instead of many small ones.
+const COPY_BUF: usize = 256 * 1024;
+
 /// Copies both ways until both sides close, counting bytes into `log` (from `src`
 /// to `dst` as sent, back as received; the counts hold even when the copy fails).
 pub(super) async fn copy<A, B>(log: &AccessLog, src: A, dst: B) -> Option<io::Error>
@@ -18,7 +22,7 @@ where
 {
     let mut a = Counted { inner: src, read: log.sent.clone() };
     let mut b = Counted { inner: dst, read: log.recv.clone() };
-    tokio::io::copy_bidirectional(&mut a, &mut b).await.err()
+    tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF).await.err()
 }
 
 /// Counts the bytes read from the inner stream.

@@ -89,6 +89,9 @@ pub async fn dial(
         }
     };
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(super::H2_STREAM_WINDOW)
+        .initial_connection_window_size(super::H2_CONN_WINDOW)
+        .max_frame_size(super::H2_MAX_FRAME)
         .handshake(TokioIo::new(tls))
         .await
         .map_err(|source| Error::Http { addr: hbone, source })?;

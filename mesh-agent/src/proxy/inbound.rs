@@ -46,7 +46,11 @@ impl Inbound {
     pub async fn run(self) {
         loop {
             let (stream, peer) = match self.listener.accept().await {
-                Ok(c) => c,
+                Ok(c) => {
+                    // Small writes (requests, TLS records) must not wait for ACKs.
+                    let _ = c.0.set_nodelay(true);
+                    c
+                }
                 Err(e) => {
                     tracing::warn!(pod = %self.ctx.pod.workload_name(), "HBONE accept failed: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -133,6 +137,9 @@ impl Ctx {
             async move { Ok::<_, Infallible>(conn.request(req).await) }.instrument(span.clone())
         });
         if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(super::H2_STREAM_WINDOW)
+            .initial_connection_window_size(super::H2_CONN_WINDOW)
+            .max_frame_size(super::H2_MAX_FRAME)
             .serve_connection(TokioIo::new(tls), svc)
             .await
         {

@@ -32,6 +32,13 @@ pub mod resolve;
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const HBONE_PORT: u16 = 15008;
 /// Connect timeout for every socket the proxy opens (tunnels and local forwards).
+/// HTTP/2 settings of HBONE connections, both sides: windows large enough that
+/// flow control never limits a stream on a fast link, and frames large enough that
+/// bulk data crosses in few of them.
+pub(crate) const H2_STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub(crate) const H2_CONN_WINDOW: u32 = 16 * 1024 * 1024;
+pub(crate) const H2_MAX_FRAME: u32 = 256 * 1024;
+
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the proxy gets workload certificates (implemented for `identity::CertManager`).

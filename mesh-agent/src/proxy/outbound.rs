@@ -47,7 +47,11 @@ impl Outbound {
     pub async fn run(self) {
         loop {
             let (stream, peer) = match self.listener.accept().await {
-                Ok(c) => c,
+                Ok(c) => {
+                    // Small writes (requests, TLS records) must not wait for ACKs.
+                    let _ = c.0.set_nodelay(true);
+                    c
+                }
                 Err(e) => {
                     tracing::warn!(pod = %self.ctx.pod.workload_name(), "outbound accept failed: {e}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
