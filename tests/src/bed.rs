@@ -333,6 +333,26 @@ impl TestBed {
             }
         }
         let port = free_port()?;
+        self.spawn_control_plane(port)
+    }
+
+    /// Stops the control plane (SIGTERM); agents keep their last config.
+    pub fn stop_control_plane(&mut self) -> Option<std::process::ExitStatus> {
+        let mut cp = self.control_plane.take()?;
+        let st = cp.stop(Duration::from_secs(10));
+        let _ = std::fs::copy(&cp.log, self.log_dir.join("control-plane.stopped.log"));
+        st
+    }
+
+    /// Starts the control plane again on the port the agents were given.
+    pub fn restart_control_plane(&mut self) -> Result<()> {
+        if self.cp_port == 0 {
+            bail!("the control plane was never started");
+        }
+        self.spawn_control_plane(self.cp_port)
+    }
+
+    fn spawn_control_plane(&mut self, port: u16) -> Result<()> {
         let state = self.work.join("cp-state");
         std::fs::create_dir_all(&state)?;
         let listen = format!("127.0.0.1:{port}");
