@@ -2,7 +2,6 @@
 //! certificate, authenticates the caller, and serves HTTP/2 CONNECT to the pod's ports.
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -15,12 +14,10 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use super::copy::{copy, AccessLog};
-use super::{connect_in, drained, Drain, EnrolledPod, Error, ProxyInputs, CONNECT_TIMEOUT};
+use super::{connect_in, drained, Direction, Drain, EnrolledPod, Error, ProxyInputs, CONNECT_TIMEOUT};
 use crate::identity::WorkloadCert;
 use crate::state::{Identity, State};
 use crate::tls;
-
-static CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 type CachedConfig = (Arc<WorkloadCert>, Arc<rustls::ServerConfig>);
 
@@ -44,34 +41,13 @@ impl Inbound {
     }
 
     pub async fn run(self) {
-        loop {
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(c) => {
-                    // Small writes (requests, TLS records) must not wait for ACKs.
-                    let _ = c.0.set_nodelay(true);
-                    c
-                }
-                Err(e) => {
-                    tracing::warn!(pod = %self.ctx.pod.workload_name(), "HBONE accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-            let id = CONN_ID.fetch_add(1, Ordering::Relaxed);
-            let span = tracing::info_span!("inbound", id, pod = %self.ctx.pod.workload_name(), %peer);
+        let ctx = self.ctx.clone();
+        let drain = ctx.drain.clone();
+        super::accept_loop(self.listener, Direction::Inbound, &ctx.pod, drain, |stream, peer| {
             let ctx = self.ctx.clone();
-            let drain = ctx.drain.clone();
-            tokio::spawn(
-                async move {
-                    tokio::select! {
-                        _ = ctx.handle(stream, peer) => {}
-                        _ = drained(drain) => tracing::debug!("pod proxy stopped; connection closed"),
-                    }
-                }
-                .instrument(span),
-            );
-        }
+            async move { ctx.handle(stream, peer).await }
+        })
+        .await
     }
 }
 

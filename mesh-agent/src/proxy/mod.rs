@@ -130,6 +130,56 @@ pub enum Error {
 /// wakes them all.
 pub(crate) type Drain = watch::Receiver<()>;
 
+/// Which listener a connection came in on; names its span.
+#[derive(Clone, Copy)]
+pub(crate) enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// Accepts on `listener` until the pod's proxy stops, and runs `handle` for each
+/// connection in its own task, inside a span named for the direction, ended early
+/// when the proxy drains.
+pub(crate) async fn accept_loop<H, F>(listener: TcpListener, direction: Direction, pod: &EnrolledPod, drain: Drain, handle: H)
+where
+    H: Fn(tokio::net::TcpStream, SocketAddr) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tracing::Instrument;
+    static CONN_ID: AtomicU64 = AtomicU64::new(1);
+    let pod = pod.workload_name();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%pod, "accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Small writes (requests, TLS records) must not wait for ACKs.
+        let _ = stream.set_nodelay(true);
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let id = CONN_ID.fetch_add(1, Ordering::Relaxed);
+        let span = match direction {
+            Direction::Inbound => tracing::info_span!("inbound", id, %pod, %peer),
+            Direction::Outbound => tracing::info_span!("outbound", id, %pod, %peer),
+        };
+        let conn = handle(stream, peer);
+        let drain = drain.clone();
+        tokio::spawn(
+            async move {
+                tokio::select! {
+                    _ = conn => {}
+                    _ = drained(drain) => tracing::debug!("pod proxy stopped; connection closed"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
 pub(crate) async fn drained(mut d: Drain) {
     while d.changed().await.is_ok() {}
 }

@@ -1,17 +1,14 @@
 //! The outbound listener (127.0.0.1:15001 inside the pod): connections the kernel
 //! redirected here are resolved and tunnelled over HBONE, or passed through.
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::Instrument;
 
 use super::copy::{copy, AccessLog};
 use super::resolve::{resolve, Destination};
-use super::{connect_in, drained, hbone, Drain, EnrolledPod, ProxyInputs, HBONE_PORT};
-
-static CONN_ID: AtomicU64 = AtomicU64::new(1);
+use super::{connect_in, hbone, Direction, Drain, EnrolledPod, ProxyInputs, HBONE_PORT};
 
 pub(super) struct Outbound {
     listener: TcpListener,
@@ -45,33 +42,13 @@ impl Outbound {
     }
 
     pub async fn run(self) {
-        loop {
-            let (stream, peer) = match self.listener.accept().await {
-                Ok(c) => {
-                    // Small writes (requests, TLS records) must not wait for ACKs.
-                    let _ = c.0.set_nodelay(true);
-                    c
-                }
-                Err(e) => {
-                    tracing::warn!(pod = %self.ctx.pod.workload_name(), "outbound accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let id = CONN_ID.fetch_add(1, Ordering::Relaxed);
-            let span = tracing::info_span!("outbound", id, pod = %self.ctx.pod.workload_name(), %peer);
+        let ctx = self.ctx.clone();
+        let drain = ctx.drain.clone();
+        super::accept_loop(self.listener, Direction::Outbound, &ctx.pod, drain, |stream, peer| {
             let ctx = self.ctx.clone();
-            let drain = ctx.drain.clone();
-            tokio::spawn(
-                async move {
-                    tokio::select! {
-                        _ = ctx.handle(stream, peer) => {}
-                        _ = drained(drain) => tracing::debug!("pod proxy stopped; connection closed"),
-                    }
-                }
-                .instrument(span),
-            );
-        }
+            async move { ctx.handle(stream, peer).await }
+        })
+        .await
     }
 }
 
