@@ -1,11 +1,13 @@
 //! Running a closure inside another network namespace.
 //!
 //! A socket belongs to the network namespace it was created in, for its whole life.
-//! The agent stays in the node's namespace and creates each pod's sockets by switching
-//! one short-lived thread into the pod's namespace (`setns`), never its own threads.
+//! The agent stays in the node's namespace and creates each pod's sockets on a thread
+//! that has switched into the pod's namespace (`setns`), never on its own runtime
+//! threads: [`Netns`] keeps one such thread per pod; [`run_in`] is the one-off form.
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 
 use nix::sched::{setns, CloneFlags};
 
@@ -52,4 +54,75 @@ pub fn socket_netns_cookie(fd: impl AsFd) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread that lives in one network namespace and runs short jobs there (creating
+/// sockets), so that a connection does not pay for a thread and a `setns()` each.
+/// The thread ends when the last handle is dropped.
+pub struct Netns {
+    path: PathBuf,
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// Namespace threads by path, shared by everyone who needs sockets there; an entry
+/// lives as long as someone (the pod's proxy) holds its `Arc`.
+static SHARED: Mutex<Vec<(PathBuf, Weak<Netns>)>> = Mutex::new(Vec::new());
+
+impl Netns {
+    /// Starts a thread inside the namespace at `path`.
+    pub fn enter(path: &Path) -> std::io::Result<Netns> {
+        let ns = File::open(path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("opening network namespace {}: {e}", path.display()))
+        })?;
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let shown = path.display().to_string();
+        std::thread::Builder::new().name("netns".into()).spawn(move || {
+            let entered = setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(|e| std::io::Error::other(format!("entering network namespace {shown}: {e}")));
+            let ok = entered.is_ok();
+            let _ = ready_tx.send(entered);
+            if ok {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            }
+        })?;
+        ready_rx.recv().map_err(|_| std::io::Error::other("network namespace thread died"))??;
+        Ok(Netns { path: path.to_path_buf(), jobs })
+    }
+
+    /// The running thread for `path`, started if nobody holds one.
+    pub fn shared(path: &Path) -> std::io::Result<Arc<Netns>> {
+        let mut all = SHARED.lock().unwrap();
+        all.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(ns) = all.iter().find(|(p, _)| p == path).and_then(|(_, w)| w.upgrade()) {
+            return Ok(ns);
+        }
+        let ns = Arc::new(Netns::enter(path)?);
+        all.push((path.to_path_buf(), Arc::downgrade(&ns)));
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the namespace's thread.
+    pub async fn run<T, F>(&self, f: F) -> std::io::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> std::io::Result<T> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || std::io::Error::other(format!("network namespace thread for {} is gone", self.path.display()));
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
 }

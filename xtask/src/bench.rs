@@ -18,6 +18,9 @@ struct Sample {
     p50_us: f64,
     p99_us: f64,
     rr_count: u64,
+    /// A new connection per round trip: connect, 64 B each way, close.
+    conn_p50_us: f64,
+    conn_p99_us: f64,
     /// Agent CPU seconds (all agents) spent during the iperf3 and RR runs.
     agent_cpu_s: f64,
 }
@@ -33,14 +36,15 @@ fn iperf(client: &Pod, ip: &str, seconds: u32) -> Result<f64> {
     Ok(bps / 1e9)
 }
 
-fn rr(client: &Pod, ip: &str, round_trips: u32) -> Result<(f64, f64, u64)> {
+fn rr(client: &Pod, ip: &str, round_trips: u32, connect_each: bool) -> Result<(f64, f64, u64)> {
     let bin = binary("mesh-rr")?;
     let addr = format!("{ip}:{RR_PORT}");
     let n = round_trips.to_string();
-    let out = client.run_timeout(
-        &[bin.to_str().context("path")?, "client", "--addr", &addr, "--size", "64", "--count", &n, "--seconds", "20"],
-        Duration::from_secs(30),
-    )?;
+    let mut args = vec![bin.to_str().context("path")?, "client", "--addr", &addr, "--size", "64", "--count", &n, "--seconds", "20"];
+    if connect_each {
+        args.push("--connect-each");
+    }
+    let out = client.run_timeout(&args, Duration::from_secs(30))?;
     if !out.status.success() {
         bail!("mesh-rr to {addr}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -74,9 +78,10 @@ fn measure(bed: &TestBed, client: &Pod, server: &Pod, seconds: u32, round_trips:
     let pids: Vec<u32> = ["node1", "node2"].iter().filter_map(|n| bed.agent_pid(n).ok()).collect();
     let cpu0: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
     let gbps = iperf(client, &server.ip, seconds)?;
-    let (p50_us, p99_us, rr_count) = rr(client, &server.ip, round_trips)?;
+    let (p50_us, p99_us, rr_count) = rr(client, &server.ip, round_trips, false)?;
+    let (conn_p50_us, conn_p99_us, _) = rr(client, &server.ip, (round_trips / 10).max(100), true)?;
     let cpu1: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
-    Ok(Sample { gbps, p50_us, p99_us, rr_count, agent_cpu_s: cpu1 - cpu0 })
+    Ok(Sample { gbps, p50_us, p99_us, rr_count, conn_p50_us, conn_p99_us, agent_cpu_s: cpu1 - cpu0 })
 }
 
 fn ratio(meshed: f64, direct: f64) -> String {
@@ -144,6 +149,8 @@ pub fn run(seconds: u32, round_trips: u32) -> Result<()> {
         let _ = writeln!(table, "| RR latency p50, 64 B (µs) | {path} | {:.0} | {:.0} | {} | |", d.p50_us, m.p50_us, ratio(m.p50_us, d.p50_us));
         let _ = writeln!(table, "| RR latency p99, 64 B (µs) | {path} | {:.0} | {:.0} | {} | |", d.p99_us, m.p99_us, ratio(m.p99_us, d.p99_us));
         let _ = writeln!(table, "| RR round trips done | {path} | {} | {} | | |", d.rr_count, m.rr_count);
+        let _ = writeln!(table, "| new connection + RR p50 (µs) | {path} | {:.0} | {:.0} | {} | |", d.conn_p50_us, m.conn_p50_us, ratio(m.conn_p50_us, d.conn_p50_us));
+        let _ = writeln!(table, "| new connection + RR p99 (µs) | {path} | {:.0} | {:.0} | {} | |", d.conn_p99_us, m.conn_p99_us, ratio(m.conn_p99_us, d.conn_p99_us));
     }
 
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
@@ -161,7 +168,8 @@ pub fn run(seconds: u32, round_trips: u32) -> Result<()> {
     doc.push_str("  joined by veth and bridges) are measured first before enrollment (direct pod-to-pod TCP), then\n");
     doc.push_str("  enrolled, so the client's connections are captured in the kernel and carried by the agents\n");
     doc.push_str(&format!(
-        "  (HBONE, mTLS). Throughput: `iperf3 -t {seconds}`, one stream. Latency: `mesh-rr`, 64-byte ping-pong on\n  one connection, {round_trips} round trips or 20 s. Agent CPU: utime+stime of both agents across the run.\n"
+        "  (HBONE, mTLS). Throughput: `iperf3 -t {seconds}`, one stream. Latency: `mesh-rr`, 64-byte ping-pong on\n  one connection, {round_trips} round trips or 20 s; and a new connection per round trip (connect,\n  64 B each way, close), {} times. Agent CPU: utime+stime of both agents across the run.\n",
+        (round_trips / 10).max(100)
     ));
     let _ = writeln!(doc, "- agent peak RSS (VmHWM): {}; connects redirected on node1 during the meshed runs: {redirected}\n", rss.join(", "));
     doc.push_str(&table);

@@ -192,17 +192,19 @@ pub struct PodProxy {
     inbound_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
     drain: Option<watch::Sender<()>>,
+    /// Keeps the pod's namespace thread (see `netns::Netns`) alive.
+    _netns: Arc<netns::Netns>,
 }
 
 impl PodProxy {
     /// Binds the pod's listeners inside its network namespace and starts serving.
     /// Returns once the sockets are listening. Must run inside a Tokio runtime.
     pub async fn start(inputs: Arc<ProxyInputs>, pod: EnrolledPod) -> Result<PodProxy, Error> {
-        let ns = pod.netns.clone();
-        let bound = tokio::task::spawn_blocking(move || netns::run_in(&ns, || Ok(bind_listeners(&ns))))
-            .await
-            .map_err(|e| Error::Netns(io::Error::other(e)))?
-            .map_err(Error::Netns)??;
+        // One thread in the pod's namespace for the pod's whole life: it binds the
+        // listeners now and creates every socket the pod's connections need later.
+        let netns = netns::Netns::shared(&pod.netns).map_err(Error::Netns)?;
+        let path = pod.netns.clone();
+        let bound = netns.run(move || Ok(bind_listeners(&path))).await.map_err(Error::Netns)??;
         let cookie = netns::socket_netns_cookie(&bound.outbound[0]).map_err(Error::Cookie)?;
         let (tx, rx) = watch::channel(());
         let pod = Arc::new(pod);
@@ -220,7 +222,7 @@ impl PodProxy {
         tasks.push(tokio::spawn(inbound::Inbound::new(inputs, pod.clone(), l, rx).run()));
         tracing::info!(pod = %pod.workload_name(), identity = %pod.identity, netns = %pod.netns.display(),
             cookie, outbound = ?outbound_addrs, inbound = %inbound_addr, "pod proxy started");
-        Ok(PodProxy { cookie, outbound_addrs, inbound_addr, tasks, drain: Some(tx) })
+        Ok(PodProxy { cookie, outbound_addrs, inbound_addr, tasks, drain: Some(tx), _netns: netns })
     }
 
     /// The kernel's cookie for the pod's network namespace (key of the orig-dst map).
@@ -311,18 +313,16 @@ fn listen(addr: SocketAddr, v6only: Option<bool>) -> io::Result<std::net::TcpLis
 /// addresses and routes), ready to connect from any thread.
 pub(crate) async fn socket_in(ns: &Path, dst: SocketAddr) -> Result<TcpSocket, Error> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let ns = ns.to_owned();
-    let s = tokio::task::spawn_blocking(move || {
-        netns::run_in(&ns, || {
+    let ns = netns::Netns::shared(ns).map_err(Error::Netns)?;
+    let s = ns
+        .run(move || {
             let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
             s.set_nonblocking(true)?;
             s.set_nodelay(true)?;
             Ok(s)
         })
-    })
-    .await
-    .map_err(|e| Error::Netns(io::Error::other(e)))?
-    .map_err(Error::Netns)?;
+        .await
+        .map_err(Error::Netns)?;
     Ok(TcpSocket::from_std_stream(s.into()))
 }
 

@@ -1,7 +1,8 @@
 //! Request/response latency over one TCP connection: fixed-size ping-pong.
 //!   mesh-rr server --port 7000
-//!   mesh-rr client --addr 10.201.1.3:7000 [--size 64] [--count 20000] [--seconds 20]
-//! The client prints one JSON line: count, p50_us, p90_us, p99_us, mean_us.
+//!   mesh-rr client --addr 10.201.1.3:7000 [--size 64] [--count 20000] [--seconds 20] [--connect-each]
+//! The client prints one JSON line: count, p50_us, p90_us, p99_us, mean_us. With
+//! `--connect-each` every sample is a whole connection: connect, one round trip, close.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -20,6 +21,7 @@ fn main() {
             size,
             get("--count", "20000").parse().unwrap_or(20000),
             Duration::from_secs(get("--seconds", "20").parse().unwrap_or(20)),
+            args.iter().any(|a| a == "--connect-each"),
         ),
         _ => {
             eprintln!("usage: mesh-rr server --port P | client --addr IP:P [--size N] [--count N] [--seconds S]");
@@ -48,23 +50,34 @@ fn server(port: u16, size: usize) {
     }
 }
 
-fn client(addr: &str, size: usize, count: usize, limit: Duration) {
-    let mut conn = TcpStream::connect(addr).unwrap_or_else(|e| {
+fn connect(addr: &str) -> TcpStream {
+    let conn = TcpStream::connect(addr).unwrap_or_else(|e| {
         eprintln!("mesh-rr: cannot connect to {addr}: {e}");
         std::process::exit(1)
     });
     conn.set_nodelay(true).ok();
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    conn
+}
+
+fn client(addr: &str, size: usize, count: usize, limit: Duration, connect_each: bool) {
+    let mut conn = (!connect_each).then(|| connect(addr));
     let msg = vec![0x5au8; size];
     let mut buf = vec![0u8; size];
     let mut samples: Vec<u32> = Vec::with_capacity(count);
     let start = Instant::now();
     while samples.len() < count && start.elapsed() < limit {
         let t = Instant::now();
-        if conn.write_all(&msg).and_then(|_| conn.read_exact(&mut buf)).is_err() {
+        let mut fresh = None;
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => fresh.insert(connect(addr)),
+        };
+        if c.write_all(&msg).and_then(|_| c.read_exact(&mut buf)).is_err() {
             eprintln!("mesh-rr: connection failed after {} round trips", samples.len());
             std::process::exit(1);
         }
+        drop(fresh);
         samples.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
     }
     samples.sort_unstable();
