@@ -17,6 +17,45 @@ pub const MAP_ORIG_BY_COOKIE: &str = "ORIG_BY_COOKIE";
 pub const MAP_ORIG_DST: &str = "ORIG_DST";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_PODS: &str = "PODS";
+pub const MAP_DROPS: &str = "DROPS";
+
+/// Key of `DROPS` (per-CPU hash of u64 packet/connection counts): which pod, and why.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DropKey {
+    /// The pod the dropped traffic was for (its address).
+    pub addr: Addr,
+    /// One of [`drop_reason`].
+    pub reason: u32,
+}
+const _: () = assert!(core::mem::size_of::<DropKey>() == 20);
+
+/// Why the kernel dropped something. The numbers are shared with userspace metrics
+/// and `meshctl`; never renumber, only add.
+pub mod drop_reason {
+    /// Plaintext to a pod whose PeerAuthentication is STRICT.
+    pub const STRICT_PLAINTEXT: u32 = 1;
+    /// A DENY rule of an L4 AuthorizationPolicy matched.
+    pub const POLICY_DENY: u32 = 2;
+    /// ALLOW policies select the pod and none matched.
+    pub const POLICY_NO_ALLOW_MATCH: u32 = 3;
+    /// A packet too short or malformed to judge (judged by the documented default).
+    pub const MALFORMED: u32 = 4;
+    /// Policy state for the pod was incomplete (fail closed).
+    pub const POLICY_UNKNOWN: u32 = 5;
+
+    /// Name of a reason, for metrics and `meshctl`.
+    pub fn name(reason: u32) -> &'static str {
+        match reason {
+            STRICT_PLAINTEXT => "strict_plaintext",
+            POLICY_DENY => "policy_deny",
+            POLICY_NO_ALLOW_MATCH => "policy_no_allow_match",
+            MALFORMED => "malformed",
+            POLICY_UNKNOWN => "policy_unknown",
+            _ => "unknown",
+        }
+    }
+}
 
 /// Value of `PODS`, keyed by the pod's network namespace cookie (u64): an enrolled pod.
 /// The capture programs redirect only sockets whose namespace is in this map.
@@ -118,6 +157,7 @@ mod pod {
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::PodInfo {}
+    unsafe impl aya::Pod for super::DropKey {}
 }
 
 /// The map form of an address (IPv4 as IPv4-mapped).

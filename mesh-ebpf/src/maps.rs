@@ -1,8 +1,8 @@
 //! Every map of the kernel programs. Pinned by name under the agent's bpffs folder so
 //! that `meshctl` can read them.
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray};
-use mesh_common::{counter, DestKey, DestValue, OrigDst, PodInfo, SockKey};
+use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap};
+use mesh_common::{counter, Addr, DestKey, DestValue, DropKey, OrigDst, PodInfo, SockKey};
 
 /// Destinations the mesh captures (service VIP:port, or workload address with port 0).
 #[map]
@@ -30,5 +30,22 @@ pub fn count(index: u32) {
     if let Some(v) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *v += 1 };
+    }
+}
+
+/// Drops by pod and reason (`mesh_common::drop_reason`), per CPU; summed by userspace.
+#[map]
+pub static DROPS: PerCpuHashMap<DropKey, u64> = PerCpuHashMap::pinned(16_384, 0);
+
+/// Counts one drop of traffic for the pod at `addr`.
+#[inline(always)]
+pub fn count_drop(addr: Addr, reason: u32) {
+    let key = DropKey { addr, reason };
+    match DROPS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        Some(v) => unsafe { *v += 1 },
+        None => {
+            let _ = DROPS.insert(&key, &1, 0);
+        }
     }
 }

@@ -2,10 +2,10 @@
 //! cookies and counter names, never raw bytes.
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray};
+use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap};
 use mesh_common::{
-    counter, ip_from_addr, DestKey, DestValue, OrigDst, PodInfo, SockKey, DEST_SERVICE,
-    MAP_COUNTERS, MAP_MESH_DESTS, MAP_ORIG_BY_COOKIE, MAP_ORIG_DST, MAP_PODS,
+    counter, drop_reason, ip_from_addr, DestKey, DestValue, DropKey, OrigDst, PodInfo, SockKey,
+    DEST_SERVICE, MAP_COUNTERS, MAP_DROPS, MAP_MESH_DESTS, MAP_ORIG_BY_COOKIE, MAP_ORIG_DST, MAP_PODS,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -36,7 +36,7 @@ pub struct MapSummary {
 }
 
 /// The maps we decode, in display order.
-pub const KNOWN: [&str; 5] = [MAP_PODS, MAP_MESH_DESTS, MAP_ORIG_BY_COOKIE, MAP_ORIG_DST, MAP_COUNTERS];
+pub const KNOWN: [&str; 6] = [MAP_PODS, MAP_MESH_DESTS, MAP_ORIG_BY_COOKIE, MAP_ORIG_DST, MAP_COUNTERS, MAP_DROPS];
 
 pub fn list(bpffs: &Path) -> Result<Vec<MapSummary>, DumpError> {
     let mut out = Vec::new();
@@ -111,6 +111,19 @@ pub fn dump(bpffs: &Path, name: &str) -> Result<Vec<Value>, DumpError> {
                     json!({"name": counter::NAMES[i as usize], "value": total})
                 })
                 .collect()
+        }
+        MAP_DROPS => {
+            let m: PerCpuHashMap<_, DropKey, u64> = PerCpuHashMap::try_from(map).map_err(read)?;
+            let mut rows: Vec<Value> = m
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, per_cpu)| {
+                    let total: u64 = per_cpu.iter().sum();
+                    json!({"pod": ip_from_addr(k.addr).to_string(), "reason": drop_reason::name(k.reason), "code": k.reason, "count": total})
+                })
+                .collect();
+            rows.sort_by_key(|r| (r["pod"].as_str().unwrap_or("").to_string(), r["code"].as_u64()));
+            rows
         }
         other => return Err(DumpError::Unknown(other.to_string())),
     };
