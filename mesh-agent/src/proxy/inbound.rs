@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use super::copy::{copy, AccessLog};
-use super::{connect_in, drained, Direction, Drain, EnrolledPod, Error, ProxyInputs, CONNECT_TIMEOUT};
+use super::{connect_to_app, drained, Direction, Drain, EnrolledPod, Error, ProxyInputs, CONNECT_TIMEOUT};
 use crate::identity::WorkloadCert;
 use crate::state::{Identity, State};
 use crate::tls;
@@ -198,7 +198,7 @@ impl Conn {
             let reason = format!("{target} is not an address of pod {}", pod.workload_name());
             return refuse(&log, StatusCode::BAD_REQUEST, reason);
         }
-        let app = match connect_in(&pod.netns, target, "inbound", "is the application listening on that port?").await {
+        let app = match connect_to_app(&pod.netns, target, "inbound").await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("{e}");
