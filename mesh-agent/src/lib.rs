@@ -11,7 +11,8 @@
 //! - [`controlplane`]: the control-plane role: config folder, xDS server, CA.
 //! - [`proto`]: generated gRPC/protobuf types (see `proto/README.md`).
 //! - [`agent`], [`admin`]: the node agent role and its localhost admin endpoint.
-//! - [`netns`]: running a closure inside another network namespace.
+//! - [`netns`]: running code inside another network namespace.
+//! - [`podnet`]: pod namespace routing for connections that keep the client's address.
 pub mod admin;
 pub mod agent;
 pub mod controlplane;
@@ -19,6 +20,7 @@ pub mod identity;
 pub mod inpod;
 pub mod kernel;
 pub mod netns;
+pub mod podnet;
 pub mod proto;
 pub mod proxy;
 pub mod state;

@@ -17,6 +17,9 @@ fn same_node_through_the_mesh() -> anyhow::Result<()> {
 
     let printed = scene.server_output("echo-1");
     assert!(printed.matches("GET / HTTP/1.1").count() >= 2, "echo-1 printed both requests:\n{printed}");
+    // The application sees the caller's own address, not the agent's or its own.
+    let from_client = format!("from {}:", scene.client.ip);
+    assert!(printed.matches(&from_client).count() >= 2, "echo-1 saw the client's address:\n{printed}");
 
     let client_id = scene.client.identity();
     let echo_id = scene.echo1.identity();
@@ -32,6 +35,21 @@ fn same_node_through_the_mesh() -> anyhow::Result<()> {
             })
             .then_some(()))
     })?;
+
+    // The operator's live view: two refreshes of counters, as JSON lines.
+    let bin = mesh_tests::meshctl_binary()?;
+    let bpffs = bed.bpffs("node1");
+    let out = mesh_tests::proc::run(
+        &[bin.to_str().unwrap_or("meshctl"), "--bpffs", bpffs.to_str().unwrap_or_default(), "--json", "maps", "watch", "--count", "2", "--interval", "0.1"],
+        None,
+        None,
+        std::time::Duration::from_secs(10),
+    )?;
+    assert!(out.status.success(), "meshctl maps watch: {}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 2);
+    assert!(lines[1]["connect_redirected"].as_u64().unwrap_or(0) >= 2, "watch shows the redirects: {lines:?}");
     scene.finish();
     Ok(())
 }

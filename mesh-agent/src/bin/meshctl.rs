@@ -28,6 +28,15 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum MapsCmd {
+    /// Counters and drops, refreshed: totals and the change since the last refresh.
+    Watch {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many refreshes (0: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
     /// Every entry of one map, decoded (addresses, ports, cookies, counters).
     Dump {
         /// Map name, as `meshctl maps` lists it (PODS, MESH_DESTS, ORIG_DST, COUNTERS, ...).
@@ -59,6 +68,7 @@ fn run(cli: &Cli) -> Result<(), dump::DumpError> {
                 );
             }
         }
+        Cmd::Maps { what: Some(MapsCmd::Watch { interval, count }) } => watch(cli, *interval, *count)?,
         Cmd::Maps { what: Some(MapsCmd::Dump { name }) } => {
             let rows = dump::dump(&cli.bpffs, name)?;
             if cli.json {
@@ -69,6 +79,41 @@ fn run(cli: &Cli) -> Result<(), dump::DumpError> {
         }
     }
     Ok(())
+}
+
+/// Prints COUNTERS and DROPS every `interval` seconds with the change since the last
+/// print; `--json` prints one object per refresh (for scripts).
+fn watch(cli: &Cli, interval: f64, count: u64) -> Result<(), dump::DumpError> {
+    use std::collections::HashMap;
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut n = 0u64;
+    loop {
+        let mut rows = Vec::new();
+        for r in dump::dump(&cli.bpffs, mesh_common::MAP_COUNTERS)? {
+            rows.push((r["name"].as_str().unwrap_or("?").to_string(), r["value"].as_u64().unwrap_or(0)));
+        }
+        for r in dump::dump(&cli.bpffs, mesh_common::MAP_DROPS)? {
+            let name = format!("drop {} {}", r["pod"].as_str().unwrap_or("?"), r["reason"].as_str().unwrap_or("?"));
+            rows.push((name, r["count"].as_u64().unwrap_or(0)));
+        }
+        if cli.json {
+            let obj: serde_json::Map<String, serde_json::Value> = rows.iter().map(|(k, v)| (k.clone(), (*v).into())).collect();
+            println!("{}", serde_json::Value::Object(obj));
+        } else {
+            println!("{:<44} {:>12} {:>10}", "COUNTER", "TOTAL", "CHANGE");
+            for (name, v) in &rows {
+                let delta = v.saturating_sub(last.get(name).copied().unwrap_or(*v));
+                println!("{name:<44} {v:>12} {delta:>+10}");
+            }
+            println!();
+        }
+        last = rows.into_iter().collect();
+        n += 1;
+        if count != 0 && n >= count {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs_f64(interval.max(0.05)));
+    }
 }
 
 /// Rows of flat JSON objects as an aligned table, columns in first-row order.

@@ -105,7 +105,7 @@ impl Ctx {
         if let Caller { rejected: Some((_, reason)), .. } = &caller {
             tracing::warn!("rejecting HBONE caller {peer}: {reason}");
         }
-        let conn = Arc::new(Conn { inbound: self.clone(), caller });
+        let conn = Arc::new(Conn { inbound: self.clone(), caller, source: peer.ip() });
         // hyper runs each stream on its own task: carry the connection's span there.
         let span = tracing::Span::current();
         let svc = hyper::service::service_fn(move |req| {
@@ -164,6 +164,8 @@ fn authorize_source(state: &State, peer: IpAddr, identity: Identity) -> Caller {
 struct Conn {
     inbound: Arc<Ctx>,
     caller: Caller,
+    /// The caller's address, kept as the source of the connection to the app.
+    source: IpAddr,
 }
 
 impl Conn {
@@ -198,7 +200,7 @@ impl Conn {
             let reason = format!("{target} is not an address of pod {}", pod.workload_name());
             return refuse(&log, StatusCode::BAD_REQUEST, reason);
         }
-        let app = match connect_to_app(&pod.netns, target, "inbound").await {
+        let app = match connect_to_app(&pod.netns, self.source, target, "inbound").await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("{e}");

@@ -192,8 +192,8 @@ pub struct PodProxy {
     inbound_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
     drain: Option<watch::Sender<()>>,
-    /// Keeps the pod's namespace thread (see `netns::Netns`) alive.
-    _netns: Arc<netns::Netns>,
+    /// The pod's namespace thread (see `netns::Netns`), kept alive with the proxy.
+    netns: Arc<netns::Netns>,
 }
 
 impl PodProxy {
@@ -205,6 +205,7 @@ impl PodProxy {
         let netns = netns::Netns::shared(&pod.netns).map_err(Error::Netns)?;
         let path = pod.netns.clone();
         let bound = netns.run(move || Ok(bind_listeners(&path))).await.map_err(Error::Netns)??;
+        crate::podnet::install(&netns).await.map_err(|e| Error::Netns(io::Error::other(crate::error_chain(&e))))?;
         let cookie = netns::socket_netns_cookie(&bound.outbound[0]).map_err(Error::Cookie)?;
         let (tx, rx) = watch::channel(());
         let pod = Arc::new(pod);
@@ -222,7 +223,7 @@ impl PodProxy {
         tasks.push(tokio::spawn(inbound::Inbound::new(inputs, pod.clone(), l, rx).run()));
         tracing::info!(pod = %pod.workload_name(), identity = %pod.identity, netns = %pod.netns.display(),
             cookie, outbound = ?outbound_addrs, inbound = %inbound_addr, "pod proxy started");
-        Ok(PodProxy { cookie, outbound_addrs, inbound_addr, tasks, drain: Some(tx), _netns: netns })
+        Ok(PodProxy { cookie, outbound_addrs, inbound_addr, tasks, drain: Some(tx), netns })
     }
 
     /// The kernel's cookie for the pod's network namespace (key of the orig-dst map).
@@ -255,6 +256,7 @@ impl PodProxy {
         for t in tasks {
             let _ = t.await;
         }
+        crate::podnet::remove(&self.netns).await;
     }
 }
 
@@ -311,7 +313,7 @@ fn listen(addr: SocketAddr, v6only: Option<bool>) -> io::Result<std::net::TcpLis
 
 /// Creates a TCP socket inside the network namespace `ns` (so that it has the pod's
 /// addresses and routes), ready to connect from any thread.
-pub(crate) async fn socket_in(ns: &Path, dst: SocketAddr, via_loopback: bool) -> Result<TcpSocket, Error> {
+pub(crate) async fn socket_in(ns: &Path, dst: SocketAddr, source: Option<IpAddr>) -> Result<TcpSocket, Error> {
     use socket2::{Domain, Protocol, Socket, Type};
     let ns = netns::Netns::shared(ns).map_err(Error::Netns)?;
     let s = ns
@@ -319,8 +321,8 @@ pub(crate) async fn socket_in(ns: &Path, dst: SocketAddr, via_loopback: bool) ->
             let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
             s.set_nonblocking(true)?;
             s.set_nodelay(true)?;
-            if via_loopback {
-                s.bind_device(Some(b"lo"))?;
+            if let Some(src) = source {
+                transparent(&s, src)?;
             }
             Ok(s)
         })
@@ -329,13 +331,39 @@ pub(crate) async fn socket_in(ns: &Path, dst: SocketAddr, via_loopback: bool) ->
     Ok(TcpSocket::from_std_stream(s.into()))
 }
 
+/// Makes `s` leave with the caller's address `src` (see [`crate::podnet`]).
+fn transparent(s: &socket2::Socket, src: IpAddr) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    let set = |level, name| {
+        // SAFETY: valid fd, and a c_int option value of the size given.
+        let rc = unsafe {
+            libc::setsockopt(s.as_raw_fd(), level, name, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        };
+        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    };
+    match src {
+        IpAddr::V4(_) => s.set_ip_transparent(true)?,
+        IpAddr::V6(_) => set(libc::SOL_IPV6, libc::IPV6_TRANSPARENT)?,
+    }
+    s.set_mark(crate::podnet::MARK)?;
+    // Pick the port at connect(), knowing the destination, not at bind().
+    set(libc::SOL_IP, libc::IP_BIND_ADDRESS_NO_PORT)?;
+    s.bind(&SocketAddr::new(src, 0).into())
+}
+
 /// Connects, from inside the pod's namespace, to the application at one of the pod's
-/// own addresses. The socket is bound to `lo`: the agent closes these connections
-/// first, and the kernel reuses TIME_WAIT ports only for loopback traffic
-/// (`tcp_tw_reuse=2`), so without it a pod that accepts more than about 470 meshed
-/// connections a second runs out of ports (28k ephemeral ports, 60 s TIME_WAIT).
-pub(crate) async fn connect_to_app(ns: &Path, dst: SocketAddr, what: &'static str) -> Result<tokio::net::TcpStream, Error> {
-    let sock = socket_in(ns, dst, true).await?;
+/// own addresses, with the caller's address `source` as the source when the families
+/// match (the application sees who called; see [`crate::podnet`]).
+pub(crate) async fn connect_to_app(
+    ns: &Path,
+    source: IpAddr,
+    dst: SocketAddr,
+    what: &'static str,
+) -> Result<tokio::net::TcpStream, Error> {
+    let source = source.to_canonical();
+    let keep = (source.is_ipv4() == dst.is_ipv4() && !source.is_loopback()).then_some(source);
+    let sock = socket_in(ns, dst, keep).await?;
     finish_connect(sock, dst, what, "is the application listening on that port?").await
 }
 
@@ -346,7 +374,7 @@ pub(crate) async fn connect_in(
     what: &'static str,
     hint: &'static str,
 ) -> Result<tokio::net::TcpStream, Error> {
-    let sock = socket_in(ns, dst, false).await?;
+    let sock = socket_in(ns, dst, None).await?;
     finish_connect(sock, dst, what, hint).await
 }
 
