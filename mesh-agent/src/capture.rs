@@ -64,8 +64,8 @@ pub struct PodCapture {
 pub enum Error {
     #[error("annotation {annotation}: {value:?} is not a comma-separated list of ports 1-65535")]
     Ports { annotation: &'static str, value: String },
-    #[error("port_level_mtls: port 0 is not a port")]
-    PortZero,
+    #[error("port_level_mtls: {0:?} is not a port 1-65535")]
+    PortLevel(String),
 }
 
 impl PodCapture {
@@ -73,12 +73,17 @@ impl PodCapture {
     /// are ignored; a malformed one of ours is an error (as Istio's webhook rejects it).
     pub fn from_pod(
         mode: Option<MtlsMode>,
-        port_modes: &BTreeMap<u16, MtlsMode>,
+        port_modes: &BTreeMap<String, MtlsMode>,
         annotations: &BTreeMap<String, String>,
     ) -> Result<PodCapture, Error> {
-        if port_modes.contains_key(&0) {
-            return Err(Error::PortZero);
-        }
+        // JSON object keys are strings; the ports are checked here.
+        let port_modes = port_modes
+            .iter()
+            .map(|(p, m)| match p.trim().parse::<u16>() {
+                Ok(port) if port != 0 => Ok((port, *m)),
+                _ => Err(Error::PortLevel(p.clone())),
+            })
+            .collect::<Result<BTreeMap<u16, MtlsMode>, Error>>()?;
         let ports = |annotation: &'static str| match annotations.get(annotation) {
             None => Ok(BTreeSet::new()),
             Some(v) => parse_ports(v).ok_or_else(|| Error::Ports { annotation, value: v.clone() }),
@@ -86,7 +91,7 @@ impl PodCapture {
         Ok(PodCapture {
             inbound: InboundConfig {
                 mode: mode.unwrap_or_default(),
-                port_modes: port_modes.clone(),
+                port_modes,
                 excluded_ports: ports(EXCLUDE_INBOUND_PORTS)?,
             },
             outbound: OutboundConfig { excluded_ports: ports(EXCLUDE_OUTBOUND_PORTS)? },
@@ -150,7 +155,7 @@ mod tests {
     fn annotations_and_modes_are_read() {
         let c = PodCapture::from_pod(
             Some(MtlsMode::Strict),
-            &[(9090, MtlsMode::Permissive)].into_iter().collect(),
+            &[("9090".to_string(), MtlsMode::Permissive)].into_iter().collect(),
             &ann(&[(EXCLUDE_INBOUND_PORTS, "8081, 8082"), (EXCLUDE_OUTBOUND_PORTS, "5432"), ("other", "x")]),
         )
         .unwrap();
@@ -177,7 +182,7 @@ mod tests {
     fn an_exclusion_wins_over_a_port_mode() {
         let c = PodCapture::from_pod(
             Some(MtlsMode::Strict),
-            &[(8080, MtlsMode::Strict)].into_iter().collect(),
+            &[("8080".to_string(), MtlsMode::Strict)].into_iter().collect(),
             &ann(&[(EXCLUDE_INBOUND_PORTS, "8080")]),
         )
         .unwrap();
@@ -191,15 +196,20 @@ mod tests {
             let e = PodCapture::from_pod(None, &BTreeMap::new(), &ann(&[(EXCLUDE_OUTBOUND_PORTS, bad)])).unwrap_err();
             assert!(e.to_string().contains(EXCLUDE_OUTBOUND_PORTS), "{e}");
         }
-        assert!(PodCapture::from_pod(None, &[(0, MtlsMode::Strict)].into_iter().collect(), &BTreeMap::new()).is_err());
+        for bad in ["0", "http", "65536"] {
+            let modes = [(bad.to_string(), MtlsMode::Strict)].into_iter().collect();
+            assert!(PodCapture::from_pod(None, &modes, &BTreeMap::new()).is_err(), "{bad}");
+        }
         let ok = PodCapture::from_pod(None, &BTreeMap::new(), &ann(&[(EXCLUDE_INBOUND_PORTS, " ")])).unwrap();
         assert!(ok.inbound.excluded_ports.is_empty());
     }
 
     #[test]
     fn modes_read_as_istio_spells_them() {
-        let m: BTreeMap<u16, MtlsMode> = serde_json::from_str(r#"{"8080":"STRICT","9090":"DISABLE"}"#).unwrap();
-        assert_eq!(m[&8080], MtlsMode::Strict);
+        let m: BTreeMap<String, MtlsMode> = serde_json::from_str(r#"{"8080":"STRICT","9090":"DISABLE"}"#).unwrap();
+        let c = PodCapture::from_pod(None, &m, &BTreeMap::new()).unwrap();
+        assert_eq!(c.inbound.action(8080), PortAction::Mode(MtlsMode::Strict));
+        assert_eq!(c.inbound.action(9090), PortAction::Mode(MtlsMode::Disable));
         assert_eq!(serde_json::from_str::<MtlsMode>(r#""PERMISSIVE""#).unwrap(), MtlsMode::Permissive);
     }
 }

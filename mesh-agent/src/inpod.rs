@@ -42,7 +42,7 @@ pub struct PodEvent {
     pub peer_authentication: Option<MtlsMode>,
     /// PeerAuthentication `portLevelMtls`: mode by port, overriding the pod's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub port_level_mtls: BTreeMap<u16, MtlsMode>,
+    pub port_level_mtls: BTreeMap<String, MtlsMode>,
     pub ips: Vec<IpAddr>,
     /// Network namespace path, e.g. `/run/netns/<name>` or `/proc/<pid>/ns/net`.
     pub netns: PathBuf,
@@ -255,5 +255,29 @@ async fn serve_conn(stream: UnixStream, pods: Arc<PodManager>) {
         if w.write_all(&out).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_events_carry_mode_port_modes_and_annotations() {
+        let line = r#"{"op":"add","pod":{"uid":"u","namespace":"default","name":"echo","ips":["10.0.0.5"],
+            "netns":"/run/netns/x","cgroup":"/sys/fs/cgroup/x","peer_authentication":"STRICT",
+            "port_level_mtls":{"9090":"PERMISSIVE"},
+            "annotations":{"traffic.sidecar.istio.io/excludeInboundPorts":"8081"}}}"#;
+        let Ok(Request::Add { pod }) = serde_json::from_str::<Request>(line) else { panic!("not parsed") };
+        let c = PodCapture::from_pod(pod.peer_authentication, &pod.port_level_mtls, &pod.annotations).unwrap();
+        assert_eq!(c.inbound.mode, MtlsMode::Strict);
+        assert_eq!(c.inbound.port_modes.get(&9090), Some(&MtlsMode::Permissive));
+        assert!(c.inbound.excluded_ports.contains(&8081));
+        // Without the new fields: PERMISSIVE, nothing excluded.
+        let line = r#"{"op":"add","pod":{"uid":"u","namespace":"default","name":"echo","ips":["10.0.0.5"],
+            "netns":"/run/netns/x","cgroup":"/sys/fs/cgroup/x"}}"#;
+        let Ok(Request::Add { pod }) = serde_json::from_str::<Request>(line) else { panic!("not parsed") };
+        assert_eq!(pod.peer_authentication, None);
+        assert!(pod.annotations.is_empty());
     }
 }
