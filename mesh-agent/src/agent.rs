@@ -36,6 +36,25 @@ pub struct AgentArgs {
     /// SPIFFE trust domain of this mesh.
     #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    /// Source address of the kubelet's health probes (Istio ambient SNATs them to
+    /// 169.254.7.127): never steered to the agent nor dropped by STRICT mTLS.
+    /// Repeat for several; `--probe-source none` for none.
+    #[arg(long, env = "MESH_PROBE_SOURCE", default_value = "169.254.7.127", value_delimiter = ',')]
+    pub probe_source: Vec<ProbeSource>,
+}
+
+/// An address, or `none`.
+#[derive(Clone, Debug)]
+pub struct ProbeSource(pub Option<std::net::IpAddr>);
+
+impl std::str::FromStr for ProbeSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("none") {
+            return Ok(ProbeSource(None));
+        }
+        s.parse().map(|ip| ProbeSource(Some(ip))).map_err(|_| format!("{s:?} is not an IP address (or `none`)"))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +83,13 @@ impl CertSource for Certs {
 pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
     info!(?args, "starting node agent");
     let kernel = Arc::new(Kernel::load(&args.bpffs)?);
+    let probes: Vec<std::net::IpAddr> = args.probe_source.iter().filter_map(|p| p.0).collect();
+    if let Err(e) = kernel.set_exempt_sources(&probes) {
+        if let Ok(k) = Arc::try_unwrap(kernel) {
+            k.shutdown();
+        }
+        return Err(e.into());
+    }
     // From here on, everything we made is undone on the way out, also on error.
     let result = serve(&args, kernel.clone(), shutdown).await;
     match Arc::try_unwrap(kernel) {

@@ -4,6 +4,12 @@
 //! answers each with one line. On `add`, the agent opens the pod's listeners inside
 //! its network namespace, then attaches the capture programs to its cgroup (in that
 //! order, so a captured connection always finds a listener). On `delete`, the reverse.
+//!
+//! Besides identity and addresses, an event carries what the pod asks of the data
+//! path (see `capture`): `annotations` (Istio's `traffic.sidecar.istio.io/exclude*Ports`)
+//! and, until PeerAuthentication comes from the control plane, an explicit
+//! `peer_authentication` mode (`PERMISSIVE`, `STRICT`, `DISABLE`) and
+//! `port_level_mtls` (`{"8080": "STRICT"}`).
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -14,7 +20,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
-use crate::kernel::Kernel;
+use crate::capture::{MtlsMode, PodCapture};
+use crate::kernel::{Kernel, PodAttach};
 use crate::proxy::{EnrolledPod, PodProxy, ProxyInputs};
 use crate::state::Identity;
 
@@ -28,6 +35,14 @@ pub struct PodEvent {
     pub service_account: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// The pod's mTLS mode (PeerAuthentication); PERMISSIVE when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_authentication: Option<MtlsMode>,
+    /// PeerAuthentication `portLevelMtls`: mode by port, overriding the pod's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_level_mtls: BTreeMap<String, MtlsMode>,
     pub ips: Vec<IpAddr>,
     /// Network namespace path, e.g. `/run/netns/<name>` or `/proc/<pid>/ns/net`.
     pub netns: PathBuf,
@@ -57,6 +72,12 @@ pub struct Response {
 pub enum Error {
     #[error("pod {pod}: {what}")]
     Invalid { pod: String, what: String },
+    #[error("pod {pod}: {source}")]
+    Capture {
+        pod: String,
+        #[source]
+        source: crate::capture::Error,
+    },
     #[error("pod {pod}: starting its listeners: {source}")]
     Proxy {
         pod: String,
@@ -108,6 +129,8 @@ impl PodManager {
                 return Err(invalid(format!("{what} {} does not exist", p.display())));
             }
         }
+        let capture = PodCapture::from_pod(pod.peer_authentication, &pod.port_level_mtls, &pod.annotations)
+            .map_err(|source| Error::Capture { pod: who.clone(), source })?;
         self.delete(&pod.uid).await;
         let enrolled = EnrolledPod {
             uid: pod.uid.clone(),
@@ -121,14 +144,28 @@ impl PodManager {
                 namespace: pod.namespace.clone(),
                 service_account: pod.service_account.clone(),
             },
+            inbound: capture.inbound.clone(),
         };
         let proxy = PodProxy::start(self.inputs.clone(), enrolled)
             .await
             .map_err(|source| Error::Proxy { pod: who.clone(), source: Box::new(source) })?;
+        let (inbound_v4, inbound_v6) = proxy.plaintext_listeners();
+        let attach = PodAttach {
+            uid: &pod.uid,
+            netns_cookie: proxy.netns_cookie(),
+            netns: &pod.netns,
+            cgroup: &pod.cgroup,
+            ips: &pod.ips,
+            inbound_v4,
+            inbound_v6,
+            capture: &capture,
+        };
         self.kernel
-            .enroll(&pod.uid, proxy.netns_cookie(), pod.ips[0], &pod.cgroup)
+            .enroll(&attach)
             .map_err(|source| Error::Kernel { pod: who.clone(), source: Box::new(source) })?;
-        info!(pod = %who, uid = %pod.uid, ips = ?pod.ips, "pod enrolled");
+        info!(pod = %who, uid = %pod.uid, ips = ?pod.ips, mtls = ?capture.inbound.mode,
+            excluded_inbound = ?capture.inbound.excluded_ports, excluded_outbound = ?capture.outbound.excluded_ports,
+            "pod enrolled");
         self.pods.lock().unwrap().insert(pod.uid.clone(), Enrolled { event: pod, proxy });
         Ok(())
     }
@@ -218,5 +255,29 @@ async fn serve_conn(stream: UnixStream, pods: Arc<PodManager>) {
         if w.write_all(&out).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_events_carry_mode_port_modes_and_annotations() {
+        let line = r#"{"op":"add","pod":{"uid":"u","namespace":"default","name":"echo","ips":["10.0.0.5"],
+            "netns":"/run/netns/x","cgroup":"/sys/fs/cgroup/x","peer_authentication":"STRICT",
+            "port_level_mtls":{"9090":"PERMISSIVE"},
+            "annotations":{"traffic.sidecar.istio.io/excludeInboundPorts":"8081"}}}"#;
+        let Ok(Request::Add { pod }) = serde_json::from_str::<Request>(line) else { panic!("not parsed") };
+        let c = PodCapture::from_pod(pod.peer_authentication, &pod.port_level_mtls, &pod.annotations).unwrap();
+        assert_eq!(c.inbound.mode, MtlsMode::Strict);
+        assert_eq!(c.inbound.port_modes.get(&9090), Some(&MtlsMode::Permissive));
+        assert!(c.inbound.excluded_ports.contains(&8081));
+        // Without the new fields: PERMISSIVE, nothing excluded.
+        let line = r#"{"op":"add","pod":{"uid":"u","namespace":"default","name":"echo","ips":["10.0.0.5"],
+            "netns":"/run/netns/x","cgroup":"/sys/fs/cgroup/x"}}"#;
+        let Ok(Request::Add { pod }) = serde_json::from_str::<Request>(line) else { panic!("not parsed") };
+        assert_eq!(pod.peer_authentication, None);
+        assert!(pod.annotations.is_empty());
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! # Layout
 //! - [`kernel`]: loads, pins and attaches the eBPF programs; reads and writes their maps.
+//! - [`capture`]: what a pod asks of the data path (mTLS mode, Istio exclusion annotations).
 //! - [`inpod`]: pod enrollment (the CNI hook's events) and sockets inside pod namespaces.
-//! - [`proxy`]: the outbound (15001) and HBONE inbound (15008) listeners.
+//! - [`proxy`]: the outbound (15001), inbound plaintext (15006) and HBONE (15008) listeners.
 //! - [`tls`]: rustls configurations that present and verify SPIFFE identities.
 //! - [`identity`]: workload certificates, obtained from the CA and kept fresh.
 //! - [`state`]: what the control plane says exists: workloads and services.
@@ -15,6 +16,7 @@
 //! - [`podnet`]: pod namespace routing for connections that keep the client's address.
 pub mod admin;
 pub mod agent;
+pub mod capture;
 pub mod controlplane;
 pub mod identity;
 pub mod inpod;

@@ -126,6 +126,7 @@ fn pod(name: &str, ip: IpAddr, ns: &str) -> EnrolledPod {
         ips: vec![ip],
         netns: PathBuf::from(format!("/run/netns/{ns}")),
         identity: identity(name),
+        inbound: Default::default(),
     }
 }
 

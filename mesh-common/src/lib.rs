@@ -8,8 +8,14 @@
 
 /// Agent's outbound listener port inside every enrolled pod's network namespace.
 pub const OUTBOUND_PORT: u16 = 15001;
+/// Agent's inbound plaintext listener inside every enrolled pod's network namespace
+/// (bound on loopback; plaintext for the pod's ports is steered to it by `steer_inbound`).
+pub const INBOUND_PORT: u16 = 15006;
 /// HBONE (HTTP/2 CONNECT over mTLS) port, on each pod's address.
 pub const HBONE_PORT: u16 = 15008;
+/// `kubelet` health probes reach ambient pods from this link-local SNAT address
+/// (Istio's choice); the agent's `--probe-source` default.
+pub const DEFAULT_PROBE_SOURCE: [u8; 4] = [169, 254, 7, 127];
 
 /// Names of the pinned maps, under the agent's bpffs folder.
 pub const MAP_MESH_DESTS: &str = "MESH_DESTS";
@@ -18,6 +24,55 @@ pub const MAP_ORIG_DST: &str = "ORIG_DST";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_PODS: &str = "PODS";
 pub const MAP_DROPS: &str = "DROPS";
+pub const MAP_INBOUND: &str = "INBOUND";
+pub const MAP_INBOUND_PORTS: &str = "INBOUND_PORTS";
+pub const MAP_INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
+pub const MAP_INBOUND_EXEMPT_SRC: &str = "INBOUND_EXEMPT_SRC";
+pub const MAP_OUTBOUND_EXCLUDED_PORTS: &str = "OUTBOUND_EXCLUDED_PORTS";
+
+/// What the kernel does with plaintext TCP arriving for an enrolled pod's port, the
+/// value of `INBOUND` (per pod address) and `INBOUND_PORTS` (per pod address and port,
+/// which wins over the pod's entry).
+pub mod inbound_mode {
+    /// Plaintext accepted, steered to the agent's inbound listener (15006).
+    pub const PERMISSIVE: u32 = 1;
+    /// Plaintext dropped in the kernel and counted (`drop_reason::STRICT_PLAINTEXT`).
+    pub const STRICT: u32 = 2;
+    /// mTLS not required: treated as PERMISSIVE by the kernel (steered, accepted).
+    pub const DISABLE: u32 = 3;
+    /// Not captured at all (`excludeInboundPorts`): the application gets it directly.
+    pub const BYPASS: u32 = 4;
+
+    pub fn name(mode: u32) -> &'static str {
+        match mode {
+            PERMISSIVE => "PERMISSIVE",
+            STRICT => "STRICT",
+            DISABLE => "DISABLE",
+            BYPASS => "BYPASS",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Value of `INBOUND` and `INBOUND_PORTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InboundRule {
+    /// One of [`inbound_mode`].
+    pub mode: u32,
+}
+const _: () = assert!(core::mem::size_of::<InboundRule>() == 4);
+
+/// Key of `OUTBOUND_EXCLUDED_PORTS`: a destination port that an enrolled pod's
+/// connect() never redirects (`excludeOutboundPorts`). Keyed by namespace, as `PODS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NetnsPortKey {
+    pub netns_cookie: u64,
+    pub port_be: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<NetnsPortKey>() == 16);
 
 /// Key of `DROPS` (per-CPU hash of u64 packet/connection counts): which pod, and why.
 #[repr(C)]
@@ -137,7 +192,19 @@ pub mod counter {
     pub const ORIG_EXPIRED: u32 = 4;
     /// connect() calls from a cgroup we attached to whose namespace is not enrolled.
     pub const NOT_ENROLLED: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// connect() calls to a mesh destination left alone: the port is excluded.
+    pub const CONNECT_EXCLUDED: u32 = 6;
+    /// New inbound TCP connections steered to the agent's plaintext listener.
+    pub const INBOUND_STEERED: u32 = 7;
+    /// New inbound TCP connections to an enrolled pod passed untouched (HBONE and
+    /// agent ports, loopback, exempt source, excluded port).
+    pub const INBOUND_EXEMPT: u32 = 8;
+    /// Inbound plaintext refused in STRICT mode (also in `DROPS` per pod).
+    pub const INBOUND_STRICT_DROPPED: u32 = 9;
+    /// PERMISSIVE pod without a listener in `INBOUND_LISTENERS` (or the assign
+    /// failed): passed to the normal socket lookup.
+    pub const INBOUND_NO_LISTENER: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const NAMES: [&str; COUNT as usize] = [
         "connect_seen",
         "connect_redirected",
@@ -145,6 +212,11 @@ pub mod counter {
         "orig_missing",
         "orig_expired",
         "not_enrolled",
+        "connect_excluded",
+        "inbound_steered",
+        "inbound_exempt",
+        "inbound_strict_dropped",
+        "inbound_no_listener",
     ];
 }
 
@@ -158,6 +230,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::PodInfo {}
     unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::InboundRule {}
+    unsafe impl aya::Pod for super::NetnsPortKey {}
 }
 
 /// The map form of an address (IPv4 as IPv4-mapped).

@@ -7,9 +7,9 @@ use aya_ebpf::helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie};
 use aya_ebpf::macros::{cgroup_sock_addr, sock_ops};
 use aya_ebpf::programs::{SockAddrContext, SockOpsContext};
 use aya_ebpf::EbpfContext;
-use mesh_common::{counter, Addr, DestKey, OrigDst, SockKey, OUTBOUND_PORT};
+use mesh_common::{counter, Addr, DestKey, NetnsPortKey, OrigDst, SockKey, OUTBOUND_PORT};
 
-use crate::maps::{count, MESH_DESTS, ORIG_BY_COOKIE, ORIG_DST, PODS};
+use crate::maps::{count, MESH_DESTS, ORIG_BY_COOKIE, ORIG_DST, OUTBOUND_EXCLUDED_PORTS, PODS};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -24,7 +24,7 @@ fn v4_mapped_word() -> u32 {
 }
 
 #[inline(always)]
-fn v4_mapped(ip4_be: u32) -> Addr {
+pub(crate) fn v4_mapped(ip4_be: u32) -> Addr {
     [0, 0, v4_mapped_word(), ip4_be]
 }
 
@@ -63,6 +63,12 @@ fn capture(ctx: &SockAddrContext, dst: Addr, port_be: u16, family: u16) -> Optio
         return None;
     }
     if !is_mesh_dest(dst, port_be) {
+        return None;
+    }
+    let excluded = NetnsPortKey { netns_cookie: netns, port_be, _pad: [0; 6] };
+    // SAFETY: read-only lookup of a plain-old-data value.
+    if unsafe { OUTBOUND_EXCLUDED_PORTS.get(&excluded) }.is_some() {
+        count(counter::CONNECT_EXCLUDED);
         return None;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };

@@ -7,10 +7,15 @@
 //! is established, `track_orig` (sock_ops) moves that record to `ORIG_DST`, keyed by the pod's
 //! namespace and the socket's local port: exactly what the agent sees after
 //! `accept()`. The record is removed when the socket closes.
+//!
+//! `steer_inbound` (sk_lookup, per pod namespace) steers plaintext arriving for an
+//! enrolled pod to the agent's inbound listener (15006), or drops it when the pod is
+//! STRICT; see `inbound.rs`.
 #![no_std]
 #![no_main]
 
 mod capture;
+mod inbound;
 mod maps;
 
 #[cfg(not(test))]

@@ -1,8 +1,10 @@
 //! Every map of the kernel programs. Pinned by name under the agent's bpffs folder so
 //! that `meshctl` can read them.
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap};
-use mesh_common::{counter, Addr, DestKey, DestValue, DropKey, OrigDst, PodInfo, SockKey};
+use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash};
+use mesh_common::{
+    counter, Addr, DestKey, DestValue, DropKey, InboundRule, NetnsPortKey, OrigDst, PodInfo, SockKey,
+};
 
 /// Destinations the mesh captures (service VIP:port, or workload address with port 0).
 #[map]
@@ -49,3 +51,26 @@ pub fn count_drop(addr: Addr, reason: u32) {
         }
     }
 }
+
+/// Inbound mode of each enrolled pod address (`mesh_common::inbound_mode`).
+#[map]
+pub static INBOUND: HashMap<Addr, InboundRule> = HashMap::pinned(16_384, 0);
+
+/// Per-port inbound rules (pod address + port), which win over `INBOUND`: port-level
+/// mTLS modes and `excludeInboundPorts` (`BYPASS`).
+#[map]
+pub static INBOUND_PORTS: HashMap<DestKey, InboundRule> = HashMap::pinned(65_536, 0);
+
+/// The agent's inbound plaintext listener (15006) of each pod address, in the pod's
+/// own network namespace, of the address's family.
+#[map]
+pub static INBOUND_LISTENERS: SockHash<Addr> = SockHash::pinned(16_384, 0);
+
+/// Source addresses whose connections are never steered nor dropped (the kubelet's
+/// health-probe address), value unused.
+#[map]
+pub static INBOUND_EXEMPT_SRC: HashMap<Addr, u32> = HashMap::pinned(64, 0);
+
+/// Destination ports an enrolled pod's connect() never redirects, per namespace.
+#[map]
+pub static OUTBOUND_EXCLUDED_PORTS: HashMap<NetnsPortKey, u32> = HashMap::pinned(65_536, 0);

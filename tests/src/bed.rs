@@ -465,12 +465,23 @@ impl TestBed {
 
     /// Tells the pod's agent that the pod exists, as the CNI hook would.
     pub fn enroll(&self, pod: &Pod) -> Result<()> {
+        self.enroll_with(pod, json!({}))
+    }
+
+    /// Like [`TestBed::enroll`], with `extra` fields merged into the pod event, e.g.
+    /// `{"annotations": {...}, "peer_authentication": "STRICT"}`. Enrolling an
+    /// enrolled pod again replaces its enrollment.
+    pub fn enroll_with(&self, pod: &Pod, extra: Value) -> Result<()> {
         let a = self.agent(&pod.node)?;
-        let msg = json!({"op": "add", "pod": {
+        let mut event = json!({
             "uid": pod.uid, "namespace": pod.namespace, "name": pod.name,
             "service_account": pod.service_account, "labels": pod.labels,
             "ips": [pod.ip], "netns": pod.netns_path(), "cgroup": pod.cgroup,
-        }});
+        });
+        if let (Some(e), Some(x)) = (event.as_object_mut(), extra.as_object()) {
+            e.extend(x.clone());
+        }
+        let msg = json!({"op": "add", "pod": event});
         cni::request(&a.cni_socket, &msg).with_context(|| format!("enroll {}/{}", pod.namespace, pod.name))
     }
 

@@ -1,6 +1,8 @@
-//! A pod outside the mesh (namespace `legacy`, never enrolled) reaches echo-1 by IP
-//! directly: no outbound capture, no access-log line naming it, no redirect counted.
-//! And an enrolled pod calling a destination outside the mesh is not captured either.
+//! A pod outside the mesh (namespace `legacy`, never enrolled) reaches echo-1 by IP:
+//! no outbound capture and no redirect counted on its side; on echo-1's side the
+//! plaintext is steered through the agent (one `inbound_plaintext` line, no mesh
+//! identity). And an enrolled pod calling a destination outside the mesh is not
+//! captured either.
 
 use std::time::Duration;
 
@@ -28,9 +30,15 @@ fn pods_outside_the_mesh_are_not_captured() -> anyhow::Result<()> {
     let after = bed.counter("node1", "connect_redirected")?;
     assert_eq!(before, after, "connect_redirected grew for a pod that is not enrolled");
     let new_lines: Vec<String> = bed.access_log("node1").into_iter().skip(log_before).collect();
-    // Nothing of this connection passed through the agent: no outbound capture on the
-    // outsider's side and, as inbound plaintext is not steered yet, no inbound line.
-    assert!(new_lines.is_empty(), "access log has lines for a connection outside the mesh: {new_lines:?}");
+    // No outbound capture on the outsider's side; exactly one inbound plaintext line on
+    // echo-1's side, naming the outsider's address and no identity.
+    let field = |l: &String, k| mesh_tests::log_field(l, k).unwrap_or_default();
+    assert_eq!(new_lines.len(), 1, "expected one access-log line (inbound plaintext at echo-1): {new_lines:?}");
+    let l = &new_lines[0];
+    assert_eq!(field(l, "direction"), "inbound_plaintext", "{l}");
+    assert!(field(l, "src.addr").starts_with(&format!("{}:", outsider.ip)), "{l}");
+    assert_eq!(field(l, "src.identity"), "", "a pod outside the mesh has no identity: {l}");
+    assert_eq!(field(l, "dst.addr"), format!("{}:8080", scene.echo1.ip), "{l}");
 
     // An enrolled pod to a destination outside the mesh: seen, not redirected.
     let seen_before = bed.counter("node1", "connect_seen")?;

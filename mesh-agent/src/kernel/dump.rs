@@ -2,10 +2,12 @@
 //! cookies and counter names, never raw bytes.
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap};
+use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap, SockHash};
 use mesh_common::{
-    counter, drop_reason, ip_from_addr, DestKey, DestValue, DropKey, OrigDst, PodInfo, SockKey,
-    DEST_SERVICE, MAP_COUNTERS, MAP_DROPS, MAP_MESH_DESTS, MAP_ORIG_BY_COOKIE, MAP_ORIG_DST, MAP_PODS,
+    counter, drop_reason, inbound_mode, ip_from_addr, Addr, DestKey, DestValue, DropKey, InboundRule,
+    NetnsPortKey, OrigDst, PodInfo, SockKey, DEST_SERVICE, MAP_COUNTERS, MAP_DROPS, MAP_INBOUND,
+    MAP_INBOUND_EXEMPT_SRC, MAP_INBOUND_LISTENERS, MAP_INBOUND_PORTS, MAP_MESH_DESTS, MAP_ORIG_BY_COOKIE,
+    MAP_ORIG_DST, MAP_OUTBOUND_EXCLUDED_PORTS, MAP_PODS,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -36,7 +38,19 @@ pub struct MapSummary {
 }
 
 /// The maps we decode, in display order.
-pub const KNOWN: [&str; 6] = [MAP_PODS, MAP_MESH_DESTS, MAP_ORIG_BY_COOKIE, MAP_ORIG_DST, MAP_COUNTERS, MAP_DROPS];
+pub const KNOWN: [&str; 11] = [
+    MAP_PODS,
+    MAP_MESH_DESTS,
+    MAP_ORIG_BY_COOKIE,
+    MAP_ORIG_DST,
+    MAP_INBOUND,
+    MAP_INBOUND_PORTS,
+    MAP_INBOUND_LISTENERS,
+    MAP_INBOUND_EXEMPT_SRC,
+    MAP_OUTBOUND_EXCLUDED_PORTS,
+    MAP_COUNTERS,
+    MAP_DROPS,
+];
 
 pub fn list(bpffs: &Path) -> Result<Vec<MapSummary>, DumpError> {
     let mut out = Vec::new();
@@ -123,6 +137,53 @@ pub fn dump(bpffs: &Path, name: &str) -> Result<Vec<Value>, DumpError> {
                 })
                 .collect();
             rows.sort_by_key(|r| (r["pod"].as_str().unwrap_or("").to_string(), r["code"].as_u64()));
+            rows
+        }
+        MAP_INBOUND => {
+            let m: HashMap<_, Addr, InboundRule> = HashMap::try_from(map).map_err(read)?;
+            let mut rows: Vec<Value> = m
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(a, r)| json!({"pod": ip_from_addr(a).to_string(), "mode": inbound_mode::name(r.mode)}))
+                .collect();
+            rows.sort_by_key(|r| r["pod"].as_str().unwrap_or("").to_string());
+            rows
+        }
+        MAP_INBOUND_PORTS => {
+            let m: HashMap<_, DestKey, InboundRule> = HashMap::try_from(map).map_err(read)?;
+            let mut rows: Vec<Value> = m
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, r)| {
+                    json!({"pod": ip_from_addr(k.addr).to_string(), "port": u16::from_be(k.port_be), "mode": inbound_mode::name(r.mode)})
+                })
+                .collect();
+            rows.sort_by_key(|r| (r["pod"].as_str().unwrap_or("").to_string(), r["port"].as_u64()));
+            rows
+        }
+        MAP_INBOUND_LISTENERS => {
+            // The values are sockets; userspace can list the keys only.
+            let m: SockHash<_, Addr> = SockHash::try_from(map).map_err(read)?;
+            let mut rows: Vec<Value> = m
+                .keys()
+                .filter_map(Result::ok)
+                .map(|a| json!({"pod": ip_from_addr(a).to_string(), "listener": "15006"}))
+                .collect();
+            rows.sort_by_key(|r| r["pod"].as_str().unwrap_or("").to_string());
+            rows
+        }
+        MAP_INBOUND_EXEMPT_SRC => {
+            let m: HashMap<_, Addr, u32> = HashMap::try_from(map).map_err(read)?;
+            m.keys().filter_map(Result::ok).map(|a| json!({"source": ip_from_addr(a).to_string()})).collect()
+        }
+        MAP_OUTBOUND_EXCLUDED_PORTS => {
+            let m: HashMap<_, NetnsPortKey, u32> = HashMap::try_from(map).map_err(read)?;
+            let mut rows: Vec<Value> = m
+                .keys()
+                .filter_map(Result::ok)
+                .map(|k| json!({"netns_cookie": k.netns_cookie, "port": u16::from_be(k.port_be)}))
+                .collect();
+            rows.sort_by_key(|r| (r["netns_cookie"].as_u64(), r["port"].as_u64()));
             rows
         }
         other => return Err(DumpError::Unknown(other.to_string())),

@@ -5,27 +5,33 @@
 //! `meshctl` can read them); programs are attached to each enrolled pod's cgroup with
 //! bpf_links. A cgroup bpf_link is always multi-program in the kernel (the attach
 //! flags must be 0, which aya calls `Single`), so other programs on the same cgroup
-//! (a CNI's) keep running beside ours.
+//! (a CNI's) keep running beside ours. The inbound program (`steer_inbound`,
+//! sk_lookup) is attached to each pod's network namespace, also with a bpf_link:
+//! sk_lookup links are multi-program too, and we never replace one we do not own.
 pub mod dump;
 mod preflight;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, MapData, SockHash};
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
+use aya::programs::sk_lookup::SkLookupLinkId;
 use aya::programs::sock_ops::SockOpsLinkId;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use mesh_common::{
-    addr_from_ip, ip_from_addr, DestKey, DestValue, OrigDst, PodInfo, SockKey, DEST_SERVICE,
-    DEST_WORKLOAD, MAP_MESH_DESTS, MAP_ORIG_DST, MAP_PODS,
+    addr_from_ip, ip_from_addr, Addr, DestKey, DestValue, InboundRule, NetnsPortKey, OrigDst, PodInfo,
+    SockKey, DEST_SERVICE, DEST_WORKLOAD, MAP_INBOUND, MAP_INBOUND_EXEMPT_SRC, MAP_INBOUND_LISTENERS,
+    MAP_INBOUND_PORTS, MAP_MESH_DESTS, MAP_ORIG_DST, MAP_OUTBOUND_EXCLUDED_PORTS, MAP_PODS,
 };
 use tracing::{debug, info, warn};
 
+use crate::capture::{InboundConfig, PodCapture};
 use crate::state::{State, TunnelProtocol};
 
 pub use preflight::preflight;
@@ -36,6 +42,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 const CONNECT4: &str = "connect4";
 const CONNECT6: &str = "connect6";
 const SOCKOPS: &str = "track_orig";
+const SK_LOOKUP: &str = "steer_inbound";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,6 +72,19 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("opening network namespace {path}: {source}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attaching {name} to network namespace {path}: {source}; mesh needs Linux >= 5.9 (sk_lookup)")]
+    AttachNetns {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("attaching {name} to cgroup {path}: {source}")]
     Attach {
         name: &'static str,
@@ -85,6 +105,24 @@ struct PodLinks {
 struct PodEntry {
     netns_cookie: u64,
     links: PodLinks,
+    /// The pod's addresses (keys of `INBOUND`, `INBOUND_PORTS`, `INBOUND_LISTENERS`).
+    addrs: Vec<Addr>,
+    /// The sk_lookup link on the pod's network namespace.
+    sk_lookup: Option<SkLookupLinkId>,
+}
+
+/// What the kernel needs to enroll one pod.
+pub struct PodAttach<'a> {
+    pub uid: &'a str,
+    pub netns_cookie: u64,
+    /// The pod's network namespace (`/run/netns/<name>`, `/proc/<pid>/ns/net`).
+    pub netns: &'a Path,
+    pub cgroup: &'a Path,
+    pub ips: &'a [IpAddr],
+    /// The agent's inbound plaintext listeners (15006) inside the pod: IPv4, IPv6.
+    pub inbound_v4: Option<BorrowedFd<'a>>,
+    pub inbound_v6: Option<BorrowedFd<'a>>,
+    pub capture: &'a PodCapture,
 }
 
 pub struct Kernel {
@@ -94,6 +132,11 @@ pub struct Kernel {
     mesh_dests: Mutex<BpfHashMap<MapData, DestKey, DestValue>>,
     pod_map: Mutex<BpfHashMap<MapData, u64, PodInfo>>,
     orig_dst: Mutex<aya::maps::HashMap<MapData, SockKey, OrigDst>>,
+    inbound: Mutex<BpfHashMap<MapData, Addr, InboundRule>>,
+    inbound_ports: Mutex<BpfHashMap<MapData, DestKey, InboundRule>>,
+    inbound_listeners: Mutex<SockHash<MapData, Addr>>,
+    exempt_src: Mutex<BpfHashMap<MapData, Addr, u32>>,
+    outbound_excluded: Mutex<BpfHashMap<MapData, NetnsPortKey, u32>>,
 }
 
 impl Kernel {
@@ -126,10 +169,19 @@ impl Kernel {
         }
         let sockops: &mut SockOps = program(&mut ebpf, SOCKOPS)?;
         sockops.load().map_err(|source| Error::Program { name: SOCKOPS, source })?;
+        let sk_lookup: &mut SkLookup = program(&mut ebpf, SK_LOOKUP)?;
+        sk_lookup.load().map_err(|source| Error::Program { name: SK_LOOKUP, source })?;
 
         let mesh_dests = take_hash(&mut ebpf, MAP_MESH_DESTS)?;
         let pod_map = take_hash(&mut ebpf, MAP_PODS)?;
         let orig_dst = take_hash(&mut ebpf, MAP_ORIG_DST)?;
+        let inbound = take_hash(&mut ebpf, MAP_INBOUND)?;
+        let inbound_ports = take_hash(&mut ebpf, MAP_INBOUND_PORTS)?;
+        let exempt_src = take_hash(&mut ebpf, MAP_INBOUND_EXEMPT_SRC)?;
+        let outbound_excluded = take_hash(&mut ebpf, MAP_OUTBOUND_EXCLUDED_PORTS)?;
+        let name = MAP_INBOUND_LISTENERS;
+        let listeners = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
+        let inbound_listeners = SockHash::try_from(listeners).map_err(|source| Error::Map { name, source })?;
         info!(bpffs = %bpffs.display(), "eBPF programs loaded, maps pinned");
         Ok(Kernel {
             bpffs: bpffs.to_path_buf(),
@@ -138,6 +190,11 @@ impl Kernel {
             mesh_dests: Mutex::new(mesh_dests),
             pod_map: Mutex::new(pod_map),
             orig_dst: Mutex::new(orig_dst),
+            inbound: Mutex::new(inbound),
+            inbound_ports: Mutex::new(inbound_ports),
+            inbound_listeners: Mutex::new(inbound_listeners),
+            exempt_src: Mutex::new(exempt_src),
+            outbound_excluded: Mutex::new(outbound_excluded),
         })
     }
 
@@ -145,14 +202,33 @@ impl Kernel {
         &self.bpffs
     }
 
-    /// Attaches the capture programs to the pod's cgroup and marks its network
-    /// namespace as enrolled. Idempotent for the same uid.
-    pub fn enroll(&self, uid: &str, netns_cookie: u64, addr: IpAddr, cgroup: &Path) -> Result<(), Error> {
-        self.unenroll(uid);
-        let cg = File::open(cgroup).map_err(|source| Error::Cgroup { path: cgroup.into(), source })?;
+    /// Source addresses never steered nor dropped inbound (the kubelet's probe
+    /// address): makes `INBOUND_EXEMPT_SRC` hold exactly `sources`.
+    pub fn set_exempt_sources(&self, sources: &[IpAddr]) -> Result<(), Error> {
+        let err = |source| Error::Map { name: MAP_INBOUND_EXEMPT_SRC, source };
+        let mut map = self.exempt_src.lock().unwrap();
+        let want: HashSet<Addr> = sources.iter().map(|ip| addr_from_ip(*ip)).collect();
+        let have: Vec<Addr> = map.keys().filter_map(Result::ok).collect();
+        for k in have.iter().filter(|k| !want.contains(*k)) {
+            map.remove(k).map_err(err)?;
+        }
+        for k in &want {
+            map.insert(k, 1u32, 0).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Enrolls a pod: attaches the capture programs to its cgroup, writes its
+    /// outbound exclusions, its inbound rules and listeners, and attaches the inbound
+    /// program to its network namespace, then marks the namespace as enrolled.
+    /// Idempotent for the same uid; on failure nothing of the pod is left behind.
+    pub fn enroll(&self, pod: &PodAttach<'_>) -> Result<(), Error> {
+        self.unenroll(pod.uid);
+        let cg = File::open(pod.cgroup).map_err(|source| Error::Cgroup { path: pod.cgroup.into(), source })?;
+        let ns = File::open(pod.netns).map_err(|source| Error::Netns { path: pod.netns.into(), source })?;
         let mut ebpf = self.ebpf.lock().unwrap();
         let attach_err = |name| {
-            let path = cgroup.to_path_buf();
+            let path = pod.cgroup.to_path_buf();
             move |source| Error::Attach { name, path, source }
         };
         let connect4 = program::<CgroupSockAddr>(&mut ebpf, CONNECT4)?
@@ -165,19 +241,88 @@ impl Kernel {
             .attach(&cg, CgroupAttachMode::Single)
             .map_err(attach_err(SOCKOPS))?;
         drop(ebpf);
-        let info = PodInfo { addr: addr_from_ip(addr), flags: 0 };
+        let links = PodLinks { connect4, connect6, sockops };
+        let addrs: Vec<Addr> = pod.ips.iter().map(|ip| addr_from_ip(*ip)).collect();
+        let entry = PodEntry { netns_cookie: pod.netns_cookie, links, addrs, sk_lookup: None };
+        self.pods.lock().unwrap().insert(pod.uid.to_string(), entry);
+        let result = self.enroll_rest(pod, &ns);
+        if result.is_err() {
+            self.unenroll(pod.uid);
+        }
+        result
+    }
+
+    fn enroll_rest(&self, pod: &PodAttach<'_>, ns: &File) -> Result<(), Error> {
+        {
+            let err = |source| Error::Map { name: MAP_OUTBOUND_EXCLUDED_PORTS, source };
+            let mut map = self.outbound_excluded.lock().unwrap();
+            for p in &pod.capture.outbound.excluded_ports {
+                let key = NetnsPortKey { netns_cookie: pod.netns_cookie, port_be: p.to_be(), _pad: [0; 6] };
+                map.insert(key, 1u32, 0).map_err(err)?;
+            }
+        }
+        {
+            let err = |source| Error::Map { name: MAP_INBOUND_LISTENERS, source };
+            let mut map = self.inbound_listeners.lock().unwrap();
+            for ip in pod.ips {
+                let fd = if ip.is_ipv4() { pod.inbound_v4 } else { pod.inbound_v6 };
+                if let Some(fd) = fd {
+                    map.insert(addr_from_ip(*ip), fd, 0).map_err(err)?;
+                }
+            }
+        }
+        self.set_inbound(pod.ips, &pod.capture.inbound)?;
+        let mut ebpf = self.ebpf.lock().unwrap();
+        let link = program::<SkLookup>(&mut ebpf, SK_LOOKUP)?.attach(ns).map_err(|source| Error::AttachNetns {
+            name: SK_LOOKUP,
+            path: pod.netns.to_path_buf(),
+            source,
+        })?;
+        drop(ebpf);
+        if let Some(e) = self.pods.lock().unwrap().get_mut(pod.uid) {
+            e.sk_lookup = Some(link);
+        }
+        let info = PodInfo { addr: addr_from_ip(pod.ips[0]), flags: 0 };
         self.pod_map
             .lock()
             .unwrap()
-            .insert(netns_cookie, info, 0)
+            .insert(pod.netns_cookie, info, 0)
             .map_err(|source| Error::Map { name: MAP_PODS, source })?;
-        let links = PodLinks { connect4, connect6, sockops };
-        self.pods.lock().unwrap().insert(uid.to_string(), PodEntry { netns_cookie, links });
-        debug!(uid, netns_cookie, cgroup = %cgroup.display(), "pod attached");
+        debug!(uid = pod.uid, netns_cookie = pod.netns_cookie, cgroup = %pod.cgroup.display(),
+            netns = %pod.netns.display(), inbound = ?pod.capture.inbound, "pod attached");
         Ok(())
     }
 
-    /// Detaches the pod's programs and removes every map entry of its namespace.
+    /// Writes the inbound rules of a pod's addresses: its mode in `INBOUND`, and
+    /// exactly `config`'s port rules in `INBOUND_PORTS` (stale ones removed). Takes
+    /// effect for the next connection; a later PeerAuthentication change calls this.
+    pub fn set_inbound(&self, ips: &[IpAddr], config: &InboundConfig) -> Result<(), Error> {
+        let addrs: Vec<Addr> = ips.iter().map(|ip| addr_from_ip(*ip)).collect();
+        let rules = config.kernel_port_rules();
+        {
+            let err = |source| Error::Map { name: MAP_INBOUND_PORTS, source };
+            let mut map = self.inbound_ports.lock().unwrap();
+            let have: Vec<DestKey> = map.keys().filter_map(Result::ok).filter(|k| addrs.contains(&k.addr)).collect();
+            for k in have.iter().filter(|k| !rules.contains_key(&u16::from_be(k.port_be))) {
+                map.remove(k).map_err(err)?;
+            }
+            for a in &addrs {
+                for (port, mode) in &rules {
+                    let key = DestKey { addr: *a, port_be: port.to_be(), _pad: [0; 2] };
+                    map.insert(key, InboundRule { mode: *mode }, 0).map_err(err)?;
+                }
+            }
+        }
+        let err = |source| Error::Map { name: MAP_INBOUND, source };
+        let mut map = self.inbound.lock().unwrap();
+        for a in &addrs {
+            map.insert(a, InboundRule { mode: config.kernel_mode() }, 0).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the pod's programs and removes every map entry of its namespace and
+    /// of its addresses.
     pub fn unenroll(&self, uid: &str) -> bool {
         let Some(entry) = self.pods.lock().unwrap().remove(uid) else { return false };
         let mut ebpf = self.ebpf.lock().unwrap();
@@ -191,13 +336,20 @@ impl Kernel {
         if let Ok(p) = program::<SockOps>(&mut ebpf, SOCKOPS) {
             let _ = p.detach(sockops);
         }
+        if let (Some(link), Ok(p)) = (entry.sk_lookup, program::<SkLookup>(&mut ebpf, SK_LOOKUP)) {
+            let _ = p.detach(link);
+        }
         drop(ebpf);
         let _ = self.pod_map.lock().unwrap().remove(&entry.netns_cookie);
-        let mut orig = self.orig_dst.lock().unwrap();
-        let stale: Vec<SockKey> =
-            orig.keys().filter_map(Result::ok).filter(|k| k.netns_cookie == entry.netns_cookie).collect();
-        for k in stale {
-            let _ = orig.remove(&k);
+        let cookie = entry.netns_cookie;
+        remove_where(&mut self.orig_dst.lock().unwrap(), |k: &SockKey| k.netns_cookie == cookie);
+        remove_where(&mut self.outbound_excluded.lock().unwrap(), |k: &NetnsPortKey| k.netns_cookie == cookie);
+        remove_where(&mut self.inbound_ports.lock().unwrap(), |k: &DestKey| entry.addrs.contains(&k.addr));
+        let mut inbound = self.inbound.lock().unwrap();
+        let mut listeners = self.inbound_listeners.lock().unwrap();
+        for a in &entry.addrs {
+            let _ = inbound.remove(a);
+            let _ = listeners.remove(a);
         }
         debug!(uid, "pod detached");
         true
@@ -280,6 +432,14 @@ pub fn mesh_dests(state: &State) -> HashMap<DestKey, DestValue> {
         }
     }
     want
+}
+
+/// Removes the keys of `map` that `pred` selects.
+fn remove_where<K: aya::Pod, V: aya::Pod>(map: &mut BpfHashMap<MapData, K, V>, pred: impl Fn(&K) -> bool) {
+    let stale: Vec<K> = map.keys().filter_map(Result::ok).filter(|k| pred(k)).collect();
+    for k in stale {
+        let _ = map.remove(&k);
+    }
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, Error>

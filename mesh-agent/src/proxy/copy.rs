@@ -57,6 +57,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 /// `bytes.sent` flows toward the destination, `bytes.recv` back from it, on both sides.
 pub(super) struct AccessLog {
     pub direction: &'static str,
+    /// The peer address, where the listener sees it (inbound plaintext).
+    pub src_addr: Option<SocketAddr>,
     pub src_workload: String,
     pub src_identity: String,
     pub dst_workload: String,
@@ -73,6 +75,7 @@ impl AccessLog {
     pub fn new(direction: &'static str) -> Self {
         AccessLog {
             direction,
+            src_addr: None,
             src_workload: String::new(),
             src_identity: String::new(),
             dst_workload: String::new(),
@@ -101,6 +104,7 @@ impl AccessLog {
         tracing::info!(
             target: "access",
             direction = self.direction,
+            src.addr = self.src_addr.map(|a| a.to_string()),
             src.workload = self.src_workload.as_str(),
             src.identity = self.src_identity.as_str(),
             dst.workload = self.dst_workload.as_str(),

@@ -1,5 +1,6 @@
 //! The data plane for enrolled pods: an outbound listener (15001) that tunnels captured
-//! connections over HBONE, and an HBONE inbound listener (15008), both opened inside
+//! connections over HBONE, an HBONE inbound listener (15008), and an inbound plaintext
+//! listener (15006) that the kernel steers plaintext for the pod to, all opened inside
 //! each pod's network namespace (ztunnel's in-pod model).
 //!
 //! # Layout
@@ -7,6 +8,7 @@
 //! - `outbound`: accept a captured connection, find its original destination, resolve
 //!   it ([`resolve`]) and tunnel it (`hbone`) or pass it through.
 //! - `inbound`: terminate mTLS, authenticate the caller, serve HTTP/2 CONNECT.
+//! - `plaintext`: accept steered plaintext, log it, forward it to the application.
 //! - `hbone`: the HBONE client and its per-destination HTTP/2 connection pool.
 //! - `copy`: bidirectional copy with byte counts, and the access log.
 use std::io;
@@ -19,6 +21,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::capture::InboundConfig;
 use crate::identity::WorkloadCert;
 use crate::netns;
 use crate::state::{Identity, State};
@@ -27,9 +30,11 @@ mod copy;
 pub mod hbone;
 mod inbound;
 mod outbound;
+mod plaintext;
 pub mod resolve;
 
 pub const OUTBOUND_PORT: u16 = 15001;
+pub const INBOUND_PLAINTEXT_PORT: u16 = mesh_common::INBOUND_PORT;
 pub const HBONE_PORT: u16 = 15008;
 /// Connect timeout for every socket the proxy opens (tunnels and local forwards).
 /// HTTP/2 settings of HBONE connections, both sides: windows large enough that
@@ -72,6 +77,9 @@ pub struct EnrolledPod {
     /// The pod's network namespace, e.g. `/proc/<pid>/ns/net` or `/run/netns/<name>`.
     pub netns: PathBuf,
     pub identity: Identity,
+    /// What the pod accepts inbound (mTLS mode, excluded ports); the kernel enforces
+    /// it, and the plaintext listener checks it again.
+    pub inbound: InboundConfig,
 }
 
 impl EnrolledPod {
@@ -134,6 +142,7 @@ pub(crate) type Drain = watch::Receiver<()>;
 #[derive(Clone, Copy)]
 pub(crate) enum Direction {
     Inbound,
+    InboundPlaintext,
     Outbound,
 }
 
@@ -164,6 +173,7 @@ where
         let id = CONN_ID.fetch_add(1, Ordering::Relaxed);
         let span = match direction {
             Direction::Inbound => tracing::info_span!("inbound", id, %pod, %peer),
+            Direction::InboundPlaintext => tracing::info_span!("inbound_plaintext", id, %pod, %peer),
             Direction::Outbound => tracing::info_span!("outbound", id, %pod, %peer),
         };
         let conn = handle(stream, peer);
@@ -190,6 +200,9 @@ pub struct PodProxy {
     cookie: u64,
     outbound_addrs: Vec<SocketAddr>,
     inbound_addr: SocketAddr,
+    /// Duplicates of the plaintext listeners (IPv4, IPv6), for the kernel's
+    /// `INBOUND_LISTENERS`; closed with the proxy.
+    plaintext: (Option<std::net::TcpListener>, Option<std::net::TcpListener>),
     tasks: Vec<JoinHandle<()>>,
     drain: Option<watch::Sender<()>>,
     /// The pod's namespace thread (see `netns::Netns`), kept alive with the proxy.
@@ -218,12 +231,26 @@ impl PodProxy {
             let ob = outbound::Outbound::new(inputs.clone(), pod.clone(), pool.clone(), cookie, l, rx.clone());
             tasks.push(tokio::spawn(ob.run()));
         }
+        let mut plaintext = (None, None);
+        let mut plaintext_addrs = Vec::new();
+        for l in bound.plaintext {
+            let dup = l.try_clone().map_err(Error::Netns)?;
+            let l = TcpListener::from_std(l).map_err(Error::Netns)?;
+            let addr = l.local_addr().map_err(Error::Netns)?;
+            plaintext_addrs.push(addr);
+            match addr {
+                SocketAddr::V4(_) => plaintext.0 = Some(dup),
+                SocketAddr::V6(_) => plaintext.1 = Some(dup),
+            }
+            tasks.push(tokio::spawn(plaintext::InboundPlaintext::new(inputs.clone(), pod.clone(), l, rx.clone()).run()));
+        }
         let l = TcpListener::from_std(bound.inbound).map_err(Error::Netns)?;
         let inbound_addr = l.local_addr().map_err(Error::Netns)?;
         tasks.push(tokio::spawn(inbound::Inbound::new(inputs, pod.clone(), l, rx).run()));
         tracing::info!(pod = %pod.workload_name(), identity = %pod.identity, netns = %pod.netns.display(),
-            cookie, outbound = ?outbound_addrs, inbound = %inbound_addr, "pod proxy started");
-        Ok(PodProxy { cookie, outbound_addrs, inbound_addr, tasks, drain: Some(tx), netns })
+            cookie, outbound = ?outbound_addrs, inbound = %inbound_addr, plaintext = ?plaintext_addrs,
+            "pod proxy started");
+        Ok(PodProxy { cookie, outbound_addrs, inbound_addr, plaintext, tasks, drain: Some(tx), netns })
     }
 
     /// The kernel's cookie for the pod's network namespace (key of the orig-dst map).
@@ -241,6 +268,13 @@ impl PodProxy {
         self.inbound_addr
     }
 
+    /// The inbound plaintext listeners (`127.0.0.1:15006`, `[::1]:15006`), which the
+    /// kernel's sk_lookup program hands plaintext for the pod to.
+    pub fn plaintext_listeners(&self) -> (Option<std::os::fd::BorrowedFd<'_>>, Option<std::os::fd::BorrowedFd<'_>>) {
+        use std::os::fd::AsFd;
+        (self.plaintext.0.as_ref().map(|l| l.as_fd()), self.plaintext.1.as_ref().map(|l| l.as_fd()))
+    }
+
     /// Stops the listeners and all their connections. The sockets close a moment
     /// later, on the runtime; use [`PodProxy::shutdown_wait`] to wait for that.
     pub fn shutdown(self) {}
@@ -249,6 +283,7 @@ impl PodProxy {
     /// closed, so the same ports can be bound again in that namespace.
     pub async fn shutdown_wait(mut self) {
         self.drain.take();
+        self.plaintext = (None, None);
         let tasks = std::mem::take(&mut self.tasks);
         for t in &tasks {
             t.abort();
@@ -271,6 +306,7 @@ impl Drop for PodProxy {
 struct Bound {
     outbound: Vec<std::net::TcpListener>,
     inbound: std::net::TcpListener,
+    plaintext: Vec<std::net::TcpListener>,
 }
 
 /// Runs inside the pod's namespace.
@@ -284,6 +320,14 @@ fn bind_listeners(ns: &Path) -> Result<Bound, Error> {
         Err(Error::Bind { source, .. }) if no_ipv6(&source) => {}
         Err(e) => return Err(e),
     }
+    // On loopback: nothing reaches it by address; the kernel assigns steered
+    // connections to it (sk_lookup), keeping their original destination as local address.
+    let mut plaintext = vec![bind("inbound plaintext", (Ipv4Addr::LOCALHOST, INBOUND_PLAINTEXT_PORT).into(), None)?];
+    match bind("inbound plaintext", (Ipv6Addr::LOCALHOST, INBOUND_PLAINTEXT_PORT).into(), Some(true)) {
+        Ok(l) => plaintext.push(l),
+        Err(Error::Bind { source, .. }) if no_ipv6(&source) => {}
+        Err(e) => return Err(e),
+    }
     let inbound = match bind("HBONE inbound", (Ipv6Addr::UNSPECIFIED, HBONE_PORT).into(), Some(false)) {
         Ok(l) => l,
         Err(Error::Bind { source, .. }) if no_ipv6(&source) => {
@@ -291,7 +335,7 @@ fn bind_listeners(ns: &Path) -> Result<Bound, Error> {
         }
         Err(e) => return Err(e),
     };
-    Ok(Bound { outbound, inbound })
+    Ok(Bound { outbound, inbound, plaintext })
 }
 
 fn no_ipv6(e: &io::Error) -> bool {
@@ -347,6 +391,10 @@ fn transparent(s: &socket2::Socket, src: IpAddr) -> io::Result<()> {
         IpAddr::V6(_) => set(libc::SOL_IPV6, libc::IPV6_TRANSPARENT)?,
     }
     s.set_mark(crate::podnet::MARK)?;
+    // Bound to lo, the SYN takes the mark rule's `local default dev lo` route (the
+    // pod's own local route names its interface), so the kernel's socket lookup sees
+    // it arrive on lo and the inbound steering program lets it through.
+    s.bind_device(Some(b"lo"))?;
     // Pick the port at connect(), knowing the destination, not at bind().
     set(libc::SOL_IP, libc::IP_BIND_ADDRESS_NO_PORT)?;
     s.bind(&SocketAddr::new(src, 0).into())

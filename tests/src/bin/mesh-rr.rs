@@ -2,7 +2,8 @@
 //!   mesh-rr server --port 7000
 //!   mesh-rr client --addr 10.201.1.3:7000 [--size 64] [--count 20000] [--seconds 20] [--connect-each]
 //! The client prints one JSON line: count, p50_us, p90_us, p99_us, mean_us. With
-//! `--connect-each` every sample is a whole connection: connect, one round trip, close.
+//! `--connect-each` every sample is a whole connection: connect, one round trip, close;
+//! `--addr` may then list several addresses (comma-separated), used in turn.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -61,7 +62,8 @@ fn connect(addr: &str) -> TcpStream {
 }
 
 fn client(addr: &str, size: usize, count: usize, limit: Duration, connect_each: bool) {
-    let mut conn = (!connect_each).then(|| connect(addr));
+    let addrs: Vec<&str> = addr.split(',').collect();
+    let mut conn = (!connect_each).then(|| connect(addrs[0]));
     let msg = vec![0x5au8; size];
     let mut buf = vec![0u8; size];
     let mut samples: Vec<u32> = Vec::with_capacity(count);
@@ -71,7 +73,7 @@ fn client(addr: &str, size: usize, count: usize, limit: Duration, connect_each: 
         let mut fresh = None;
         let c = match conn.as_mut() {
             Some(c) => c,
-            None => fresh.insert(connect(addr)),
+            None => fresh.insert(connect(addrs[samples.len() % addrs.len()])),
         };
         if c.write_all(&msg).and_then(|_| c.read_exact(&mut buf)).is_err() {
             eprintln!("mesh-rr: connection failed after {} round trips", samples.len());
