@@ -98,6 +98,9 @@ pub mod drop_reason {
     pub const MALFORMED: u32 = 4;
     /// Policy state for the pod was incomplete (fail closed).
     pub const POLICY_UNKNOWN: u32 = 5;
+    /// Plaintext for a pod whose agent listener is gone (agent down or restarting):
+    /// dropped rather than let past the agent's policy and telemetry.
+    pub const NO_AGENT_LISTENER: u32 = 6;
 
     /// Name of a reason, for metrics and `meshctl`.
     pub fn name(reason: u32) -> &'static str {
@@ -107,6 +110,7 @@ pub mod drop_reason {
             POLICY_NO_ALLOW_MATCH => "policy_no_allow_match",
             MALFORMED => "malformed",
             POLICY_UNKNOWN => "policy_unknown",
+            NO_AGENT_LISTENER => "no_agent_listener",
             _ => "unknown",
         }
     }

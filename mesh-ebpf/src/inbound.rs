@@ -11,7 +11,8 @@
 //! 3. `BYPASS` (an excluded port) passes; `STRICT` drops and counts
 //!    `drop_reason::STRICT_PLAINTEXT`; `PERMISSIVE` and `DISABLE` assign the
 //!    connection to the agent's listener in `INBOUND_LISTENERS`, so that the
-//!    accepted socket's local address is the original destination.
+//!    accepted socket's local address is the original destination; with no
+//!    listener (agent down) they drop, `drop_reason::NO_AGENT_LISTENER`: fail closed.
 use core::ptr::read_volatile;
 
 use aya_ebpf::bindings::sk_action::{SK_DROP, SK_PASS};
@@ -96,10 +97,13 @@ fn decide(ctx: &SkLookupContext) -> u32 {
         _ => {
             if INBOUND_LISTENERS.redirect_sk_lookup(ctx, local, 0).is_ok() {
                 count(counter::INBOUND_STEERED);
+                SK_PASS
             } else {
+                // Fail closed: without the agent, plaintext would skip its policy.
                 count(counter::INBOUND_NO_LISTENER);
+                count_drop(local, drop_reason::NO_AGENT_LISTENER);
+                SK_DROP
             }
-            SK_PASS
         }
     }
 }
