@@ -10,6 +10,8 @@ use mesh_tests::proc::Proc;
 use mesh_tests::{binary, default_config, Pod, TestBed};
 use serde_json::Value;
 
+/// This command's section of docs/benchmarks.md.
+const SECTION: &str = "## Pod-to-pod traffic: direct vs meshed";
 const IPERF_PORT: &str = "5201";
 const RR_PORT: &str = "7000";
 
@@ -160,7 +162,6 @@ pub fn run(seconds: u32, round_trips: u32) -> Result<()> {
         .unwrap_or_else(|| "?".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mut doc = String::new();
-    doc.push_str("# Benchmarks\n\n");
     let _ = writeln!(doc, "- date: {}", sh(&["date", "-u", "+%Y-%m-%d %H:%M UTC"]));
     let _ = writeln!(doc, "- machine: kernel {}, {cpu_model}, {cores} cores", sh(&["uname", "-r"]));
     let _ = writeln!(doc, "- command: `scripts/bench.sh` (runs `cargo xtask bench --seconds {seconds} --round-trips {round_trips}`)");
@@ -175,9 +176,7 @@ pub fn run(seconds: u32, round_trips: u32) -> Result<()> {
     doc.push_str(&table);
     println!("\n{table}");
     println!("agent peak RSS: {}", rss.join(", "));
-    let path = mesh_tests::workspace_root().join("docs/benchmarks.md");
-    std::fs::create_dir_all(path.parent().context("docs")?)?;
-    std::fs::write(&path, doc)?;
+    let path = crate::doc::replace_section(SECTION, &doc)?;
     println!("written to {}", path.display());
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod doc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
