@@ -1,4 +1,5 @@
-//! Admin endpoint (localhost): `/ready`, and `/config_dump` with what the agent holds.
+//! Admin endpoint (localhost): `/ready`, `/config_dump` with what the agent holds, and
+//! `/metrics`. The metrics listener (15020) serves the same routes.
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub struct Admin {
     pub pods: Arc<PodManager>,
     pub certs: Arc<CertManager>,
     pub synced: watch::Receiver<bool>,
+    pub metrics: prometheus_client::registry::Registry,
 }
 
 impl Admin {
@@ -50,7 +52,8 @@ impl Admin {
                 let body = serde_json::to_string_pretty(&self.config_dump()).unwrap_or_default();
                 reply(StatusCode::OK, body)
             }
-            _ => reply(StatusCode::NOT_FOUND, "try /ready or /config_dump\n".into()),
+            "/metrics" => reply(StatusCode::OK, crate::metrics::encode(&self.metrics)),
+            _ => reply(StatusCode::NOT_FOUND, "try /ready, /config_dump or /metrics\n".into()),
         }
     }
 

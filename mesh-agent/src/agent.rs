@@ -33,6 +33,9 @@ pub struct AgentArgs {
     /// Admin endpoint (keep it on localhost).
     #[arg(long, env = "MESH_ADMIN_ADDRESS", default_value = "127.0.0.1:15000")]
     pub admin_address: SocketAddr,
+    /// Prometheus metrics endpoint (`/metrics`), as Istio's 15020.
+    #[arg(long, env = "MESH_METRICS_ADDRESS", default_value = "0.0.0.0:15020")]
+    pub metrics_address: SocketAddr,
     /// SPIFFE trust domain of this mesh.
     #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
@@ -63,7 +66,7 @@ pub enum Error {
     Kernel(#[from] crate::kernel::Error),
     #[error(transparent)]
     Enrollment(#[from] crate::inpod::Error),
-    #[error("admin endpoint {addr}: {source}; is another agent using it? (--admin-address)")]
+    #[error("cannot listen on {addr}: {source}; is another agent using it? (--admin-address, --metrics-address)")]
     Admin {
         addr: SocketAddr,
         #[source]
@@ -123,15 +126,20 @@ async fn serve(
     let admin_listener = crate::admin::bind(args.admin_address)
         .await
         .map_err(|source| Error::Admin { addr: args.admin_address, source })?;
-    let admin = Arc::new(crate::admin::Admin { state, pods: pods.clone(), certs, synced });
-    let admin_task = tokio::spawn(admin.serve(admin_listener));
+    let metrics_listener = crate::admin::bind(args.metrics_address)
+        .await
+        .map_err(|source| Error::Admin { addr: args.metrics_address, source })?;
+    let metrics = crate::metrics::registry(args.bpffs.clone());
+    let admin = Arc::new(crate::admin::Admin { state, pods: pods.clone(), certs, synced, metrics });
+    let admin_task = tokio::spawn(admin.clone().serve(admin_listener));
+    let metrics_task = tokio::spawn(admin.serve(metrics_listener));
     let cni = crate::inpod::bind(&args.cni_socket)?;
     let cni_task = tokio::spawn(crate::inpod::serve(cni, pods.clone()));
     info!(cni_socket = %args.cni_socket.display(), admin = %args.admin_address, "agent ready for pods");
 
     shutdown.await;
     info!("shutting down: removing pods' listeners and kernel attachments");
-    for t in [cni_task, admin_task, sync, xds] {
+    for t in [cni_task, admin_task, metrics_task, sync, xds] {
         t.abort();
         let _ = t.await;
     }

@@ -57,7 +57,7 @@ fn default_sa() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
-    Add { pod: PodEvent },
+    Add { pod: Box<PodEvent> },
     Delete { uid: String },
 }
 
@@ -201,7 +201,7 @@ impl PodManager {
     async fn handle(&self, line: &str) -> Response {
         let result = match serde_json::from_str::<Request>(line) {
             Err(e) => Err(format!("bad request {line:?}: {e}")),
-            Ok(Request::Add { pod }) => self.add(pod).await.map_err(|e| crate::error_chain(&e)),
+            Ok(Request::Add { pod }) => self.add(*pod).await.map_err(|e| crate::error_chain(&e)),
             Ok(Request::Delete { uid }) => {
                 self.delete(&uid).await;
                 Ok(())

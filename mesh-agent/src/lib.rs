@@ -12,6 +12,7 @@
 //! - [`controlplane`]: the control-plane role: config folder, xDS server, CA.
 //! - [`proto`]: generated gRPC/protobuf types (see `proto/README.md`).
 //! - [`agent`], [`admin`]: the node agent role and its localhost admin endpoint.
+//! - [`metrics`]: Prometheus metrics of the proxy and the kernel programs.
 //! - [`netns`]: running code inside another network namespace.
 //! - [`podnet`]: pod namespace routing for connections that keep the client's address.
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod controlplane;
 pub mod identity;
 pub mod inpod;
 pub mod kernel;
+pub mod metrics;
 pub mod netns;
 pub mod podnet;
 pub mod proto;

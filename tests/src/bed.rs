@@ -419,6 +419,8 @@ impl TestBed {
             bpffs.to_str().unwrap_or_default(),
             "--admin-address",
             &admin,
+            "--metrics-address",
+            "127.0.0.1:0",
         ];
         let mut cmd = proc::command(&args, None, Some(&self.cgroup_root.join("sys")))?;
         cmd.env("RUST_LOG", "info,access=info").env("NO_COLOR", "1");
@@ -494,6 +496,16 @@ impl TestBed {
     /// Writes a file into the watched config folder (atomically, by rename).
     pub fn write_config(&self, file: &str, text: &str) -> Result<()> {
         write_atomic(&self.config_dir.join(file), text)
+    }
+
+    /// The agent's Prometheus metrics (text exposition).
+    pub fn metrics(&self, node: &str) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.agent(node)?.admin_port);
+        let (code, body) = http_get(&url)?;
+        if code != 200 {
+            bail!("GET {url}: HTTP {code}");
+        }
+        Ok(body)
     }
 
     pub fn config_dump(&self, node: &str) -> Result<Value> {

@@ -45,6 +45,9 @@ fn strict_pods_drop_plaintext_in_the_kernel() -> anyhow::Result<()> {
     assert_eq!(code, 0, "plaintext to a STRICT pod got an HTTP answer: {err}");
     let drops = strict_drops(&bed.map_dump("node1", "DROPS")?, &echo1.ip);
     assert!(drops >= 1, "DROPS has no strict_plaintext entry for echo-1");
+    let metrics = bed.metrics("node1")?;
+    let series = format!(r#"mesh_kernel_drops_total{{pod="{}",reason="strict_plaintext"}}"#, echo1.ip);
+    assert!(metrics.lines().any(|l| l.starts_with(&series)), "no {series} in /metrics:\n{metrics}");
     assert_eq!(scene.server_output("echo-1").matches("GET / HTTP/1.1").count(), requests_before, "the request reached the app");
     let leaked: Vec<String> = bed
         .access_log("node1")

@@ -36,6 +36,15 @@ fn same_node_through_the_mesh() -> anyhow::Result<()> {
             .then_some(()))
     })?;
 
+    // Prometheus metrics: the proxy's connections and the kernel's counters.
+    let metrics = bed.metrics("node1")?;
+    let value = |prefix: &str| -> u64 {
+        metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    assert!(value(r#"mesh_connections_total{direction="outbound",result="success"}"#) >= 2, "{metrics}");
+    assert!(value(r#"mesh_connections_total{direction="inbound",result="success"}"#) >= 2, "{metrics}");
+    assert!(value(r#"mesh_kernel_events_total{event="connect_redirected"}"#) >= 2, "{metrics}");
+
     // The operator's live view: two refreshes of counters, as JSON lines.
     let bin = mesh_tests::meshctl_binary()?;
     let bpffs = bed.bpffs("node1");

@@ -101,6 +101,7 @@ impl AccessLog {
         }
         let error = error.map(|e| e.to_string());
         let (sent, recv) = (self.sent.load(Ordering::Relaxed), self.recv.load(Ordering::Relaxed));
+        crate::metrics::PROXY.connection(self.direction, error.is_none(), sent, recv);
         tracing::info!(
             target: "access",
             direction = self.direction,
