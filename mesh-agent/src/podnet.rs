@@ -102,10 +102,10 @@ pub async fn install(ns: &Netns) -> Result<(), Error> {
         Ok(()) => {
             let r = h.rule().add().v6().fw_mark(MARK).table_id(TABLE).priority(RULE_PRIORITY).action(RuleAction::ToTable).execute().await;
             if let Some(e) = r.as_ref().err().filter(|e| !exists(e)) {
-                tracing::debug!(netns = %name(), "no IPv6 mark rule: {e}");
+                tracing::warn!(netns = %name(), "no IPv6 mark rule: {e}; IPv6 callers will reach the app from the pod's own address");
             }
         }
-        Err(e) => tracing::debug!(netns = %name(), "no IPv6 local route: {e}"),
+        Err(e) => tracing::warn!(netns = %name(), "no IPv6 local route: {e}; IPv6 callers will reach the app from the pod's own address"),
     }
     Ok(())
 }

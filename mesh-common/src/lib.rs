@@ -28,6 +28,22 @@ pub const MAP_INBOUND: &str = "INBOUND";
 pub const MAP_INBOUND_PORTS: &str = "INBOUND_PORTS";
 pub const MAP_INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
 pub const MAP_INBOUND_EXEMPT_SRC: &str = "INBOUND_EXEMPT_SRC";
+pub const MAP_FORWARDS: &str = "FORWARDS";
+
+/// Key of `FORWARDS`: a connection the agent is opening to an application with the
+/// caller's address, between bind() and the end of connect(); inbound steering lets
+/// its SYN through. Value: u8, unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ForwardKey {
+    /// The caller's address the agent's socket is bound to.
+    pub remote: Addr,
+    /// Its port, network byte order.
+    pub remote_port_be: u16,
+    /// The application's port, host byte order.
+    pub local_port: u16,
+}
+const _: () = assert!(core::mem::size_of::<ForwardKey>() == 20);
 pub const MAP_OUTBOUND_EXCLUDED_PORTS: &str = "OUTBOUND_EXCLUDED_PORTS";
 
 /// What the kernel does with plaintext TCP arriving for an enrolled pod's port, the
@@ -234,6 +250,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockKey {}
     unsafe impl aya::Pod for super::PodInfo {}
     unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::ForwardKey {}
     unsafe impl aya::Pod for super::InboundRule {}
     unsafe impl aya::Pod for super::NetnsPortKey {}
 }

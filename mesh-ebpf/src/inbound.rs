@@ -19,15 +19,14 @@ use aya_ebpf::bindings::sk_action::{SK_DROP, SK_PASS};
 use aya_ebpf::macros::sk_lookup;
 use aya_ebpf::programs::SkLookupContext;
 use mesh_common::{
-    counter, drop_reason, inbound_mode, Addr, DestKey, HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT,
+    counter, drop_reason, inbound_mode, Addr, DestKey, ForwardKey, HBONE_PORT, INBOUND_PORT,
+    OUTBOUND_PORT,
 };
 
 use crate::capture::v4_mapped;
-use crate::maps::{count, count_drop, INBOUND, INBOUND_EXEMPT_SRC, INBOUND_LISTENERS, INBOUND_PORTS};
+use crate::maps::{count, count_drop, FORWARDS, INBOUND, INBOUND_EXEMPT_SRC, INBOUND_LISTENERS, INBOUND_PORTS};
 
 const AF_INET: u32 = 2;
-/// `lo` is interface 1 in every network namespace.
-const LOOPBACK_IFINDEX: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 
 /// Reads an address field of the context word by word, at fixed offsets.
@@ -65,12 +64,16 @@ fn decide(ctx: &SkLookupContext) -> u32 {
     let port = unsafe { read_volatile(&sl.local_port) } as u16;
     // Local traffic: from the pod's own address to itself (a packet from outside with
     // our own address as source is a martian, dropped before this point); and the
-    // agent's forwards that keep the caller's address (`podnet`): those are routed by
-    // the mark rule's `local default dev lo`, so they come in on lo. (For a plain
-    // connection to a local address the kernel reports the address's device, not lo.)
-    let from_lo = unsafe { read_volatile(&sl.ingress_ifindex) } == LOOPBACK_IFINDEX;
+    // agent's forwards that keep the caller's address (`podnet`), which the agent
+    // registers in FORWARDS from bind() to the end of connect(). (Neither shows in
+    // `ingress_ifindex`: for local traffic the kernel reports the address's device.)
+    let forward = ForwardKey {
+        remote,
+        remote_port_be: unsafe { read_volatile(&sl.remote_port) },
+        local_port: port,
+    };
     if remote == local
-        || from_lo
+        || unsafe { FORWARDS.get(&forward) }.is_some()
         || port == HBONE_PORT
         || port == OUTBOUND_PORT
         || port == INBOUND_PORT

@@ -2,7 +2,7 @@
 //! that `meshctl` can read them.
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash};
-use mesh_common::{
+use mesh_common::{ForwardKey, 
     counter, Addr, DestKey, DestValue, DropKey, InboundRule, NetnsPortKey, OrigDst, PodInfo, SockKey,
 };
 
@@ -70,6 +70,10 @@ pub static INBOUND_LISTENERS: SockHash<Addr> = SockHash::pinned(16_384, 0);
 /// health-probe address), value unused.
 #[map]
 pub static INBOUND_EXEMPT_SRC: HashMap<Addr, u32> = HashMap::pinned(64, 0);
+
+/// The agent's connections to applications being opened right now (see `ForwardKey`).
+#[map]
+pub static FORWARDS: HashMap<ForwardKey, u8> = HashMap::pinned(65_536, 0);
 
 /// Destination ports an enrolled pod's connect() never redirects, per namespace.
 #[map]

@@ -50,6 +50,8 @@ pub struct Pod {
     pub uid: String,
     pub node: String,
     pub ip: String,
+    /// The pod's IPv6 address (every pod is dual stack).
+    pub ip6: String,
     pub labels: BTreeMap<String, String>,
     pub netns: String,
     pub cgroup: PathBuf,
@@ -243,22 +245,27 @@ impl TestBed {
         let index = self.nodes.len() as u8 + 1;
         let netns = format!("{}-{name}", self.name);
         self.ip(&["netns", "add", &netns])?;
-        proc::host(&["ip", "netns", "exec", &netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        proc::host(&["ip", "netns", "exec", &netns, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
         self.ipn(&netns, &["link", "set", "lo", "up"])?;
         self.ipn(&netns, &["link", "add", "br0", "type", "bridge"])?;
         self.ipn(&netns, &["addr", "add", &format!("10.201.{index}.1/24"), "dev", "br0"])?;
+        self.ipn(&netns, &["addr", "add", &format!("fd00:201:{index}::1/64"), "dev", "br0", "nodad"])?;
         self.ipn(&netns, &["link", "set", "br0", "up"])?;
         let fab_if = format!("f{index}");
         let fabric = self.fabric.clone();
         self.ipn(&fabric, &["link", "add", &fab_if, "type", "veth", "peer", "name", "fab0", "netns", &netns])?;
         self.ipn(&fabric, &["link", "set", &fab_if, "master", "br0", "up"])?;
         self.ipn(&netns, &["addr", "add", &format!("10.200.0.{index}/24"), "dev", "fab0"])?;
+        self.ipn(&netns, &["addr", "add", &format!("fd00:200::{index}/64"), "dev", "fab0", "nodad"])?;
         self.ipn(&netns, &["link", "set", "fab0", "up"])?;
         for other in &self.nodes {
             let to_other = format!("10.201.{}.0/24", other.index);
             self.ipn(&netns, &["route", "add", &to_other, "via", &other.fabric_ip()])?;
             let to_new = format!("10.201.{index}.0/24");
             self.ipn(&other.netns, &["route", "add", &to_new, "via", &format!("10.200.0.{index}")])?;
+            let (o, i) = (other.index, index);
+            self.ipn(&netns, &["-6", "route", "add", &format!("fd00:201:{o}::/64"), "via", &format!("fd00:200::{o}")])?;
+            self.ipn(&other.netns, &["-6", "route", "add", &format!("fd00:201:{i}::/64"), "via", &format!("fd00:200::{i}")])?;
         }
         self.nodes.push(Node { name: name.to_string(), index, netns, next_host: 2, next_veth: 0 });
         Ok(())
@@ -276,6 +283,7 @@ impl TestBed {
             bail!("node {node} is full");
         }
         let ip = format!("10.201.{}.{}", n.index, n.next_host);
+        let ip6 = format!("fd00:201:{}::{:x}", n.index, n.next_host);
         n.next_host += 1;
         let veth = format!("p{}", n.next_veth);
         n.next_veth += 1;
@@ -287,8 +295,10 @@ impl TestBed {
         self.ipn(&node_ns, &["link", "set", &veth, "master", "br0", "up"])?;
         self.ipn(&netns, &["link", "set", "lo", "up"])?;
         self.ipn(&netns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        self.ipn(&netns, &["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
         self.ipn(&netns, &["link", "set", "eth0", "up"])?;
         self.ipn(&netns, &["route", "add", "default", "via", &format!("10.201.{index}.1")])?;
+        self.ipn(&netns, &["-6", "route", "add", "default", "via", &format!("fd00:201:{index}::1")])?;
         let cgroup = cgroup_root.join(format!("{node}-{namespace}-{name}"));
         std::fs::create_dir_all(&cgroup)?;
         let pod = Pod {
@@ -298,6 +308,7 @@ impl TestBed {
             uid: format!("{bed}-{namespace}-{name}"),
             node: node.to_string(),
             ip,
+            ip6,
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             netns,
             cgroup,
@@ -478,7 +489,7 @@ impl TestBed {
         let mut event = json!({
             "uid": pod.uid, "namespace": pod.namespace, "name": pod.name,
             "service_account": pod.service_account, "labels": pod.labels,
-            "ips": [pod.ip], "netns": pod.netns_path(), "cgroup": pod.cgroup,
+            "ips": [pod.ip, pod.ip6], "netns": pod.netns_path(), "cgroup": pod.cgroup,
         });
         if let (Some(e), Some(x)) = (event.as_object_mut(), extra.as_object()) {
             e.extend(x.clone());
@@ -653,7 +664,7 @@ fn pod_yaml(pod: &Pod) -> String {
         "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid, "labels": pod.labels},
         "spec": {"nodeName": pod.node, "serviceAccountName": pod.service_account,
                  "containers": [{"name": "app", "image": "none"}]},
-        "status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}]},
+        "status": {"phase": "Running", "podIP": pod.ip, "podIPs": [{"ip": pod.ip}, {"ip": pod.ip6}]},
     });
     serde_yaml::to_string(&v).unwrap_or_default()
 }
@@ -771,6 +782,7 @@ mod tests {
             uid: "u1".into(),
             node: "node1".into(),
             ip: "10.201.1.2".into(),
+            ip6: "fd00:201:1::2".into(),
             labels: [("app".to_string(), "client".to_string())].into_iter().collect(),
             netns: "x".into(),
             cgroup: "/tmp".into(),
@@ -782,6 +794,7 @@ mod tests {
         assert_eq!(v["spec"]["nodeName"], "node1");
         assert_eq!(v["spec"]["serviceAccountName"], "sleep");
         assert_eq!(v["status"]["podIPs"][0]["ip"], "10.201.1.2");
+        assert_eq!(v["status"]["podIPs"][1]["ip"], "fd00:201:1::2");
         assert_eq!(v["metadata"]["labels"]["app"], "client");
         assert_eq!(pod.identity(), "spiffe://cluster.local/ns/default/sa/sleep");
     }

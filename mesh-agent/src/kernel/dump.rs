@@ -38,7 +38,7 @@ pub struct MapSummary {
 }
 
 /// The maps we decode, in display order.
-pub const KNOWN: [&str; 11] = [
+pub const KNOWN: [&str; 12] = [
     MAP_PODS,
     MAP_MESH_DESTS,
     MAP_ORIG_BY_COOKIE,
@@ -48,6 +48,7 @@ pub const KNOWN: [&str; 11] = [
     MAP_INBOUND_LISTENERS,
     MAP_INBOUND_EXEMPT_SRC,
     MAP_OUTBOUND_EXCLUDED_PORTS,
+    mesh_common::MAP_FORWARDS,
     MAP_COUNTERS,
     MAP_DROPS,
 ];
@@ -185,6 +186,16 @@ pub fn dump(bpffs: &Path, name: &str) -> Result<Vec<Value>, DumpError> {
                 .collect();
             rows.sort_by_key(|r| (r["netns_cookie"].as_u64(), r["port"].as_u64()));
             rows
+        }
+        mesh_common::MAP_FORWARDS => {
+            let m: HashMap<_, mesh_common::ForwardKey, u8> = HashMap::try_from(map).map_err(read)?;
+            m.keys()
+                .filter_map(Result::ok)
+                .map(|k| {
+                    let src = std::net::SocketAddr::new(ip_from_addr(k.remote), u16::from_be(k.remote_port_be));
+                    json!({"src": src.to_string(), "app_port": k.local_port})
+                })
+                .collect()
         }
         other => return Err(DumpError::Unknown(other.to_string())),
     };

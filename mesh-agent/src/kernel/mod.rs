@@ -25,9 +25,9 @@ use aya::programs::sock_ops::SockOpsLinkId;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use mesh_common::{
-    addr_from_ip, ip_from_addr, Addr, DestKey, DestValue, InboundRule, NetnsPortKey, OrigDst, PodInfo,
+    addr_from_ip, ip_from_addr, Addr, DestKey, DestValue, ForwardKey, InboundRule, NetnsPortKey, OrigDst, PodInfo,
     SockKey, DEST_SERVICE, DEST_WORKLOAD, MAP_INBOUND, MAP_INBOUND_EXEMPT_SRC, MAP_INBOUND_LISTENERS,
-    MAP_INBOUND_PORTS, MAP_MESH_DESTS, MAP_ORIG_DST, MAP_OUTBOUND_EXCLUDED_PORTS, MAP_PODS,
+    MAP_FORWARDS, MAP_INBOUND_PORTS, MAP_MESH_DESTS, MAP_ORIG_DST, MAP_OUTBOUND_EXCLUDED_PORTS, MAP_PODS,
 };
 use tracing::{debug, info, warn};
 
@@ -132,6 +132,7 @@ pub struct Kernel {
     mesh_dests: Mutex<BpfHashMap<MapData, DestKey, DestValue>>,
     pod_map: Mutex<BpfHashMap<MapData, u64, PodInfo>>,
     orig_dst: Mutex<aya::maps::HashMap<MapData, SockKey, OrigDst>>,
+    forwards: Mutex<BpfHashMap<MapData, ForwardKey, u8>>,
     inbound: Mutex<BpfHashMap<MapData, Addr, InboundRule>>,
     inbound_ports: Mutex<BpfHashMap<MapData, DestKey, InboundRule>>,
     inbound_listeners: Mutex<SockHash<MapData, Addr>>,
@@ -175,6 +176,7 @@ impl Kernel {
         let mesh_dests = take_hash(&mut ebpf, MAP_MESH_DESTS)?;
         let pod_map = take_hash(&mut ebpf, MAP_PODS)?;
         let orig_dst = take_hash(&mut ebpf, MAP_ORIG_DST)?;
+        let forwards = take_hash(&mut ebpf, MAP_FORWARDS)?;
         let inbound = take_hash(&mut ebpf, MAP_INBOUND)?;
         let inbound_ports = take_hash(&mut ebpf, MAP_INBOUND_PORTS)?;
         let exempt_src = take_hash(&mut ebpf, MAP_INBOUND_EXEMPT_SRC)?;
@@ -190,6 +192,7 @@ impl Kernel {
             mesh_dests: Mutex::new(mesh_dests),
             pod_map: Mutex::new(pod_map),
             orig_dst: Mutex::new(orig_dst),
+            forwards: Mutex::new(forwards),
             inbound: Mutex::new(inbound),
             inbound_ports: Mutex::new(inbound_ports),
             inbound_listeners: Mutex::new(inbound_listeners),
@@ -411,6 +414,10 @@ impl Kernel {
     }
 }
 
+fn forward_key(src: SocketAddr, app_port: u16) -> ForwardKey {
+    ForwardKey { remote: addr_from_ip(src.ip().to_canonical()), remote_port_be: src.port().to_be(), local_port: app_port }
+}
+
 /// What `MESH_DESTS` should hold for `state`.
 pub fn mesh_dests(state: &State) -> HashMap<DestKey, DestValue> {
     let mut want = HashMap::new();
@@ -464,5 +471,16 @@ fn take_hash<K: aya::Pod, V: aya::Pod>(
 impl crate::proxy::OrigDstLookup for Kernel {
     fn lookup(&self, netns_cookie: u64, peer_port: u16, ipv6: bool) -> Option<SocketAddr> {
         self.orig_dst(netns_cookie, peer_port, ipv6)
+    }
+
+    fn forward_begin(&self, src: SocketAddr, app_port: u16) {
+        let key = forward_key(src, app_port);
+        if let Err(e) = self.forwards.lock().unwrap().insert(key, 1, 0) {
+            warn!("registering the forward from {src} to port {app_port}: {e}; inbound steering may catch it");
+        }
+    }
+
+    fn forward_end(&self, src: SocketAddr, app_port: u16) {
+        let _ = self.forwards.lock().unwrap().remove(&forward_key(src, app_port));
     }
 }

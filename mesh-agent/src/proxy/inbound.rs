@@ -200,7 +200,7 @@ impl Conn {
             let reason = format!("{target} is not an address of pod {}", pod.workload_name());
             return refuse(&log, StatusCode::BAD_REQUEST, reason);
         }
-        let app = match connect_to_app(&pod.netns, self.source, target, "inbound").await {
+        let app = match connect_to_app(&*self.inbound.inputs.orig_dst, &pod.netns, self.source, target, "inbound").await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("{e}");

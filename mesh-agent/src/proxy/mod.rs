@@ -55,6 +55,13 @@ pub trait CertSource: Send + Sync + 'static {
 /// connect hook, keyed by the pod's netns cookie and the pod socket's local port.
 pub trait OrigDstLookup: Send + Sync + 'static {
     fn lookup(&self, netns_cookie: u64, peer_port: u16, ipv6: bool) -> Option<SocketAddr>;
+
+    /// The agent is about to connect from `src` (the caller's address, transparent)
+    /// to an application's `app_port`: let that SYN past inbound steering.
+    fn forward_begin(&self, _src: SocketAddr, _app_port: u16) {}
+
+    /// The connect() of [`OrigDstLookup::forward_begin`] is over.
+    fn forward_end(&self, _src: SocketAddr, _app_port: u16) {}
 }
 
 /// What every pod proxy on this node shares.
@@ -375,7 +382,8 @@ pub(crate) async fn socket_in(ns: &Path, dst: SocketAddr, source: Option<IpAddr>
     Ok(TcpSocket::from_std_stream(s.into()))
 }
 
-/// Makes `s` leave with the caller's address `src` (see [`crate::podnet`]).
+/// Makes `s` leave with the caller's address `src` (see [`crate::podnet`]), bound to
+/// `lo` (the replies come back through the mark rule's local route).
 fn transparent(s: &socket2::Socket, src: IpAddr) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let one: libc::c_int = 1;
@@ -391,12 +399,9 @@ fn transparent(s: &socket2::Socket, src: IpAddr) -> io::Result<()> {
         IpAddr::V6(_) => set(libc::SOL_IPV6, libc::IPV6_TRANSPARENT)?,
     }
     s.set_mark(crate::podnet::MARK)?;
-    // Bound to lo, the SYN takes the mark rule's `local default dev lo` route (the
-    // pod's own local route names its interface), so the kernel's socket lookup sees
-    // it arrive on lo and the inbound steering program lets it through.
     s.bind_device(Some(b"lo"))?;
-    // Pick the port at connect(), knowing the destination, not at bind().
-    set(libc::SOL_IP, libc::IP_BIND_ADDRESS_NO_PORT)?;
+    // The port is picked now, at bind(), so that the connection can be registered
+    // with the kernel (`forward_begin`) before its SYN leaves.
     s.bind(&SocketAddr::new(src, 0).into())
 }
 
@@ -404,6 +409,7 @@ fn transparent(s: &socket2::Socket, src: IpAddr) -> io::Result<()> {
 /// own addresses, with the caller's address `source` as the source when the families
 /// match (the application sees who called; see [`crate::podnet`]).
 pub(crate) async fn connect_to_app(
+    kernel: &dyn OrigDstLookup,
     ns: &Path,
     source: IpAddr,
     dst: SocketAddr,
@@ -412,7 +418,14 @@ pub(crate) async fn connect_to_app(
     let source = source.to_canonical();
     let keep = (source.is_ipv4() == dst.is_ipv4() && !source.is_loopback()).then_some(source);
     let sock = socket_in(ns, dst, keep).await?;
-    finish_connect(sock, dst, what, "is the application listening on that port?").await
+    let hint = "is the application listening on that port?";
+    let Some(src) = keep.and_then(|_| sock.local_addr().ok()) else {
+        return finish_connect(sock, dst, what, hint).await;
+    };
+    kernel.forward_begin(src, dst.port());
+    let r = finish_connect(sock, dst, what, hint).await;
+    kernel.forward_end(src, dst.port());
+    r
 }
 
 /// Connects a socket made inside `ns` to `dst`, within [`CONNECT_TIMEOUT`].

@@ -78,7 +78,7 @@ impl Ctx {
             log.finish(Some(&e));
             return;
         }
-        let app = match connect_to_app(&self.pod.netns, peer.ip(), dst, "application").await {
+        let app = match connect_to_app(&*self.inputs.orig_dst, &self.pod.netns, peer.ip(), dst, "application").await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("{e}");

@@ -17,7 +17,7 @@ fn main() {
             _ => usage(),
         }
     }
-    let listener = TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| {
+    let listener = TcpListener::bind(("::", port)).unwrap_or_else(|e| {
         eprintln!("mesh-echo: cannot listen on port {port}: {e}");
         std::process::exit(1)
     });
@@ -37,7 +37,7 @@ fn usage() -> ! {
 
 fn serve(conn: TcpStream, name: &str) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = conn.peer_addr().map(|a| std::net::SocketAddr::new(a.ip().to_canonical(), a.port()).to_string()).unwrap_or_default();
     let mut out = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
     // Bounded keep-alive: at most 1000 requests on one connection.
