@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`kernel`]: loads, pins and attaches the eBPF programs; reads and writes their maps.
+//! - [`l4policy`]: the L4 part of AuthorizationPolicy and its compiler into kernel maps.
 //! - [`inpod`]: pod enrollment (the CNI hook's events) and sockets inside pod namespaces.
 //! - [`proxy`]: the outbound (15001) and HBONE inbound (15008) listeners.
 //! - [`tls`]: rustls configurations that present and verify SPIFFE identities.
@@ -18,6 +19,7 @@ pub mod controlplane;
 pub mod identity;
 pub mod inpod;
 pub mod kernel;
+pub mod l4policy;
 pub mod netns;
 pub mod proto;
 pub mod proxy;
