@@ -87,11 +87,11 @@ impl Prefix {
     pub const ALL: Prefix = Prefix { bits: 0, len: 0 };
 
     /// `ip/len` in the address's own family (`len` up to 32 for IPv4, 128 for IPv6).
-    pub fn new(ip: IpAddr, len: u8) -> Result<Prefix, PolicyError> {
+    pub fn new(ip: IpAddr, len: u8) -> Result<Prefix, CompileError> {
         let (v6, len) = match ip {
             IpAddr::V4(v4) if len <= 32 => (v4.to_ipv6_mapped(), len + 96),
             IpAddr::V6(v6) if len <= 128 => (v6, len),
-            _ => return Err(PolicyError::BadPrefix(format!("{ip}/{len}"))),
+            _ => return Err(CompileError::BadPrefix(format!("{ip}/{len}"))),
         };
         Ok(Prefix { bits: u128::from(v6) & mask(len), len })
     }
@@ -103,8 +103,8 @@ impl Prefix {
     }
 
     /// `"10.0.0.0/8"`, `"fd00::/64"` or a bare address, as Istio's ipBlocks accept.
-    pub fn parse(s: &str) -> Result<Prefix, PolicyError> {
-        let bad = || PolicyError::BadPrefix(s.to_string());
+    pub fn parse(s: &str) -> Result<Prefix, CompileError> {
+        let bad = || CompileError::BadPrefix(s.to_string());
         match s.split_once('/') {
             Some((ip, len)) => Prefix::new(ip.parse().map_err(|_| bad())?, len.parse().map_err(|_| bad())?),
             None => Ok(Prefix::host(s.parse().map_err(|_| bad())?)),
@@ -148,7 +148,7 @@ pub fn addr_bits(ip: IpAddr) -> u128 {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PolicyError {
+pub enum CompileError {
     #[error("invalid ipBlock {0:?}: expected an address or address/length")]
     BadPrefix(String),
     #[error("policy {policy}: port 0 is not a port a connection can use")]
@@ -189,8 +189,8 @@ pub enum Decision {
 /// Evaluates `policies` for one packet directly (no table): the reference.
 pub fn evaluate(policies: &[L4Policy], src: IpAddr, port: u16) -> Decision {
     let src = addr_bits(src);
-    let inside = |p: &Prefix| p.contains(src);
-    match judge(policies, (0..policies.len()).flat_map(|i| rule_ids(policies, i)), &inside, Some(port)) {
+    let matches = |(i, j): RuleId| rule_matches(&policies[i].rules[j], src, Some(port));
+    match judge(policies, (0..policies.len()).flat_map(|i| rule_ids(policies, i)), &matches) {
         (verdict::DENY, i) => Decision::Deny(i),
         (verdict::ALLOW, _) => Decision::Allow,
         _ if policies.iter().any(|p| p.action == Action::Allow) => Decision::NoAllowMatch,
@@ -219,23 +219,17 @@ fn rule_ids(policies: &[L4Policy], i: usize) -> impl Iterator<Item = RuleId> + '
     (0..policies[i].rules.len()).map(move |j| (i, j))
 }
 
-/// (verdict, policy index) given which prefixes hold the source and the port
-/// (`None`: a port no rule names). DENY first, then ALLOW, each in input order.
-fn judge(
-    policies: &[L4Policy],
-    candidates: impl Iterator<Item = RuleId>,
-    inside: &dyn Fn(&Prefix) -> bool,
-    port: Option<u16>,
-) -> (u32, u32) {
+/// (verdict, policy index) among the candidate rules, given which rules match:
+/// DENY first, then ALLOW, each the first in input order.
+fn judge(policies: &[L4Policy], candidates: impl Iterator<Item = RuleId>, matches: &dyn Fn(RuleId) -> bool) -> (u32, u32) {
     let mut allow = None;
     let mut deny = None;
     for (i, j) in candidates {
-        let p = &policies[i];
-        let best = match p.action {
+        let best = match policies[i].action {
             Action::Deny => &mut deny,
             Action::Allow => &mut allow,
         };
-        if best.is_some_and(|b| b <= i) || !rule_matches(&p.rules[j], inside, port) {
+        if best.is_some_and(|b| b <= i) || !matches((i, j)) {
             continue;
         }
         *best = Some(i);
@@ -247,20 +241,50 @@ fn judge(
     }
 }
 
-fn rule_matches(rule: &Rule, inside: &dyn Fn(&Prefix) -> bool, port: Option<u16>) -> bool {
-    let from = rule.from.is_empty() || rule.from.iter().any(|s| source_matches(s, inside));
-    let to = rule.to.is_empty()
-        || rule.to.iter().any(|op| {
+/// Whether an operation list matches `port` (`None`: a port no rule names).
+fn to_matches(to: &[Operation], port: Option<u16>) -> bool {
+    to.is_empty()
+        || to.iter().any(|op| {
             let named = |list: &Vec<u16>| port.is_some_and(|p| list.contains(&p));
             (op.ports.is_empty() || named(&op.ports)) && (op.not_ports.is_empty() || !named(&op.not_ports))
-        });
-    from && to
+        })
 }
 
-fn source_matches(s: &Source, inside: &dyn Fn(&Prefix) -> bool) -> bool {
-    (s.ip_blocks.is_empty() || s.ip_blocks.iter().any(inside))
-        && (s.not_ip_blocks.is_empty() || !s.not_ip_blocks.iter().any(inside))
-        && s.principals.as_ref().is_none_or(|ps| ps.iter().map(|ip| Prefix::host(*ip)).any(|p| inside(&p)))
+/// The reference: a rule against one address, scanning the lists.
+fn rule_matches(rule: &Rule, src: u128, port: Option<u16>) -> bool {
+    let inside = |p: &Prefix| p.contains(src);
+    let source = |s: &Source| {
+        (s.ip_blocks.is_empty() || s.ip_blocks.iter().any(inside))
+            && (s.not_ip_blocks.is_empty() || !s.not_ip_blocks.iter().any(inside))
+            && s.principals.as_ref().is_none_or(|ps| ps.iter().any(|ip| addr_bits(*ip) == src))
+    };
+    (rule.from.is_empty() || rule.from.iter().any(source)) && to_matches(&rule.to, port)
+}
+
+/// A source's lists as sets, for the compiler (lists of 100k prefixes are common).
+struct SourceSets {
+    ip_blocks: Option<HashSet<Prefix>>,
+    not_ip_blocks: Option<HashSet<Prefix>>,
+    principals: Option<HashSet<Prefix>>,
+}
+
+impl SourceSets {
+    fn new(s: &Source) -> SourceSets {
+        let set = |v: &Vec<Prefix>| (!v.is_empty()).then(|| v.iter().copied().collect());
+        SourceSets {
+            ip_blocks: set(&s.ip_blocks),
+            not_ip_blocks: set(&s.not_ip_blocks),
+            principals: s.principals.as_ref().map(|ps| ps.iter().map(|ip| Prefix::host(*ip)).collect()),
+        }
+    }
+
+    /// `held`: every named prefix that holds the address.
+    fn matches(&self, held: &[Prefix]) -> bool {
+        let any = |set: &HashSet<Prefix>| held.iter().any(|q| set.contains(q));
+        self.ip_blocks.as_ref().is_none_or(any)
+            && self.not_ip_blocks.as_ref().is_none_or(|s| !any(s))
+            && self.principals.as_ref().is_none_or(any)
+    }
 }
 
 /// Prefixes one of which must hold the source for the rule to match, or `None` when
@@ -285,7 +309,7 @@ fn anchors(rule: &Rule) -> Option<Vec<Prefix>> {
 /// Compiles the policies that select one pod into its kernel table. An empty list
 /// compiles to an empty table without `has_allow`: the caller removes the pod's
 /// kernel entry instead (no policy, everything passes).
-pub fn compile(policies: &[L4Policy]) -> Result<Compiled, PolicyError> {
+pub fn compile(policies: &[L4Policy]) -> Result<Compiled, CompileError> {
     if policies.is_empty() {
         return Ok(Compiled::default());
     }
@@ -300,7 +324,7 @@ pub fn compile(policies: &[L4Policy]) -> Result<Compiled, PolicyError> {
             for op in &r.to {
                 for &port in op.ports.iter().chain(&op.not_ports) {
                     if port == 0 {
-                        return Err(PolicyError::PortZero { policy: p.name.clone() });
+                        return Err(CompileError::PortZero { policy: p.name.clone() });
                     }
                     ports.insert(port);
                 }
@@ -321,6 +345,10 @@ pub fn compile(policies: &[L4Policy]) -> Result<Compiled, PolicyError> {
             }
         }
     }
+    let sets: Vec<Vec<Vec<SourceSets>>> = policies
+        .iter()
+        .map(|p| p.rules.iter().map(|r| r.from.iter().map(SourceSets::new).collect()).collect())
+        .collect();
     let lengths: BTreeSet<u8> = prefixes.iter().map(|p| p.len).collect();
     let classes: Vec<Option<u16>> = std::iter::once(None).chain(ports.iter().map(|p| Some(*p))).collect();
     // Per class: (prefix, parent, verdict), pruned below.
@@ -336,16 +364,22 @@ pub fn compile(policies: &[L4Policy]) -> Result<Compiled, PolicyError> {
             .filter(|q| prefixes.contains(q))
             .collect();
         let parent = ancestors.iter().rev().find(|q| q.len < n.len).copied();
-        let held: HashSet<Prefix> = ancestors.iter().copied().collect();
         let mut cands: Vec<RuleId> = floating.clone();
         for q in &ancestors {
             cands.extend(by_anchor.get(q).into_iter().flatten());
         }
         cands.sort_unstable();
         cands.dedup();
-        let inside = |p: &Prefix| held.contains(p);
+        let from: HashMap<RuleId, bool> = cands
+            .iter()
+            .map(|&(i, j)| {
+                let f = &sets[i][j];
+                (((i, j)), f.is_empty() || f.iter().any(|s| s.matches(&ancestors)))
+            })
+            .collect();
         for (c, class) in classes.iter().enumerate() {
-            tables[c].push((n, parent, judge(policies, cands.iter().copied(), &inside, *class)));
+            let matches = |(i, j): RuleId| from[&(i, j)] && to_matches(&policies[i].rules[j].to, *class);
+            tables[c].push((n, parent, judge(policies, cands.iter().copied(), &matches)));
         }
     }
     let mut pruned: Vec<Vec<Entry>> = Vec::with_capacity(classes.len());

@@ -7,11 +7,15 @@
 //! is established, `track_orig` (sock_ops) moves that record to `ORIG_DST`, keyed by the pod's
 //! namespace and the socket's local port: exactly what the agent sees after
 //! `accept()`. The record is removed when the socket closes.
+//!
+//! `policy_ingress` (tcx ingress on each pod's interface) enforces the L4 part of
+//! AuthorizationPolicy from maps the agent compiles (`policy.rs`).
 #![no_std]
 #![no_main]
 
 mod capture;
 mod maps;
+mod policy;
 
 #[cfg(not(test))]
 #[panic_handler]

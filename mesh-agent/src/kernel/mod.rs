@@ -7,6 +7,7 @@
 //! flags must be 0, which aya calls `Single`), so other programs on the same cgroup
 //! (a CNI's) keep running beside ours.
 pub mod dump;
+pub mod policy;
 mod preflight;
 
 use std::collections::{HashMap, HashSet};
@@ -18,7 +19,8 @@ use std::sync::Mutex;
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
 use aya::programs::sock_ops::SockOpsLinkId;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+use aya::programs::tc::SchedClassifierLinkId;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use mesh_common::{
     addr_from_ip, ip_from_addr, DestKey, DestValue, OrigDst, PodInfo, SockKey, DEST_SERVICE,
@@ -94,6 +96,8 @@ pub struct Kernel {
     mesh_dests: Mutex<BpfHashMap<MapData, DestKey, DestValue>>,
     pod_map: Mutex<BpfHashMap<MapData, u64, PodInfo>>,
     orig_dst: Mutex<aya::maps::HashMap<MapData, SockKey, OrigDst>>,
+    policy: Mutex<policy::PolicyMaps>,
+    policy_links: Mutex<HashMap<String, Vec<SchedClassifierLinkId>>>,
 }
 
 impl Kernel {
@@ -126,6 +130,9 @@ impl Kernel {
         }
         let sockops: &mut SockOps = program(&mut ebpf, SOCKOPS)?;
         sockops.load().map_err(|source| Error::Program { name: SOCKOPS, source })?;
+        let policy_prog: &mut SchedClassifier = program(&mut ebpf, policy::POLICY_PROG)?;
+        policy_prog.load().map_err(|source| Error::Program { name: policy::POLICY_PROG, source })?;
+        let policy = policy::PolicyMaps::take(&mut ebpf)?;
 
         let mesh_dests = take_hash(&mut ebpf, MAP_MESH_DESTS)?;
         let pod_map = take_hash(&mut ebpf, MAP_PODS)?;
@@ -138,6 +145,8 @@ impl Kernel {
             mesh_dests: Mutex::new(mesh_dests),
             pod_map: Mutex::new(pod_map),
             orig_dst: Mutex::new(orig_dst),
+            policy: Mutex::new(policy),
+            policy_links: Mutex::default(),
         })
     }
 
@@ -192,6 +201,10 @@ impl Kernel {
             let _ = p.detach(sockops);
         }
         drop(ebpf);
+        self.detach_policy(uid);
+        if let Ok(info) = self.pod_map.lock().unwrap().get(&entry.netns_cookie, 0) {
+            self.policy.lock().unwrap().remove(info.addr);
+        }
         let _ = self.pod_map.lock().unwrap().remove(&entry.netns_cookie);
         let mut orig = self.orig_dst.lock().unwrap();
         let stale: Vec<SockKey> =
