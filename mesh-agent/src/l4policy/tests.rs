@@ -247,7 +247,7 @@ fn tables_are_pruned() {
 #[test]
 fn port_zero_and_bad_prefixes_are_refused() {
     let p = [policy("ns/p", Action::Allow, vec![rule(vec![], vec![ports(&[0])])])];
-    assert_eq!(compile(&p), Err(PolicyError::PortZero { policy: "ns/p".into() }));
+    assert_eq!(compile(&p), Err(CompileError::PortZero { policy: "ns/p".into() }));
     assert!(Prefix::parse("10.0.0.0/33").is_err());
     assert!(Prefix::parse("fd00::/129").is_err());
     assert!(Prefix::parse("nonsense").is_err());
