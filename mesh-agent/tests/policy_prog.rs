@@ -270,6 +270,16 @@ fn precedence_ipv4() {
     }
     assert_eq!(k.drops(POD4, "policy_deny"), 4);
     assert_eq!(k.drops(POD4, "policy_no_allow_match"), 4);
+    // meshctl's view: the deny entry for 10.1.66.0/24 on "any other port", by policy 1.
+    let rules = dump::dump(&k.bpffs, "POLICY_RULES").unwrap();
+    assert!(
+        rules.iter().any(|r| r["pod"] == POD4 && r["source"] == "10.1.66.0/24" && r["port"] == "*"
+            && r["verdict"] == "deny" && r["policy"] == 1),
+        "{rules:#?}"
+    );
+    let meta = dump::dump(&k.bpffs, "POLICY_META").unwrap();
+    assert_eq!(meta.len(), 1, "{meta:#?}");
+    assert_eq!(meta[0]["active"], true);
     // Another pod on the same node is not touched.
     assert_eq!(k.run(&v4("10.2.0.1", "10.200.0.11", TCP, &tcp(80))), PASS);
     // ICMP passes; another protocol is judged by source with "any other port".
