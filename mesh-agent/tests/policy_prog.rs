@@ -572,44 +572,86 @@ fn connect_from(netns: &std::path::Path, src: &str, dst: SocketAddr) -> std::io:
     })
 }
 
-#[test]
-fn tcp_connect_across_namespaces_is_allowed_or_dropped() {
-    if !need_root("tcp_connect_across_namespaces_is_allowed_or_dropped") {
-        return;
-    }
+/// A server namespace (10.77.0.1, listening on 8080, interface `mp-s`) and a client
+/// namespace with two addresses (10.77.0.2 and .3), joined by a veth pair.
+struct TwoPods {
+    _ns: Namespaces,
+    srv: PathBuf,
+    cli: PathBuf,
+    dst: SocketAddr,
+}
+
+fn two_pods(tag: &str) -> TwoPods {
     let id = std::process::id();
-    let (srv, cli) = (format!("mpol-srv-{id}"), format!("mpol-cli-{id}"));
+    let (srv, cli) = (format!("mp{tag}-s-{id}"), format!("mp{tag}-c-{id}"));
     ip(&["netns", "add", &srv]);
-    let _guard = Namespaces(vec![srv.clone(), cli.clone()]);
+    let ns = Namespaces(vec![srv.clone(), cli.clone()]);
     ip(&["netns", "add", &cli]);
     ip(&["link", "add", "mp-s", "netns", &srv, "type", "veth", "peer", "name", "mp-c", "netns", &cli]);
     ip(&["-n", &srv, "addr", "add", "10.77.0.1/24", "dev", "mp-s"]);
     ip(&["-n", &cli, "addr", "add", "10.77.0.2/24", "dev", "mp-c"]);
     ip(&["-n", &cli, "addr", "add", "10.77.0.3/24", "dev", "mp-c"]);
-    for (ns, dev) in [(&srv, "mp-s"), (&cli, "mp-c")] {
-        ip(&["-n", ns, "link", "set", dev, "up"]);
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
+    for (n, dev) in [(&srv, "mp-s"), (&cli, "mp-c")] {
+        ip(&["-n", n, "link", "set", dev, "up"]);
+        ip(&["-n", n, "link", "set", "lo", "up"]);
     }
-    let srv_path = PathBuf::from(format!("/run/netns/{srv}"));
-    let cli_path = PathBuf::from(format!("/run/netns/{cli}"));
-    let listener = mesh_agent::netns::run_in(&srv_path, || TcpListener::bind("10.77.0.1:8080")).unwrap();
+    let srv = PathBuf::from(format!("/run/netns/{srv}"));
+    let cli = PathBuf::from(format!("/run/netns/{cli}"));
+    let listener = mesh_agent::netns::run_in(&srv, || TcpListener::bind("10.77.0.1:8080")).unwrap();
     std::thread::spawn(move || {
         for c in listener.incoming() {
             drop(c);
         }
     });
-    let dst: SocketAddr = "10.77.0.1:8080".parse().unwrap();
+    TwoPods { _ns: ns, srv, cli, dst: "10.77.0.1:8080".parse().unwrap() }
+}
+
+#[test]
+fn tcp_connect_across_namespaces_is_allowed_or_dropped() {
+    if !need_root("tcp_connect_across_namespaces_is_allowed_or_dropped") {
+        return;
+    }
+    let p = two_pods("a");
     let k = load();
-    let ifaces = k.attach_policy("srv", &srv_path).unwrap();
+    let ifaces = k.attach_policy("srv", &p.srv).unwrap();
     assert_eq!(ifaces, vec!["mp-s".to_string()]);
     // Before any policy both sources connect.
-    connect_from(&cli_path, "10.77.0.3", dst).unwrap();
-    k.set_policy(dst.ip(), &[allow(&["10.77.0.2"], &[8080])]).unwrap();
-    connect_from(&cli_path, "10.77.0.2", dst).expect("allowed source must connect");
-    let err = connect_from(&cli_path, "10.77.0.3", dst).expect_err("denied source must not connect");
+    connect_from(&p.cli, "10.77.0.3", p.dst).unwrap();
+    k.set_policy(p.dst.ip(), &[allow(&["10.77.0.2"], &[8080])]).unwrap();
+    connect_from(&p.cli, "10.77.0.2", p.dst).expect("allowed source must connect");
+    let err = connect_from(&p.cli, "10.77.0.3", p.dst).expect_err("denied source must not connect");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
     assert!(k.drops("10.77.0.1", "policy_no_allow_match") >= 1);
     // Detached: the denied source connects again.
     assert!(k.detach_policy("srv"));
-    connect_from(&cli_path, "10.77.0.3", dst).unwrap();
+    connect_from(&p.cli, "10.77.0.3", p.dst).unwrap();
+}
+
+/// Another tcx program on the same interface (here: a second, independent load of
+/// the object, standing in for a CNI's) keeps running: ours goes first and hands
+/// allowed packets on, and detaching ours leaves the other in place.
+#[test]
+fn tcx_coexists_with_another_program() {
+    if !need_root("tcx_coexists_with_another_program") {
+        return;
+    }
+    let p = two_pods("b");
+    let cni = load();
+    cni.attach_policy("srv", &p.srv).unwrap();
+    cni.set_policy(p.dst.ip(), &[deny(&["10.77.0.2"], &[])]).unwrap();
+    let ours = load();
+    ours.attach_policy("srv", &p.srv).unwrap();
+    ours.set_policy(p.dst.ip(), &[allow(&["10.77.0.2"], &[8080])]).unwrap();
+    // .2: ours allows, then the other program (still in the chain) drops it.
+    connect_from(&p.cli, "10.77.0.2", p.dst).expect_err("the other program must still run after ours");
+    assert!(cni.drops("10.77.0.1", "policy_deny") >= 1);
+    assert_eq!(ours.drops("10.77.0.1", "policy_deny"), 0);
+    // .3: ours drops it first; the other never sees it.
+    connect_from(&p.cli, "10.77.0.3", p.dst).expect_err("ours drops .3");
+    assert!(ours.drops("10.77.0.1", "policy_no_allow_match") >= 1);
+    assert_eq!(cni.drops("10.77.0.1", "policy_no_allow_match"), 0);
+    // Ours detached: the other program is still attached and still drops .2.
+    assert!(ours.detach_policy("srv"));
+    connect_from(&p.cli, "10.77.0.3", p.dst).unwrap();
+    connect_from(&p.cli, "10.77.0.2", p.dst).expect_err("the other program is still attached");
 }
