@@ -214,6 +214,8 @@ pub fn lookup(compiled: &Compiled, src: IpAddr, port: u16) -> Option<Decision> {
 }
 
 type RuleId = (usize, usize);
+/// One computed table cell: prefix, its parent among the named prefixes, (verdict, policy).
+type Cell = (Prefix, Option<Prefix>, (u32, u32));
 
 fn rule_ids(policies: &[L4Policy], i: usize) -> impl Iterator<Item = RuleId> + '_ {
     (0..policies[i].rules.len()).map(move |j| (i, j))
@@ -352,7 +354,7 @@ pub fn compile(policies: &[L4Policy]) -> Result<Compiled, CompileError> {
     let lengths: BTreeSet<u8> = prefixes.iter().map(|p| p.len).collect();
     let classes: Vec<Option<u16>> = std::iter::once(None).chain(ports.iter().map(|p| Some(*p))).collect();
     // Per class: (prefix, parent, verdict), pruned below.
-    let mut tables: Vec<Vec<(Prefix, Option<Prefix>, (u32, u32))>> = vec![Vec::new(); classes.len()];
+    let mut tables: Vec<Vec<Cell>> = vec![Vec::new(); classes.len()];
     let mut sorted: Vec<Prefix> = prefixes.iter().copied().collect();
     sorted.sort();
     for &n in &sorted {
@@ -374,7 +376,7 @@ pub fn compile(policies: &[L4Policy]) -> Result<Compiled, CompileError> {
             .iter()
             .map(|&(i, j)| {
                 let f = &sets[i][j];
-                (((i, j)), f.is_empty() || f.iter().any(|s| s.matches(&ancestors)))
+                ((i, j), f.is_empty() || f.iter().any(|s| s.matches(&ancestors)))
             })
             .collect();
         for (c, class) in classes.iter().enumerate() {

@@ -84,8 +84,9 @@ impl Loaded {
     fn try_run(&self, frame: &[u8]) -> Option<u32> {
         match self.test_run_policy(frame, 1) {
             Ok((verdict, _)) => Some(verdict),
-            Err(PolicyError::TestRun(aya::programs::ProgramError::SyscallError(e)))
-                if e.io_error.raw_os_error() == Some(libc::EINVAL) =>
+            Err(PolicyError::TestRun(e))
+                if matches!(&*e, aya::programs::ProgramError::SyscallError(s)
+                    if s.io_error.raw_os_error() == Some(libc::EINVAL)) =>
             {
                 None
             }

@@ -160,7 +160,7 @@ pub fn dump(bpffs: &Path, name: &str) -> Result<Vec<Value>, DumpError> {
                     json!({
                         "version": version,
                         "pod": ip_from_addr(v.pod).to_string(),
-                        "active": active.get(&version).is_some(),
+                        "active": active.contains_key(&version),
                         "default": if v.flags & POLICY_HAS_ALLOW != 0 { "deny (an ALLOW policy selects the pod)" } else { "allow" },
                         "entries": v.entries,
                     })

@@ -59,13 +59,13 @@ pub enum PolicyError {
         source: MapError,
     },
     #[error("the policy program is not loaded: {0}")]
-    Program(#[source] aya::programs::ProgramError),
+    Program(#[source] Box<aya::programs::ProgramError>),
     #[error("attaching {POLICY_PROG} (tcx ingress) to {iface} in {netns}: {source}")]
     Attach {
         iface: String,
         netns: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("listing interfaces of {netns}: {source}; is the pod's namespace still there?")]
     Netns {
@@ -74,7 +74,7 @@ pub enum PolicyError {
         source: std::io::Error,
     },
     #[error("running {POLICY_PROG} with BPF_PROG_TEST_RUN: {0}")]
-    TestRun(#[source] aya::programs::ProgramError),
+    TestRun(#[source] Box<aya::programs::ProgramError>),
 }
 
 /// One version of one pod's table, as written to the kernel.
@@ -251,8 +251,8 @@ fn m_capacity(m: &aya::maps::Map) -> u32 {
 
 fn not_loaded(e: super::Error) -> PolicyError {
     match e {
-        super::Error::Program { source, .. } => PolicyError::Program(source),
-        _ => PolicyError::Program(aya::programs::ProgramError::NotLoaded),
+        super::Error::Program { source, .. } => PolicyError::Program(Box::new(source)),
+        _ => PolicyError::Program(Box::new(aya::programs::ProgramError::NotLoaded)),
     }
 }
 
@@ -314,7 +314,7 @@ impl Kernel {
                 for (_, id) in links {
                     let _ = prog.detach(id);
                 }
-                Err(PolicyError::Attach { iface, netns: ns, source })
+                Err(PolicyError::Attach { iface, netns: ns, source: Box::new(source) })
             }
         }
     }
@@ -345,7 +345,7 @@ impl Kernel {
         let prog: &mut SchedClassifier =
             program(&mut ebpf, POLICY_PROG).map_err(not_loaded)?;
         let opts = TestRunOptions { data_in: Some(packet), repeat: repeat.max(1), ..TestRunOptions::new() };
-        let r = prog.test_run(opts).map_err(PolicyError::TestRun)?;
+        let r = prog.test_run(opts).map_err(|e| PolicyError::TestRun(Box::new(e)))?;
         Ok((r.return_value, r.duration))
     }
 }
