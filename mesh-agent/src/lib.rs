@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`kernel`]: loads, pins and attaches the eBPF programs; reads and writes their maps.
 //! - [`capture`]: what a pod asks of the data path (mTLS mode, Istio exclusion annotations).
+//! - [`l4policy`]: the L4 part of AuthorizationPolicy and its compiler into kernel maps.
 //! - [`inpod`]: pod enrollment (the CNI hook's events) and sockets inside pod namespaces.
 //! - [`proxy`]: the outbound (15001), inbound plaintext (15006) and HBONE (15008) listeners.
 //! - [`tls`]: rustls configurations that present and verify SPIFFE identities.
@@ -23,6 +24,7 @@ pub mod identity;
 pub mod inpod;
 pub mod kernel;
 pub mod metrics;
+pub mod l4policy;
 pub mod netns;
 pub mod podnet;
 pub mod proto;

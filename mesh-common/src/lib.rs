@@ -29,6 +29,86 @@ pub const MAP_INBOUND_PORTS: &str = "INBOUND_PORTS";
 pub const MAP_INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
 pub const MAP_INBOUND_EXEMPT_SRC: &str = "INBOUND_EXEMPT_SRC";
 pub const MAP_FORWARDS: &str = "FORWARDS";
+pub const MAP_POLICY_PODS: &str = "POLICY_PODS";
+pub const MAP_POLICY_META: &str = "POLICY_META";
+pub const MAP_POLICY_RULES: &str = "POLICY_RULES";
+
+/// L4 AuthorizationPolicy in the kernel (program `policy_ingress`, tcx ingress on
+/// the pod's interface). Three maps, one generation of one pod's policy per version:
+///
+/// - `POLICY_PODS`: pod address -> active version (u32, never reused). No entry: no
+///   policy selects the pod, everything passes.
+/// - `POLICY_META`: version -> [`PolicyMeta`] (pod, flags). Written last when a version
+///   is built, deleted first when it is retired; the program reads it *after* its rule
+///   lookups and drops with `POLICY_UNKNOWN` unless it is there, so a packet is judged
+///   by one whole version or fails closed, never by half of two.
+/// - `POLICY_RULES`: LPM trie, [`PolicyKey`] (version, destination port or 0 for "any
+///   other port", source prefix) -> [`PolicyValue`], the verdict already folded by the
+///   agent's compiler for that port and prefix (DENY before ALLOW).
+///
+/// Lookup: exact port first, then port 0; the longest source prefix wins.
+pub const POLICY_KEY_FIXED_BITS: u32 = 64;
+
+/// Data part of a `POLICY_RULES` key (the LPM prefix length precedes it in the map).
+/// The first [`POLICY_KEY_FIXED_BITS`] bits (version, port, padding) are always
+/// matched; then `prefix` bits of the source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyKey {
+    pub version: u32,
+    /// Destination port, network order; 0 = any port the pod's policy does not name.
+    pub port_be: u16,
+    pub _pad: u16,
+    /// Source address (IPv4-mapped for IPv4).
+    pub src: Addr,
+}
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 24);
+
+/// Value of `POLICY_RULES`: what the pod's policies say for that port and prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyValue {
+    /// One of [`verdict`].
+    pub verdict: u32,
+    /// Index (in the list given to the agent) of the policy that decided, or `u32::MAX`.
+    pub policy: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+
+/// [`PolicyValue::verdict`].
+pub mod verdict {
+    /// No policy matched: allowed unless an ALLOW policy selects the pod.
+    pub const NO_MATCH: u32 = 0;
+    /// An ALLOW policy matched (and no DENY).
+    pub const ALLOW: u32 = 1;
+    /// A DENY policy matched.
+    pub const DENY: u32 = 2;
+
+    pub fn name(v: u32) -> &'static str {
+        match v {
+            NO_MATCH => "no_match",
+            ALLOW => "allow",
+            DENY => "deny",
+            _ => "invalid",
+        }
+    }
+}
+
+/// Value of `POLICY_META`, keyed by version (u32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyMeta {
+    /// The pod this version belongs to.
+    pub pod: Addr,
+    /// `POLICY_HAS_ALLOW`.
+    pub flags: u32,
+    /// Number of `POLICY_RULES` entries of this version.
+    pub entries: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyMeta>() == 24);
+/// At least one ALLOW policy selects the pod: a packet no ALLOW matches is dropped.
+pub const POLICY_HAS_ALLOW: u32 = 1;
+
 
 /// Key of `FORWARDS`: a connection the agent is opening to an application with the
 /// caller's address, between bind() and the end of connect(); inbound steering lets
@@ -251,6 +331,9 @@ mod pod {
     unsafe impl aya::Pod for super::PodInfo {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::ForwardKey {}
+    unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::PolicyValue {}
+    unsafe impl aya::Pod for super::PolicyMeta {}
     unsafe impl aya::Pod for super::InboundRule {}
     unsafe impl aya::Pod for super::NetnsPortKey {}
 }

@@ -11,12 +11,15 @@
 //! `steer_inbound` (sk_lookup, per pod namespace) steers plaintext arriving for an
 //! enrolled pod to the agent's inbound listener (15006), or drops it when the pod is
 //! STRICT; see `inbound.rs`.
+//! `policy_ingress` (tcx ingress on each pod's interface) enforces the L4 part of
+//! AuthorizationPolicy from maps the agent compiles (`policy.rs`).
 #![no_std]
 #![no_main]
 
 mod capture;
 mod inbound;
 mod maps;
+mod policy;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,9 +1,11 @@
 //! Every map of the kernel programs. Pinned by name under the agent's bpffs folder so
 //! that `meshctl` can read them.
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash};
-use mesh_common::{ForwardKey, 
-    counter, Addr, DestKey, DestValue, DropKey, InboundRule, NetnsPortKey, OrigDst, PodInfo, SockKey,
+use aya_ebpf::maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash};
+use mesh_common::{
+    counter, Addr, DestKey, DestValue, DropKey, ForwardKey, InboundRule, NetnsPortKey, OrigDst, PodInfo,
+    PolicyKey, PolicyMeta, PolicyValue, SockKey,
 };
 
 /// Destinations the mesh captures (service VIP:port, or workload address with port 0).
@@ -78,3 +80,17 @@ pub static FORWARDS: HashMap<ForwardKey, u8> = HashMap::pinned(65_536, 0);
 /// Destination ports an enrolled pod's connect() never redirects, per namespace.
 #[map]
 pub static OUTBOUND_EXCLUDED_PORTS: HashMap<NetnsPortKey, u32> = HashMap::pinned(65_536, 0);
+/// L4 policy: pod address -> active policy version (see `mesh_common::MAP_POLICY_PODS`).
+/// Not preallocated, so an element replaced by an update is freed only after every
+/// program that could hold it has finished.
+#[map]
+pub static POLICY_PODS: HashMap<Addr, u32> = HashMap::pinned(16_384, BPF_F_NO_PREALLOC);
+
+/// L4 policy: version -> pod and flags; the proof that a version is complete.
+#[map]
+pub static POLICY_META: HashMap<u32, PolicyMeta> = HashMap::pinned(32_768, BPF_F_NO_PREALLOC);
+
+/// L4 policy: (version, port, source prefix) -> verdict. Room for two generations of
+/// about 500k entries in total.
+#[map]
+pub static POLICY_RULES: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(1_048_576, 0);

@@ -2,13 +2,17 @@
 //! cookies and counter names, never raw bytes.
 use std::path::{Path, PathBuf};
 
+use aya::maps::lpm_trie::LpmTrie;
 use aya::maps::{HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuHashMap, SockHash};
 use mesh_common::{
-    counter, drop_reason, inbound_mode, ip_from_addr, Addr, DestKey, DestValue, DropKey, InboundRule,
-    NetnsPortKey, OrigDst, PodInfo, SockKey, DEST_SERVICE, MAP_COUNTERS, MAP_DROPS, MAP_INBOUND,
-    MAP_INBOUND_EXEMPT_SRC, MAP_INBOUND_LISTENERS, MAP_INBOUND_PORTS, MAP_MESH_DESTS, MAP_ORIG_BY_COOKIE,
-    MAP_ORIG_DST, MAP_OUTBOUND_EXCLUDED_PORTS, MAP_PODS,
+    counter, drop_reason, inbound_mode, ip_from_addr, verdict, Addr, DestKey, DestValue, DropKey, InboundRule,
+    NetnsPortKey, OrigDst, PodInfo, PolicyKey, PolicyMeta, PolicyValue, SockKey, DEST_SERVICE, MAP_COUNTERS,
+    MAP_DROPS, MAP_INBOUND, MAP_INBOUND_EXEMPT_SRC, MAP_INBOUND_LISTENERS, MAP_INBOUND_PORTS, MAP_MESH_DESTS,
+    MAP_ORIG_BY_COOKIE, MAP_ORIG_DST, MAP_OUTBOUND_EXCLUDED_PORTS, MAP_PODS, MAP_POLICY_META, MAP_POLICY_PODS,
+    MAP_POLICY_RULES, POLICY_HAS_ALLOW, POLICY_KEY_FIXED_BITS,
 };
+
+use crate::l4policy::Prefix;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -38,7 +42,7 @@ pub struct MapSummary {
 }
 
 /// The maps we decode, in display order.
-pub const KNOWN: [&str; 12] = [
+pub const KNOWN: [&str; 15] = [
     MAP_PODS,
     MAP_MESH_DESTS,
     MAP_ORIG_BY_COOKIE,
@@ -51,6 +55,9 @@ pub const KNOWN: [&str; 12] = [
     mesh_common::MAP_FORWARDS,
     MAP_COUNTERS,
     MAP_DROPS,
+    MAP_POLICY_PODS,
+    MAP_POLICY_META,
+    MAP_POLICY_RULES,
 ];
 
 pub fn list(bpffs: &Path) -> Result<Vec<MapSummary>, DumpError> {
@@ -197,9 +204,81 @@ pub fn dump(bpffs: &Path, name: &str) -> Result<Vec<Value>, DumpError> {
                 })
                 .collect()
         }
+        MAP_POLICY_PODS => {
+            let m: HashMap<_, Addr, u32> = HashMap::try_from(map).map_err(read)?;
+            let mut rows: Vec<Value> = m
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(pod, version)| json!({"pod": ip_from_addr(pod).to_string(), "version": version}))
+                .collect();
+            rows.sort_by_key(|r| r["pod"].as_str().unwrap_or("").to_string());
+            rows
+        }
+        MAP_POLICY_META => {
+            let active = policy_active(bpffs);
+            let m: HashMap<_, u32, PolicyMeta> = HashMap::try_from(map).map_err(read)?;
+            let mut rows: Vec<Value> = m
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(version, v)| {
+                    json!({
+                        "version": version,
+                        "pod": ip_from_addr(v.pod).to_string(),
+                        "active": active.contains_key(&version),
+                        "default": if v.flags & POLICY_HAS_ALLOW != 0 { "deny (an ALLOW policy selects the pod)" } else { "allow" },
+                        "entries": v.entries,
+                    })
+                })
+                .collect();
+            rows.sort_by_key(|r| r["version"].as_u64());
+            rows
+        }
+        MAP_POLICY_RULES => {
+            // Which pod each version belongs to, and whether it is the one in force.
+            let active = policy_active(bpffs);
+            let m: LpmTrie<_, PolicyKey, PolicyValue> = LpmTrie::try_from(map).map_err(read)?;
+            let mut rows: Vec<Value> = m
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| {
+                    let d = k.data();
+                    let len = k.prefix_len().saturating_sub(POLICY_KEY_FIXED_BITS).min(128) as u8;
+                    let mut octets = [0u8; 16];
+                    for (i, w) in d.src.iter().enumerate() {
+                        octets[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+                    }
+                    let prefix = Prefix { bits: u128::from_be_bytes(octets), len };
+                    let port = u16::from_be(d.port_be);
+                    json!({
+                        "pod": active.get(&d.version).map(|p| p.to_string()).unwrap_or_else(|| "(retired)".into()),
+                        "version": d.version,
+                        "port": if port == 0 { "*".to_string() } else { port.to_string() },
+                        "source": prefix.to_string(),
+                        "verdict": verdict::name(v.verdict),
+                        "policy": if v.policy == u32::MAX { Value::Null } else { json!(v.policy) },
+                    })
+                })
+                .collect();
+            rows.sort_by_key(|r| {
+                (
+                    r["pod"].as_str().unwrap_or("").to_string(),
+                    r["version"].as_u64(),
+                    r["port"].as_str().unwrap_or("").to_string(),
+                    r["source"].as_str().unwrap_or("").to_string(),
+                )
+            });
+            rows
+        }
         other => return Err(DumpError::Unknown(other.to_string())),
     };
     Ok(rows)
+}
+
+/// Version -> pod, for the versions `POLICY_PODS` points at (the ones in force).
+fn policy_active(bpffs: &Path) -> std::collections::HashMap<u32, std::net::IpAddr> {
+    let Ok(data) = MapData::from_pin(bpffs.join(MAP_POLICY_PODS)) else { return Default::default() };
+    let Ok(m) = HashMap::<_, Addr, u32>::try_from(Map::HashMap(data)) else { return Default::default() };
+    m.iter().filter_map(Result::ok).map(|(pod, v)| (v, ip_from_addr(pod))).collect()
 }
 
 fn orig(v: &OrigDst) -> String {

@@ -9,6 +9,7 @@
 //! sk_lookup) is attached to each pod's network namespace, also with a bpf_link:
 //! sk_lookup links are multi-program too, and we never replace one we do not own.
 pub mod dump;
+pub mod policy;
 mod preflight;
 
 use std::collections::{HashMap, HashSet};
@@ -22,7 +23,8 @@ use aya::maps::{HashMap as BpfHashMap, MapData, SockHash};
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
 use aya::programs::sk_lookup::SkLookupLinkId;
 use aya::programs::sock_ops::SockOpsLinkId;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkLookup, SockOps};
+use aya::programs::tc::SchedClassifierLinkId;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use mesh_common::{
     addr_from_ip, ip_from_addr, Addr, DestKey, DestValue, ForwardKey, InboundRule, NetnsPortKey, OrigDst, PodInfo,
@@ -138,6 +140,8 @@ pub struct Kernel {
     inbound_listeners: Mutex<SockHash<MapData, Addr>>,
     exempt_src: Mutex<BpfHashMap<MapData, Addr, u32>>,
     outbound_excluded: Mutex<BpfHashMap<MapData, NetnsPortKey, u32>>,
+    policy: Mutex<policy::PolicyMaps>,
+    policy_links: Mutex<HashMap<String, Vec<SchedClassifierLinkId>>>,
 }
 
 impl Kernel {
@@ -172,6 +176,9 @@ impl Kernel {
         sockops.load().map_err(|source| Error::Program { name: SOCKOPS, source })?;
         let sk_lookup: &mut SkLookup = program(&mut ebpf, SK_LOOKUP)?;
         sk_lookup.load().map_err(|source| Error::Program { name: SK_LOOKUP, source })?;
+        let policy_prog: &mut SchedClassifier = program(&mut ebpf, policy::POLICY_PROG)?;
+        policy_prog.load().map_err(|source| Error::Program { name: policy::POLICY_PROG, source })?;
+        let policy = policy::PolicyMaps::take(&mut ebpf)?;
 
         let mesh_dests = take_hash(&mut ebpf, MAP_MESH_DESTS)?;
         let pod_map = take_hash(&mut ebpf, MAP_PODS)?;
@@ -198,6 +205,8 @@ impl Kernel {
             inbound_listeners: Mutex::new(inbound_listeners),
             exempt_src: Mutex::new(exempt_src),
             outbound_excluded: Mutex::new(outbound_excluded),
+            policy: Mutex::new(policy),
+            policy_links: Mutex::default(),
         })
     }
 
@@ -343,6 +352,10 @@ impl Kernel {
             let _ = p.detach(link);
         }
         drop(ebpf);
+        self.detach_policy(uid);
+        if let Ok(info) = self.pod_map.lock().unwrap().get(&entry.netns_cookie, 0) {
+            self.policy.lock().unwrap().remove(info.addr);
+        }
         let _ = self.pod_map.lock().unwrap().remove(&entry.netns_cookie);
         let cookie = entry.netns_cookie;
         remove_where(&mut self.orig_dst.lock().unwrap(), |k: &SockKey| k.netns_cookie == cookie);

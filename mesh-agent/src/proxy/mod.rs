@@ -400,10 +400,18 @@ fn transparent(s: &socket2::Socket, src: IpAddr) -> io::Result<()> {
     }
     s.set_mark(crate::podnet::MARK)?;
     s.bind_device(Some(b"lo"))?;
-    // The port is picked now, at bind(), so that the connection can be registered
-    // with the kernel (`forward_begin`) before its SYN leaves.
-    s.bind(&SocketAddr::new(src, 0).into())
+    // The port is picked here, before connect(), so that the connection can be
+    // registered with the kernel (`forward_begin`) before its SYN leaves. Picking it
+    // at random with SO_REUSEADDR keeps bind() O(1) however many earlier connections
+    // from this caller wait in TIME_WAIT (the kernel's own search for a free port to
+    // bind() scans them); a 4-tuple still in use fails at connect() and is retried.
+    s.set_reuse_address(true)?;
+    s.bind(&SocketAddr::new(src, fastrand::u16(EPHEMERAL_PORTS)).into())
 }
+
+/// Source ports of the agent's transparent connections to applications (the kernel's
+/// default ephemeral range).
+const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 32_768..=60_999;
 
 /// Connects, from inside the pod's namespace, to the application at one of the pod's
 /// own addresses, with the caller's address `source` as the source when the families
@@ -417,15 +425,28 @@ pub(crate) async fn connect_to_app(
 ) -> Result<tokio::net::TcpStream, Error> {
     let source = source.to_canonical();
     let keep = (source.is_ipv4() == dst.is_ipv4() && !source.is_loopback()).then_some(source);
-    let sock = socket_in(ns, dst, keep).await?;
     let hint = "is the application listening on that port?";
-    let Some(src) = keep.and_then(|_| sock.local_addr().ok()) else {
-        return finish_connect(sock, dst, what, hint).await;
-    };
-    kernel.forward_begin(src, dst.port());
-    let r = finish_connect(sock, dst, what, hint).await;
-    kernel.forward_end(src, dst.port());
-    r
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sock = match socket_in(ns, dst, keep).await {
+            // The random source port is bound by a listener: another.
+            Err(Error::Netns(e)) if e.kind() == io::ErrorKind::AddrInUse && attempt < 8 => continue,
+            r => r?,
+        };
+        let Some(src) = keep.and_then(|_| sock.local_addr().ok()) else {
+            return finish_connect(sock, dst, what, hint).await;
+        };
+        kernel.forward_begin(src, dst.port());
+        let r = finish_connect(sock, dst, what, hint).await;
+        kernel.forward_end(src, dst.port());
+        match r {
+            // The random source port's 4-tuple is still in use (TIME_WAIT): another.
+            Err(Error::Connect { ref source, .. })
+                if source.kind() == io::ErrorKind::AddrNotAvailable && attempt < 8 => {}
+            r => return r,
+        }
+    }
 }
 
 /// Connects a socket made inside `ns` to `dst`, within [`CONNECT_TIMEOUT`].

@@ -1,0 +1,351 @@
+//! L4 AuthorizationPolicy in the kernel: writes compiled tables into the policy maps
+//! with an atomic switch per pod, and attaches `policy_ingress` to pods' interfaces.
+//!
+//! # Generations
+//! Each update of a pod's policy gets a fresh version number (a u32 never reused while
+//! the agent runs). An update writes all `POLICY_RULES` entries of the new version,
+//! then its `POLICY_META` entry, and only then points `POLICY_PODS[pod]` at it: one
+//! map update, which a packet sees entirely or not at all. The version it replaced is
+//! kept intact until the pod's next update (so a packet judged during a switch still
+//! finds it whole), then retired meta first, rules second. The program reads the meta
+//! entry after its rule lookups, so a packet that straddles a retirement is dropped as
+//! `POLICY_UNKNOWN` (fail closed) rather than judged by a half-deleted table.
+//!
+//! # Hook
+//! tcx ingress on every non-loopback interface inside the pod's network namespace,
+//! attached first in the chain (`LinkOrder::first()`): a program before ours that
+//! returned "pass" would end the chain and skip us. Allowed packets return
+//! `TCX_NEXT`, so programs after ours (a CNI's) still run. bpf_links: nothing of
+//! anyone else's is replaced, and closing the link (detach, agent exit) removes ours.
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::{Ebpf, TestRun, TestRunOptions};
+use mesh_common::{
+    addr_from_ip, Addr, PolicyKey, PolicyMeta, PolicyValue, MAP_POLICY_META, MAP_POLICY_PODS, MAP_POLICY_RULES,
+    POLICY_HAS_ALLOW, POLICY_KEY_FIXED_BITS,
+};
+use tracing::{debug, info};
+
+use super::{program, Kernel};
+use crate::l4policy::{self, Compiled, L4Policy};
+
+/// Name of the policy program in the eBPF object.
+pub const POLICY_PROG: &str = "policy_ingress";
+/// What `policy_ingress` returns for a packet it lets through (`TCX_NEXT`, -1).
+pub const VERDICT_PASS: u32 = u32::MAX;
+/// What `policy_ingress` returns for a packet it drops (`TCX_DROP`).
+pub const VERDICT_DROP: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("compiling L4 policy: {0}")]
+    Compile(#[from] l4policy::CompileError),
+    #[error(
+        "kernel map {map} is full: the policy needs {needed} more entries, {used} of {capacity} are in use; \
+         the pod keeps its previous policy (fewer or broader ipBlocks, or a larger map, would fit)"
+    )]
+    Full { map: &'static str, needed: usize, used: usize, capacity: u32 },
+    #[error("kernel map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("the policy program is not loaded: {0}")]
+    Program(#[source] Box<aya::programs::ProgramError>),
+    #[error("attaching {POLICY_PROG} (tcx ingress) to {iface} in {netns}: {source}")]
+    Attach {
+        iface: String,
+        netns: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("listing interfaces of {netns}: {source}; is the pod's namespace still there?")]
+    Netns {
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("running {POLICY_PROG} with BPF_PROG_TEST_RUN: {0}")]
+    TestRun(#[source] Box<aya::programs::ProgramError>),
+}
+
+/// One version of one pod's table, as written to the kernel.
+struct Version {
+    version: u32,
+    keys: Vec<Key<PolicyKey>>,
+}
+
+#[derive(Default)]
+struct PodPolicy {
+    active: Option<Version>,
+    previous: Option<Version>,
+}
+
+/// The three policy maps and what the agent has written into them.
+pub(super) struct PolicyMaps {
+    pods: BpfHashMap<MapData, Addr, u32>,
+    meta: BpfHashMap<MapData, u32, PolicyMeta>,
+    rules: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    capacity: [u32; 3],
+    next_version: u32,
+    live: HashMap<Addr, PodPolicy>,
+    /// `POLICY_RULES` entries of all live versions.
+    rules_used: usize,
+}
+
+/// Whether a map error says the map is full (hash: E2BIG, LPM trie: ENOSPC).
+fn is_full(e: &MapError) -> bool {
+    matches!(e, MapError::SyscallError(s) if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC)))
+}
+
+impl PolicyMaps {
+    /// Takes the maps from `ebpf` and empties them: policy links die with the agent
+    /// that made them, so whatever a previous agent left is stale.
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<PolicyMaps, super::Error> {
+        let mut take = |name: &'static str| {
+            let m = ebpf.take_map(name).ok_or(super::Error::MissingMap(name))?;
+            let cap = m_capacity(&m);
+            Ok::<_, super::Error>((m, cap))
+        };
+        let (pods, c0) = take(MAP_POLICY_PODS)?;
+        let (meta, c1) = take(MAP_POLICY_META)?;
+        let (rules, c2) = take(MAP_POLICY_RULES)?;
+        let e = |name| move |source| super::Error::Map { name, source };
+        let mut pods: BpfHashMap<MapData, Addr, u32> = BpfHashMap::try_from(pods).map_err(e(MAP_POLICY_PODS))?;
+        let mut meta: BpfHashMap<MapData, u32, PolicyMeta> = BpfHashMap::try_from(meta).map_err(e(MAP_POLICY_META))?;
+        let mut rules: LpmTrie<MapData, PolicyKey, PolicyValue> =
+            LpmTrie::try_from(rules).map_err(e(MAP_POLICY_RULES))?;
+        for k in pods.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+            let _ = pods.remove(&k);
+        }
+        for k in meta.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+            let _ = meta.remove(&k);
+        }
+        for k in rules.keys().filter_map(Result::ok).collect::<Vec<_>>() {
+            let _ = rules.remove(&k);
+        }
+        Ok(PolicyMaps {
+            pods,
+            meta,
+            rules,
+            capacity: [c0, c1, c2],
+            next_version: 1,
+            live: HashMap::new(),
+            rules_used: 0,
+        })
+    }
+
+    fn fresh_version(&mut self) -> u32 {
+        let v = self.next_version;
+        self.next_version = self.next_version.wrapping_add(1).max(1);
+        v
+    }
+
+    /// Retires a version that no `POLICY_PODS` entry points to any more: meta first
+    /// (from then on a packet still holding it fails closed), then its rules.
+    fn retire(&mut self, old: Version) {
+        let _ = self.meta.remove(&old.version);
+        for k in &old.keys {
+            let _ = self.rules.remove(k);
+        }
+        self.rules_used -= old.keys.len();
+    }
+
+    /// Writes `compiled` as a new version of `pod`'s table and switches to it; an
+    /// empty table removes the pod's entry (no policy: everything passes). On error
+    /// the pod keeps the policy it had.
+    pub(super) fn set(&mut self, pod: Addr, compiled: &Compiled) -> Result<Option<u32>, PolicyError> {
+        let mut state = self.live.remove(&pod).unwrap_or_default();
+        if let Some(prev) = state.previous.take() {
+            self.retire(prev);
+        }
+        let result = self.switch(pod, compiled, &mut state);
+        if state.active.is_some() || state.previous.is_some() {
+            self.live.insert(pod, state);
+        }
+        result
+    }
+
+    fn switch(&mut self, pod: Addr, compiled: &Compiled, state: &mut PodPolicy) -> Result<Option<u32>, PolicyError> {
+        if compiled.entries.is_empty() {
+            match self.pods.remove(&pod) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(PolicyError::Map { map: MAP_POLICY_PODS, source }),
+            }
+            state.previous = state.active.take();
+            return Ok(None);
+        }
+        let needed = compiled.entries.len();
+        let capacity = self.capacity[2];
+        if self.rules_used + needed > capacity as usize {
+            return Err(PolicyError::Full { map: MAP_POLICY_RULES, needed, used: self.rules_used, capacity });
+        }
+        let version = self.fresh_version();
+        let mut written = Version { version, keys: Vec::with_capacity(needed) };
+        for e in &compiled.entries {
+            let key = Key::new(
+                POLICY_KEY_FIXED_BITS + e.prefix.len as u32,
+                PolicyKey { version, port_be: e.port.to_be(), _pad: 0, src: addr_words(e.prefix.octets()) },
+            );
+            let value = PolicyValue { verdict: e.verdict, policy: e.policy };
+            if let Err(source) = self.rules.insert(&key, value, 0) {
+                let used = self.rules_used + written.keys.len();
+                self.rules_used += written.keys.len();
+                self.retire(written);
+                return Err(if is_full(&source) {
+                    PolicyError::Full { map: MAP_POLICY_RULES, needed, used, capacity }
+                } else {
+                    PolicyError::Map { map: MAP_POLICY_RULES, source }
+                });
+            }
+            written.keys.push(key);
+        }
+        self.rules_used += written.keys.len();
+        let flags = if compiled.has_allow { POLICY_HAS_ALLOW } else { 0 };
+        let meta = PolicyMeta { pod, flags, entries: needed as u32 };
+        let mut step = self.meta.insert(version, meta, 0).map_err(|s| (MAP_POLICY_META, s));
+        if step.is_ok() {
+            step = self.pods.insert(pod, version, 0).map_err(|s| (MAP_POLICY_PODS, s));
+        }
+        if let Err((map, source)) = step {
+            let used = self.rules_used;
+            self.retire(written);
+            return Err(if is_full(&source) {
+                let capacity = if map == MAP_POLICY_PODS { self.capacity[0] } else { self.capacity[1] };
+                PolicyError::Full { map, needed: 1, used, capacity }
+            } else {
+                PolicyError::Map { map, source }
+            });
+        }
+        state.previous = state.active.replace(written);
+        Ok(Some(version))
+    }
+
+    /// Removes every entry of `pod` at once (the pod is gone).
+    pub(super) fn remove(&mut self, pod: Addr) {
+        let _ = self.pods.remove(&pod);
+        if let Some(state) = self.live.remove(&pod) {
+            for v in [state.active, state.previous].into_iter().flatten() {
+                self.retire(v);
+            }
+        }
+    }
+}
+
+fn m_capacity(m: &aya::maps::Map) -> u32 {
+    use aya::maps::Map;
+    let data = match m {
+        Map::HashMap(d) | Map::LpmTrie(d) => d,
+        _ => return 0,
+    };
+    data.info().map(|i| i.max_entries()).unwrap_or(0)
+}
+
+fn not_loaded(e: super::Error) -> PolicyError {
+    match e {
+        super::Error::Program { source, .. } => PolicyError::Program(Box::new(source)),
+        _ => PolicyError::Program(Box::new(aya::programs::ProgramError::NotLoaded)),
+    }
+}
+
+/// The kernel's address words from 16 network-order bytes.
+fn addr_words(o: [u8; 16]) -> Addr {
+    let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
+}
+
+impl Kernel {
+    /// Compiles `policies` (those selecting the pod at `pod`, L4 rules only) and
+    /// switches the pod's kernel table to the result atomically. An empty list
+    /// removes the pod's table (no policy: everything passes). Returns the new
+    /// version (`None` when removed). On error the pod keeps its previous policy.
+    pub fn set_policy(&self, pod: IpAddr, policies: &[L4Policy]) -> Result<Option<u32>, PolicyError> {
+        let compiled = l4policy::compile(policies)?;
+        let addr = addr_from_ip(pod);
+        let version = self.policy.lock().unwrap().set(addr, &compiled)?;
+        debug!(%pod, policies = policies.len(), entries = compiled.entries.len(), ?version, "L4 policy set");
+        Ok(version)
+    }
+
+    /// Attaches `policy_ingress` (tcx ingress, first in the chain) to every
+    /// non-loopback interface in the pod's network namespace. Idempotent per uid.
+    /// Returns the interface names.
+    pub fn attach_policy(&self, uid: &str, netns: &Path) -> Result<Vec<String>, PolicyError> {
+        self.detach_policy(uid);
+        let ns = netns.display().to_string();
+        let mut ebpf = self.ebpf.lock().unwrap();
+        let prog: &mut SchedClassifier = program(&mut ebpf, POLICY_PROG).map_err(not_loaded)?;
+        let attached = crate::netns::run_in(netns, || {
+            let names: Vec<String> = nix::net::if_::if_nameindex()
+                .map_err(std::io::Error::from)?
+                .iter()
+                .map(|i| i.name().to_string_lossy().into_owned())
+                .filter(|n| n != "lo")
+                .collect();
+            let mut links = Vec::new();
+            for iface in names {
+                let order = TcAttachOptions::TcxOrder(LinkOrder::first());
+                match prog.attach_with_options(&iface, TcAttachType::Ingress, order) {
+                    Ok(id) => links.push((iface, id)),
+                    Err(source) => return Ok(Err((iface, source, links))),
+                }
+            }
+            Ok(Ok(links))
+        })
+        .map_err(|source| PolicyError::Netns { netns: ns.clone(), source })?;
+        match attached {
+            Ok(links) => {
+                let names: Vec<String> = links.iter().map(|(n, _)| n.clone()).collect();
+                let ids: Vec<SchedClassifierLinkId> = links.into_iter().map(|(_, id)| id).collect();
+                drop(ebpf);
+                self.policy_links.lock().unwrap().insert(uid.to_string(), ids);
+                info!(uid, netns = %ns, ifaces = ?names, "L4 policy program attached (tcx ingress)");
+                Ok(names)
+            }
+            Err((iface, source, links)) => {
+                for (_, id) in links {
+                    let _ = prog.detach(id);
+                }
+                Err(PolicyError::Attach { iface, netns: ns, source: Box::new(source) })
+            }
+        }
+    }
+
+    /// Detaches the pod's policy program links (its table stays until
+    /// [`Kernel::set_policy`] with no policies, or unenroll).
+    pub fn detach_policy(&self, uid: &str) -> bool {
+        let Some(ids) = self.policy_links.lock().unwrap().remove(uid) else { return false };
+        let mut ebpf = self.ebpf.lock().unwrap();
+        if let Ok(prog) = program::<SchedClassifier>(&mut ebpf, POLICY_PROG) {
+            for id in ids {
+                let _ = prog.detach(id);
+            }
+        }
+        true
+    }
+
+    /// Removes every policy entry of the pod at `pod` at once.
+    pub fn remove_policy(&self, pod: IpAddr) {
+        self.policy.lock().unwrap().remove(addr_from_ip(pod));
+    }
+
+    /// Runs `policy_ingress` on `packet` (an Ethernet frame) with BPF_PROG_TEST_RUN,
+    /// `repeat` times. Returns the program's return value ([`VERDICT_PASS`] or
+    /// [`VERDICT_DROP`]) and the kernel's mean time per run. For tests and benchmarks.
+    pub fn test_run_policy(&self, packet: &[u8], repeat: u32) -> Result<(u32, Duration), PolicyError> {
+        let mut ebpf = self.ebpf.lock().unwrap();
+        let prog: &mut SchedClassifier =
+            program(&mut ebpf, POLICY_PROG).map_err(not_loaded)?;
+        let opts = TestRunOptions { data_in: Some(packet), repeat: repeat.max(1), ..TestRunOptions::new() };
+        let r = prog.test_run(opts).map_err(|e| PolicyError::TestRun(Box::new(e)))?;
+        Ok((r.return_value, r.duration))
+    }
+}
