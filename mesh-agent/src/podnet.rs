@@ -14,10 +14,10 @@
 //! Besides telling the application who called, this keeps TIME_WAIT spread over the
 //! clients' addresses: with the pod's own address as the source of every forwarded
 //! connection, one port of one pod could take only ~470 new connections a second.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::route::{RouteScope, RouteType};
+use rtnetlink::packet_route::route::{RouteMessage, RouteScope, RouteType};
 use rtnetlink::packet_route::rule::RuleAction;
 use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
 
@@ -69,6 +69,18 @@ fn exists(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
 }
 
+/// `local default dev lo table TABLE`, for IPv4 or IPv6.
+fn local_default_route(v6: bool) -> RouteMessage {
+    fn msg<T>(b: RouteMessageBuilder<T>) -> RouteMessageBuilder<T> {
+        b.table_id(TABLE).kind(RouteType::Local).scope(RouteScope::Host).output_interface(LOOPBACK_IFINDEX)
+    }
+    if v6 {
+        msg(RouteMessageBuilder::<Ipv6Addr>::new()).destination_prefix(Ipv6Addr::UNSPECIFIED, 0).build()
+    } else {
+        msg(RouteMessageBuilder::<Ipv4Addr>::new()).destination_prefix(Ipv4Addr::UNSPECIFIED, 0).build()
+    }
+}
+
 /// Installs the mark rule, the local route and the sysctl (idempotent).
 pub async fn install(ns: &Netns) -> Result<(), Error> {
     let name = || ns.path().display().to_string();
@@ -77,28 +89,14 @@ pub async fn install(ns: &Netns) -> Result<(), Error> {
         .map_err(|source| Error::Io { netns: name(), what: "setting net.ipv4.tcp_fwmark_accept", source })?;
     let h = netlink(ns).await?;
     let nl = |what| move |source| Error::Netlink { netns: name(), what, source };
-    let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
-        .table_id(TABLE)
-        .kind(RouteType::Local)
-        .scope(RouteScope::Host)
-        .output_interface(LOOPBACK_IFINDEX)
-        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-        .build();
-    h.route().add(v4).replace().execute().await.map_err(nl("adding the IPv4 local route"))?;
+    h.route().add(local_default_route(false)).replace().execute().await.map_err(nl("adding the IPv4 local route"))?;
     if let Err(e) = h.rule().add().v4().fw_mark(MARK).table_id(TABLE).priority(RULE_PRIORITY).action(RuleAction::ToTable).execute().await {
         if !exists(&e) {
             return Err(nl("adding the IPv4 mark rule")(e));
         }
     }
     // IPv6 may be disabled in the pod; IPv4 alone is then enough.
-    let v6 = RouteMessageBuilder::<Ipv6Addr>::new()
-        .table_id(TABLE)
-        .kind(RouteType::Local)
-        .scope(RouteScope::Host)
-        .output_interface(LOOPBACK_IFINDEX)
-        .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
-        .build();
-    match h.route().add(v6).replace().execute().await {
+    match h.route().add(local_default_route(true)).replace().execute().await {
         Ok(()) => {
             let r = h.rule().add().v6().fw_mark(MARK).table_id(TABLE).priority(RULE_PRIORITY).action(RuleAction::ToTable).execute().await;
             if let Some(e) = r.as_ref().err().filter(|e| !exists(e)) {
@@ -122,11 +120,7 @@ pub async fn remove(ns: &Netns) {
             }
         }
     }
-    for dst in [IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)] {
-        let msg = match dst {
-            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new().table_id(TABLE).kind(RouteType::Local).scope(RouteScope::Host).output_interface(LOOPBACK_IFINDEX).destination_prefix(a, 0).build(),
-            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new().table_id(TABLE).kind(RouteType::Local).scope(RouteScope::Host).output_interface(LOOPBACK_IFINDEX).destination_prefix(a, 0).build(),
-        };
-        let _ = h.route().del(msg).execute().await;
+    for v6 in [false, true] {
+        let _ = h.route().del(local_default_route(v6)).execute().await;
     }
 }

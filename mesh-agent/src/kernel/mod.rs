@@ -353,8 +353,8 @@ impl Kernel {
         }
         drop(ebpf);
         self.detach_policy(uid);
-        if let Ok(info) = self.pod_map.lock().unwrap().get(&entry.netns_cookie, 0) {
-            self.policy.lock().unwrap().remove(info.addr);
+        for a in &entry.addrs {
+            self.policy.lock().unwrap().remove(*a);
         }
         let _ = self.pod_map.lock().unwrap().remove(&entry.netns_cookie);
         let cookie = entry.netns_cookie;
