@@ -3,7 +3,7 @@
 //! and the benchmark.
 //!
 //! # Layout
-//! - [`bed`]: `TestBed` (nodes, pods, control plane, agents, admin and map queries)
+//! - [`bed`] holds `TestBed` (nodes, pods, control plane, agents, admin and map queries)
 //! - [`proc`]: children placed into a pod's cgroup and netns before exec
 //! - [`cleanup`]: removal of beds, leftovers of killed runs, and the Ctrl-C handler
 //! - [`cni`]: the agent's pod-enrollment socket, as the CNI hook speaks it
