@@ -38,7 +38,7 @@ pub fn run() -> Result<()> {
     request(&scene.client, &format!("http://{}:8080/", scene.echo1.ip))?;
     title("client -> echo-2 by pod IP (across nodes, HBONE on 15008)");
     request(&scene.client, &format!("http://{}:8080/", echo2.ip))?;
-    title("outsider (namespace legacy, not enrolled) -> echo-1 directly");
+    title("outsider (namespace legacy, not in the mesh) -> echo-1: plaintext, steered in the kernel through echo-1's agent (PERMISSIVE)");
     request(&outsider, &format!("http://{}:8080/", scene.echo1.ip))?;
     std::thread::sleep(Duration::from_millis(500));
 
