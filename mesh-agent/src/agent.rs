@@ -88,22 +88,43 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
     let kernel = Arc::new(Kernel::load(&args.bpffs)?);
     let probes: Vec<std::net::IpAddr> = args.probe_source.iter().filter_map(|p| p.0).collect();
     if let Err(e) = kernel.set_exempt_sources(&probes) {
-        if let Ok(k) = Arc::try_unwrap(kernel) {
-            k.shutdown();
+        drop(kernel);
+        if nothing_pinned(&args.bpffs) {
+            let _ = std::fs::remove_dir_all(&args.bpffs);
         }
         return Err(e.into());
     }
-    // From here on, everything we made is undone on the way out, also on error.
+    // On the way out the pods' kernel attachments stay pinned (see kernel::pins). A
+    // start that failed before any pod was enrolled leaves nothing behind.
     let result = serve(&args, kernel.clone(), shutdown).await;
-    match Arc::try_unwrap(kernel) {
-        Ok(k) => k.shutdown(),
-        Err(k) => {
-            tracing::warn!("kernel state still shared at exit; removing pins only");
-            let _ = std::fs::remove_dir_all(k.bpffs());
-        }
+    if result.is_err() && nothing_pinned(&args.bpffs) {
+        let _ = std::fs::remove_dir_all(&args.bpffs);
+    } else if let Ok(k) = Arc::try_unwrap(kernel) {
+        k.shutdown();
     }
     let _ = std::fs::remove_file(&args.cni_socket);
     result
+}
+
+/// No pod's links are pinned under `bpffs` (so removing it detaches nothing).
+fn nothing_pinned(bpffs: &std::path::Path) -> bool {
+    std::fs::read_dir(bpffs.join("links")).map(|mut d| d.next().is_none()).unwrap_or(true)
+}
+
+/// `mesh-agent uninstall`: what the agent leaves attached when it stops.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UninstallArgs {
+    /// The agent's bpffs folder (its --bpffs).
+    #[arg(long, env = "MESH_BPFFS", default_value = "/sys/fs/bpf/mesh")]
+    pub bpffs: PathBuf,
+}
+
+/// Releases every pinned link (detaching the programs from pods' cgroups and
+/// namespaces) and removes the bpffs folder. Run it with the agent stopped.
+pub fn uninstall(args: &UninstallArgs) -> Result<(), crate::kernel::Error> {
+    let pods = Kernel::uninstall(&args.bpffs)?;
+    info!(bpffs = %args.bpffs.display(), pods, "released every pinned link and removed the folder");
+    Ok(())
 }
 
 async fn serve(
@@ -138,12 +159,12 @@ async fn serve(
     info!(cni_socket = %args.cni_socket.display(), admin = %args.admin_address, "agent ready for pods");
 
     shutdown.await;
-    info!("shutting down: removing pods' listeners and kernel attachments");
+    info!("shutting down: closing pods' listeners; kernel attachments stay pinned");
     for t in [cni_task, admin_task, metrics_task, sync, xds] {
         t.abort();
         let _ = t.await;
     }
-    pods.delete_all().await;
+    pods.stop_all().await;
     drop(pods);
     Ok(())
 }

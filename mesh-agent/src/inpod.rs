@@ -176,7 +176,7 @@ impl PodManager {
         self.kernel.unenroll(uid);
         match removed {
             Some(e) => {
-                e.proxy.shutdown_wait().await;
+                e.proxy.remove().await;
                 info!(pod = %format!("{}/{}", e.event.namespace, e.event.name), uid, "pod removed");
                 true
             }
@@ -191,10 +191,13 @@ impl PodManager {
         v
     }
 
-    pub async fn delete_all(&self) {
-        let uids: Vec<String> = self.pods.lock().unwrap().keys().cloned().collect();
-        for uid in uids {
-            self.delete(&uid).await;
+    /// The agent is stopping: close every pod's listeners, but leave the pods
+    /// enrolled in the kernel (pinned links, routing in their namespaces), so traffic
+    /// fails closed until the next agent adopts them.
+    pub async fn stop_all(&self) {
+        let pods: Vec<Enrolled> = self.pods.lock().unwrap().drain().map(|(_, e)| e).collect();
+        for e in pods {
+            e.proxy.shutdown_wait().await;
         }
     }
 

@@ -14,6 +14,9 @@ enum Role {
     Agent(mesh_agent::agent::AgentArgs),
     /// Run the control plane: config from a folder, xDS and a CA.
     ControlPlane(mesh_agent::controlplane::ControlPlaneArgs),
+    /// Detach everything a stopped agent left attached (pinned links) and remove its
+    /// bpffs folder.
+    Uninstall(mesh_agent::agent::UninstallArgs),
 }
 
 fn main() {
@@ -32,6 +35,7 @@ fn main() {
     let result: Result<(), String> = rt.block_on(async {
         match cli.role {
             Role::Agent(args) => mesh_agent::agent::run(args, shutdown_signal()).await.map_err(|e| mesh_agent::error_chain(&e)),
+            Role::Uninstall(args) => mesh_agent::agent::uninstall(&args).map_err(|e| mesh_agent::error_chain(&e)),
             Role::ControlPlane(args) => {
                 mesh_agent::controlplane::run(args, shutdown_signal()).await.map_err(|e| mesh_agent::error_chain(&e))
             }

@@ -9,6 +9,7 @@
 //! sk_lookup) is attached to each pod's network namespace, also with a bpf_link:
 //! sk_lookup links are multi-program too, and we never replace one we do not own.
 pub mod dump;
+pub mod pins;
 pub mod policy;
 mod preflight;
 
@@ -20,9 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, SockHash};
-use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
-use aya::programs::sk_lookup::SkLookupLinkId;
-use aya::programs::sock_ops::SockOpsLinkId;
 use aya::programs::tc::SchedClassifierLinkId;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader};
@@ -60,6 +58,8 @@ pub enum Error {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("pinning a link: {0}")]
+    Pin(String),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
@@ -97,20 +97,11 @@ pub enum Error {
 }
 
 /// The links that tie our programs to one pod's cgroup.
-struct PodLinks {
-    connect4: CgroupSockAddrLinkId,
-    connect6: CgroupSockAddrLinkId,
-    sockops: SockOpsLinkId,
-}
-
 /// An enrolled pod as the kernel knows it.
 struct PodEntry {
     netns_cookie: u64,
-    links: PodLinks,
     /// The pod's addresses (keys of `INBOUND`, `INBOUND_PORTS`, `INBOUND_LISTENERS`).
     addrs: Vec<Addr>,
-    /// The sk_lookup link on the pod's network namespace.
-    sk_lookup: Option<SkLookupLinkId>,
 }
 
 /// What the kernel needs to enroll one pod.
@@ -238,24 +229,29 @@ impl Kernel {
         self.unenroll(pod.uid);
         let cg = File::open(pod.cgroup).map_err(|source| Error::Cgroup { path: pod.cgroup.into(), source })?;
         let ns = File::open(pod.netns).map_err(|source| Error::Netns { path: pod.netns.into(), source })?;
+        let dir = pins::pod_dir(&self.bpffs, pod.netns_cookie);
+        let pin_err = |e: String| Error::Pin(e);
         let mut ebpf = self.ebpf.lock().unwrap();
         let attach_err = |name| {
             let path = pod.cgroup.to_path_buf();
             move |source| Error::Attach { name, path, source }
         };
-        let connect4 = program::<CgroupSockAddr>(&mut ebpf, CONNECT4)?
-            .attach(&cg, CgroupAttachMode::Single)
-            .map_err(attach_err(CONNECT4))?;
-        let connect6 = program::<CgroupSockAddr>(&mut ebpf, CONNECT6)?
-            .attach(&cg, CgroupAttachMode::Single)
-            .map_err(attach_err(CONNECT6))?;
-        let sockops = program::<SockOps>(&mut ebpf, SOCKOPS)?
-            .attach(&cg, CgroupAttachMode::Single)
-            .map_err(attach_err(SOCKOPS))?;
+        for name in [CONNECT4, CONNECT6] {
+            let prog = program::<CgroupSockAddr>(&mut ebpf, name)?;
+            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(attach_err(name))?;
+            let link = prog.take_link(id).map_err(|source| Error::Program { name, source })?;
+            pins::pin_new(&dir, name, link).map_err(pin_err)?;
+        }
+        let prog = program::<SockOps>(&mut ebpf, SOCKOPS)?;
+        let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(attach_err(SOCKOPS))?;
+        let link = prog.take_link(id).map_err(|source| Error::Program { name: SOCKOPS, source })?;
+        pins::pin_new(&dir, SOCKOPS, link).map_err(pin_err)?;
         drop(ebpf);
-        let links = PodLinks { connect4, connect6, sockops };
+        for name in [CONNECT4, CONNECT6, SOCKOPS] {
+            pins::commit(&dir, name).map_err(pin_err)?;
+        }
         let addrs: Vec<Addr> = pod.ips.iter().map(|ip| addr_from_ip(*ip)).collect();
-        let entry = PodEntry { netns_cookie: pod.netns_cookie, links, addrs, sk_lookup: None };
+        let entry = PodEntry { netns_cookie: pod.netns_cookie, addrs };
         self.pods.lock().unwrap().insert(pod.uid.to_string(), entry);
         let result = self.enroll_rest(pod, &ns);
         if result.is_err() {
@@ -285,15 +281,17 @@ impl Kernel {
         }
         self.set_inbound(pod.ips, &pod.capture.inbound)?;
         let mut ebpf = self.ebpf.lock().unwrap();
-        let link = program::<SkLookup>(&mut ebpf, SK_LOOKUP)?.attach(ns).map_err(|source| Error::AttachNetns {
+        let prog = program::<SkLookup>(&mut ebpf, SK_LOOKUP)?;
+        let id = prog.attach(ns).map_err(|source| Error::AttachNetns {
             name: SK_LOOKUP,
             path: pod.netns.to_path_buf(),
             source,
         })?;
+        let link = prog.take_link(id).map_err(|source| Error::Program { name: SK_LOOKUP, source })?;
         drop(ebpf);
-        if let Some(e) = self.pods.lock().unwrap().get_mut(pod.uid) {
-            e.sk_lookup = Some(link);
-        }
+        let dir = pins::pod_dir(&self.bpffs, pod.netns_cookie);
+        pins::pin_new(&dir, SK_LOOKUP, link).map_err(Error::Pin)?;
+        pins::commit(&dir, SK_LOOKUP).map_err(Error::Pin)?;
         let info = PodInfo { addr: addr_from_ip(pod.ips[0]), flags: 0 };
         self.pod_map
             .lock()
@@ -337,21 +335,7 @@ impl Kernel {
     /// of its addresses.
     pub fn unenroll(&self, uid: &str) -> bool {
         let Some(entry) = self.pods.lock().unwrap().remove(uid) else { return false };
-        let mut ebpf = self.ebpf.lock().unwrap();
-        let PodLinks { connect4, connect6, sockops } = entry.links;
-        if let Ok(p) = program::<CgroupSockAddr>(&mut ebpf, CONNECT4) {
-            let _ = p.detach(connect4);
-        }
-        if let Ok(p) = program::<CgroupSockAddr>(&mut ebpf, CONNECT6) {
-            let _ = p.detach(connect6);
-        }
-        if let Ok(p) = program::<SockOps>(&mut ebpf, SOCKOPS) {
-            let _ = p.detach(sockops);
-        }
-        if let (Some(link), Ok(p)) = (entry.sk_lookup, program::<SkLookup>(&mut ebpf, SK_LOOKUP)) {
-            let _ = p.detach(link);
-        }
-        drop(ebpf);
+        pins::release_pod(&pins::pod_dir(&self.bpffs, entry.netns_cookie));
         self.detach_policy(uid);
         for a in &entry.addrs {
             self.policy.lock().unwrap().remove(*a);
@@ -412,18 +396,24 @@ impl Kernel {
         }
     }
 
-    /// Detaches everything and removes the pins (the agent is stopping).
+    /// The agent is stopping: every pod's links stay pinned, so the kernel keeps
+    /// capturing and failing closed until a new agent adopts them (or
+    /// `mesh-agent uninstall` releases them).
     pub fn shutdown(self) {
-        let uids: Vec<String> = self.pods.lock().unwrap().keys().cloned().collect();
-        for uid in uids {
-            self.unenroll(&uid);
+        let pods = self.pods.lock().unwrap().len();
+        info!(bpffs = %self.bpffs.display(), pods, "kernel programs stay attached (pinned); `mesh-agent uninstall --bpffs {}` removes them", self.bpffs.display());
+    }
+
+    /// Releases every pinned link and removes the bpffs folder: what `mesh-agent
+    /// uninstall` does, on a node whose agent is stopped.
+    pub fn uninstall(bpffs: &Path) -> Result<usize, Error> {
+        preflight(bpffs).map_err(Error::Preflight)?;
+        let pods = pins::release_all(bpffs);
+        if bpffs.exists() {
+            std::fs::remove_dir_all(bpffs)
+                .map_err(|e| Error::Preflight(format!("removing {}: {e}", bpffs.display())))?;
         }
-        let bpffs = self.bpffs.clone();
-        drop(self);
-        if let Err(e) = std::fs::remove_dir_all(&bpffs) {
-            warn!("removing {}: {e}", bpffs.display());
-        }
-        info!(bpffs = %bpffs.display(), "eBPF programs detached, pins removed");
+        Ok(pods)
     }
 }
 

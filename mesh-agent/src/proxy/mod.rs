@@ -298,7 +298,15 @@ impl PodProxy {
         for t in tasks {
             let _ = t.await;
         }
-        crate::podnet::remove(&self.netns).await;
+    }
+
+    /// The pod is leaving the mesh: stop as [`PodProxy::shutdown_wait`], and take our
+    /// routing out of its namespace (`podnet`). A stopping agent keeps it instead, for
+    /// the agent that adopts the pod.
+    pub async fn remove(self) {
+        let netns = self.netns.clone();
+        self.shutdown_wait().await;
+        crate::podnet::remove(&netns).await;
     }
 }
 
