@@ -13,6 +13,7 @@ use serde_json::Value;
 /// This command's section of docs/benchmarks.md.
 const SECTION: &str = "## Pod-to-pod traffic: direct vs meshed";
 const IPERF_PORT: &str = "5201";
+const ECHO_PORT: u16 = 8080;
 const RR_PORT: &str = "7000";
 
 struct Sample {
@@ -23,6 +24,9 @@ struct Sample {
     /// A new connection per round trip: connect, 64 B each way, close.
     conn_p50_us: f64,
     conn_p99_us: f64,
+    /// h2load, HTTP/1.1 to mesh-echo: requests per second and mean request time.
+    http_rps: f64,
+    http_mean_us: f64,
     /// Agent CPU seconds (all agents) spent during the iperf3 and RR runs.
     agent_cpu_s: f64,
 }
@@ -54,6 +58,42 @@ fn rr(client: &Pod, ip: &str, round_trips: u32, connect_each: bool) -> Result<(f
     Ok((v["p50_us"].as_f64().unwrap_or(0.0), v["p99_us"].as_f64().unwrap_or(0.0), v["count"].as_u64().unwrap_or(0)))
 }
 
+/// `h2load --h1` against mesh-echo in the server pod: 10 keep-alive connections,
+/// `requests` requests; (requests/s, mean request time in µs).
+fn h2load(client: &Pod, ip: &str, requests: u32) -> Result<(f64, f64)> {
+    let url = format!("http://{ip}:{ECHO_PORT}/");
+    let n = requests.to_string();
+    let out = client.run_timeout(&["h2load", "--h1", "-n", &n, "-c", "10", "-t", "1", &url], Duration::from_secs(60))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "finished in 1.23s, 4065.04 req/s, ..." and "time for request:  min  max  mean  sd ..."
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in ").and_then(|r| r.split(", ").nth(1)).and_then(|r| r.strip_suffix(" req/s")))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("h2load to {url}: {text}"))?;
+    let mean = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("time for request:"))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .map(parse_duration_us)
+        .unwrap_or(0.0);
+    Ok((rps, mean))
+}
+
+/// `123.45us`, `1.23ms` or `1.2s` in µs.
+fn parse_duration_us(s: &str) -> f64 {
+    let (num, scale) = if let Some(v) = s.strip_suffix("us") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1e3)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1e6)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().map(|v| v * scale).unwrap_or(0.0)
+}
+
 /// utime + stime of a process, seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -82,8 +122,9 @@ fn measure(bed: &TestBed, client: &Pod, server: &Pod, seconds: u32, round_trips:
     let gbps = iperf(client, &server.ip, seconds)?;
     let (p50_us, p99_us, rr_count) = rr(client, &server.ip, round_trips, false)?;
     let (conn_p50_us, conn_p99_us, _) = rr(client, &server.ip, (round_trips / 10).max(100), true)?;
+    let (http_rps, http_mean_us) = h2load(client, &server.ip, round_trips)?;
     let cpu1: f64 = pids.iter().map(|&p| cpu_seconds(p)).sum();
-    Ok(Sample { gbps, p50_us, p99_us, rr_count, conn_p50_us, conn_p99_us, agent_cpu_s: cpu1 - cpu0 })
+    Ok(Sample { gbps, p50_us, p99_us, rr_count, conn_p50_us, conn_p99_us, http_rps, http_mean_us, agent_cpu_s: cpu1 - cpu0 })
 }
 
 fn ratio(meshed: f64, direct: f64) -> String {
@@ -112,10 +153,14 @@ pub fn run(seconds: u32, round_trips: u32) -> Result<()> {
 
     let rr_bin = binary("mesh-rr")?;
     let rr_bin = rr_bin.to_str().context("path")?;
+    let echo_bin = binary("mesh-echo")?;
+    let echo_bin = echo_bin.to_str().context("path")?;
     let mut servers: Vec<Proc> = Vec::new();
     for s in [&local, &remote] {
         servers.push(s.spawn(&["iperf3", "-s", "-p", IPERF_PORT])?);
         servers.push(s.spawn(&[rr_bin, "server", "--port", RR_PORT, "--size", "64"])?);
+        servers.push(s.spawn(&[echo_bin, "--port", &ECHO_PORT.to_string(), "--name", &s.name])?);
+        s.wait_listening(ECHO_PORT, Duration::from_secs(10))?;
         s.wait_listening(5201, Duration::from_secs(10))?;
         s.wait_listening(7000, Duration::from_secs(10))?;
     }
@@ -153,6 +198,8 @@ pub fn run(seconds: u32, round_trips: u32) -> Result<()> {
         let _ = writeln!(table, "| RR round trips done | {path} | {} | {} | | |", d.rr_count, m.rr_count);
         let _ = writeln!(table, "| new connection + RR p50 (µs) | {path} | {:.0} | {:.0} | {} | |", d.conn_p50_us, m.conn_p50_us, ratio(m.conn_p50_us, d.conn_p50_us));
         let _ = writeln!(table, "| new connection + RR p99 (µs) | {path} | {:.0} | {:.0} | {} | |", d.conn_p99_us, m.conn_p99_us, ratio(m.conn_p99_us, d.conn_p99_us));
+        let _ = writeln!(table, "| HTTP/1.1 req/s, h2load 10 conns | {path} | {:.0} | {:.0} | {} | |", d.http_rps, m.http_rps, ratio(m.http_rps, d.http_rps));
+        let _ = writeln!(table, "| HTTP/1.1 mean request time (µs) | {path} | {:.0} | {:.0} | {} | |", d.http_mean_us, m.http_mean_us, ratio(m.http_mean_us, d.http_mean_us));
     }
 
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
@@ -169,7 +216,7 @@ pub fn run(seconds: u32, round_trips: u32) -> Result<()> {
     doc.push_str("  joined by veth and bridges) are measured first before enrollment (direct pod-to-pod TCP), then\n");
     doc.push_str("  enrolled, so the client's connections are captured in the kernel and carried by the agents\n");
     doc.push_str(&format!(
-        "  (HBONE, mTLS). Throughput: `iperf3 -t {seconds}`, one stream. Latency: `mesh-rr`, 64-byte ping-pong on\n  one connection, {round_trips} round trips or 20 s; and a new connection per round trip (connect,\n  64 B each way, close), {} times. Agent CPU: utime+stime of both agents across the run.\n",
+        "  (HBONE, mTLS). Throughput: `iperf3 -t {seconds}`, one stream. Latency: `mesh-rr`, 64-byte ping-pong on\n  one connection, {round_trips} round trips or 20 s; and a new connection per round trip (connect,\n  64 B each way, close), {} times. HTTP: `h2load --h1 -n {round_trips} -c 10 -t 1` against a small\n  HTTP/1.1 server (mesh-echo). Agent CPU: utime+stime of both agents across the run.\n",
         (round_trips / 10).max(100)
     ));
     let _ = writeln!(doc, "- agent peak RSS (VmHWM): {}; connects redirected on node1 during the meshed runs: {redirected}\n", rss.join(", "));

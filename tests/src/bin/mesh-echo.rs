@@ -37,11 +37,12 @@ fn usage() -> ! {
 
 fn serve(conn: TcpStream, name: &str) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.set_nodelay(true)?;
     let peer = conn.peer_addr().map(|a| std::net::SocketAddr::new(a.ip().to_canonical(), a.port()).to_string()).unwrap_or_default();
     let mut out = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
-    // Bounded keep-alive: at most 1000 requests on one connection.
-    for _ in 0..1000 {
+    // Bounded keep-alive: at most 100,000 requests on one connection.
+    for _ in 0..100_000 {
         let mut request_line = String::new();
         if reader.read_line(&mut request_line)? == 0 {
             return Ok(());
@@ -66,12 +67,13 @@ fn serve(conn: TcpStream, name: &str) -> std::io::Result<()> {
         println!("{} from {peer}", request_line.trim_end());
         let _ = std::io::stdout().flush();
         let text = format!("hello from {name}\n");
-        write!(
-            out,
+        // One write per response: several small ones would wait on delayed ACKs.
+        let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{text}",
             text.len(),
             if close { "Connection: close\r\n" } else { "" }
-        )?;
+        );
+        out.write_all(response.as_bytes())?;
         if close {
             return Ok(());
         }
