@@ -144,6 +144,11 @@ async fn serve(
     });
     let pods = Arc::new(PodManager::new(kernel.clone(), inputs, args.trust_domain.clone()));
     let sync = tokio::spawn(kernel.clone().run_sync(state.clone()));
+    let flows = tokio::spawn(async move {
+        if let Some(ring) = kernel.take_flow_events() {
+            crate::kernel::flows::run(ring).await;
+        }
+    });
     let admin_listener = crate::admin::bind(args.admin_address)
         .await
         .map_err(|source| Error::Admin { addr: args.admin_address, source })?;
@@ -160,7 +165,7 @@ async fn serve(
 
     shutdown.await;
     info!("shutting down: closing pods' listeners; kernel attachments stay pinned");
-    for t in [cni_task, admin_task, metrics_task, sync, xds] {
+    for t in [cni_task, admin_task, metrics_task, sync, xds, flows] {
         t.abort();
         let _ = t.await;
     }

@@ -23,12 +23,22 @@ pub struct DirLabels {
     pub direction: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabels {
+    /// `open` or `close`.
+    pub event: &'static str,
+}
+
 /// What the proxy counts; one set per process.
 #[derive(Default)]
 pub struct ProxyMetrics {
     pub connections: Family<ConnLabels, Counter>,
     pub bytes_sent: Family<DirLabels, Counter>,
     pub bytes_received: Family<DirLabels, Counter>,
+    /// Captured connections as the kernel saw them (FLOW_EVENTS).
+    pub flows: Family<FlowLabels, Counter>,
+    /// Bytes of closed captured connections, by the pod socket's direction.
+    pub flow_bytes: Family<DirLabels, Counter>,
 }
 
 pub static PROXY: LazyLock<ProxyMetrics> = LazyLock::new(ProxyMetrics::default);
@@ -40,6 +50,17 @@ impl ProxyMetrics {
         self.connections.get_or_create(&ConnLabels { direction, result }).inc();
         self.bytes_sent.get_or_create(&DirLabels { direction }).inc_by(sent);
         self.bytes_received.get_or_create(&DirLabels { direction }).inc_by(recv);
+    }
+}
+
+impl ProxyMetrics {
+    /// Counts one flow event from the kernel (bytes are the pod socket's, at close).
+    pub fn flow(&self, event: &'static str, sent: u64, recv: u64) {
+        self.flows.get_or_create(&FlowLabels { event }).inc();
+        if event == "close" {
+            self.flow_bytes.get_or_create(&DirLabels { direction: "sent" }).inc_by(sent);
+            self.flow_bytes.get_or_create(&DirLabels { direction: "received" }).inc_by(recv);
+        }
     }
 }
 
@@ -102,6 +123,8 @@ pub fn registry(bpffs: PathBuf) -> Registry {
     r.register("connections", "Connections handled by the proxy, by direction and result", PROXY.connections.clone());
     r.register("bytes_sent", "Bytes from the connection's client towards its server", PROXY.bytes_sent.clone());
     r.register("bytes_received", "Bytes from the connection's server back to its client", PROXY.bytes_received.clone());
+    r.register("kernel_flows", "Captured connections opened and closed, as the kernel saw them", PROXY.flows.clone());
+    r.register("kernel_flow_bytes", "Bytes of closed captured connections, from the pod socket's side", PROXY.flow_bytes.clone());
     r.register_collector(Box::new(KernelCollector { bpffs }));
     r
 }

@@ -29,6 +29,33 @@ pub const MAP_INBOUND_PORTS: &str = "INBOUND_PORTS";
 pub const MAP_INBOUND_LISTENERS: &str = "INBOUND_LISTENERS";
 pub const MAP_INBOUND_EXEMPT_SRC: &str = "INBOUND_EXEMPT_SRC";
 pub const MAP_FORWARDS: &str = "FORWARDS";
+pub const MAP_FLOW_EVENTS: &str = "FLOW_EVENTS";
+
+/// A captured connection opening or closing, sent to the agent through the
+/// `FLOW_EVENTS` ring buffer for flow logs and metrics.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEvent {
+    pub netns_cookie: u64,
+    pub socket_cookie: u64,
+    /// Bytes the pod's socket sent and had acknowledged, and received (at close).
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    /// The original destination.
+    pub dst: Addr,
+    pub dst_port_be: u16,
+    /// The pod socket's local port, host byte order.
+    pub local_port: u16,
+    /// One of [`flow_event`].
+    pub kind: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 56);
+
+/// [`FlowEvent::kind`].
+pub mod flow_event {
+    pub const OPEN: u32 = 1;
+    pub const CLOSE: u32 = 2;
+}
 pub const MAP_POLICY_PODS: &str = "POLICY_PODS";
 pub const MAP_POLICY_META: &str = "POLICY_META";
 pub const MAP_POLICY_RULES: &str = "POLICY_RULES";
@@ -331,6 +358,7 @@ mod pod {
     unsafe impl aya::Pod for super::PodInfo {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::ForwardKey {}
+    unsafe impl aya::Pod for super::FlowEvent {}
     unsafe impl aya::Pod for super::PolicyKey {}
     unsafe impl aya::Pod for super::PolicyValue {}
     unsafe impl aya::Pod for super::PolicyMeta {}

@@ -7,9 +7,9 @@ use aya_ebpf::helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie};
 use aya_ebpf::macros::{cgroup_sock_addr, sock_ops};
 use aya_ebpf::programs::{SockAddrContext, SockOpsContext};
 use aya_ebpf::EbpfContext;
-use mesh_common::{counter, Addr, DestKey, NetnsPortKey, OrigDst, SockKey, OUTBOUND_PORT};
+use mesh_common::{counter, flow_event, Addr, DestKey, FlowEvent, NetnsPortKey, OrigDst, SockKey, OUTBOUND_PORT};
 
-use crate::maps::{count, MESH_DESTS, ORIG_BY_COOKIE, ORIG_DST, OUTBOUND_EXCLUDED_PORTS, PODS};
+use crate::maps::{count, FLOW_EVENTS, MESH_DESTS, ORIG_BY_COOKIE, ORIG_DST, OUTBOUND_EXCLUDED_PORTS, PODS};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -126,6 +126,24 @@ fn sock_key(ctx: &SockOpsContext) -> SockKey {
     }
 }
 
+/// Sends a flow event; a full ring drops it (the agent is behind), never blocks.
+#[inline(always)]
+fn flow(ctx: &SockOpsContext, socket_cookie: u64, key: &SockKey, orig: &OrigDst, kind: u32) {
+    // SAFETY: sock_ops context fields of a full TCP socket, read-only.
+    let (bytes_acked, bytes_received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };
+    let event = FlowEvent {
+        netns_cookie: key.netns_cookie,
+        socket_cookie,
+        bytes_acked,
+        bytes_received,
+        dst: orig.addr,
+        dst_port_be: orig.port_be,
+        local_port: key.port,
+        kind,
+    };
+    let _ = FLOW_EVENTS.output::<FlowEvent>(&event, 0);
+}
+
 #[sock_ops]
 pub fn track_orig(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
@@ -136,8 +154,10 @@ pub fn track_orig(ctx: SockOpsContext) -> u32 {
                 return 0;
             };
             let _ = ORIG_BY_COOKIE.remove(&cookie);
-            if ORIG_DST.insert(&sock_key(&ctx), &orig, 0).is_ok() {
+            let key = sock_key(&ctx);
+            if ORIG_DST.insert(&key, &orig, 0).is_ok() {
                 count(counter::ORIG_RECORDED);
+                flow(&ctx, cookie, &key, &orig, flow_event::OPEN);
                 // Ask for state changes so that the entry goes when the socket closes.
                 let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
             } else {
@@ -145,8 +165,18 @@ pub fn track_orig(ctx: SockOpsContext) -> u32 {
             }
         }
         BPF_SOCK_OPS_STATE_CB => {
-            if ctx.arg(1) == BPF_TCP_CLOSE && ORIG_DST.remove(&sock_key(&ctx)).is_ok() {
+            if ctx.arg(1) != BPF_TCP_CLOSE {
+                return 0;
+            }
+            let key = sock_key(&ctx);
+            // SAFETY: read of a plain-old-data value, copied before the remove below.
+            let Some(orig) = (unsafe { ORIG_DST.get(&key) }).copied() else {
+                return 0;
+            };
+            if ORIG_DST.remove(&key).is_ok() {
                 count(counter::ORIG_EXPIRED);
+                let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+                flow(&ctx, cookie, &key, &orig, flow_event::CLOSE);
             }
         }
         _ => {}

@@ -2,7 +2,7 @@
 //! that `meshctl` can read them.
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash};
+use aya_ebpf::maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, SockHash};
 use mesh_common::{
     counter, Addr, DestKey, DestValue, DropKey, ForwardKey, InboundRule, NetnsPortKey, OrigDst, PodInfo,
     PolicyKey, PolicyMeta, PolicyValue, SockKey,
@@ -94,3 +94,8 @@ pub static POLICY_META: HashMap<u32, PolicyMeta> = HashMap::pinned(32_768, BPF_F
 /// about 500k entries in total.
 #[map]
 pub static POLICY_RULES: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(1_048_576, 0);
+
+/// Captured connections opening and closing (`mesh_common::FlowEvent`), for the
+/// agent's flow logs. When the agent falls behind, events are dropped, never stalled.
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);

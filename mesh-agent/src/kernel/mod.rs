@@ -9,6 +9,7 @@
 //! sk_lookup) is attached to each pod's network namespace, also with a bpf_link:
 //! sk_lookup links are multi-program too, and we never replace one we do not own.
 pub mod dump;
+pub mod flows;
 pub mod pins;
 pub mod policy;
 mod preflight;
@@ -126,6 +127,7 @@ pub struct Kernel {
     pod_map: Mutex<BpfHashMap<MapData, u64, PodInfo>>,
     orig_dst: Mutex<aya::maps::HashMap<MapData, SockKey, OrigDst>>,
     forwards: Mutex<BpfHashMap<MapData, ForwardKey, u8>>,
+    flow_events: Mutex<Option<aya::maps::RingBuf<MapData>>>,
     inbound: Mutex<BpfHashMap<MapData, Addr, InboundRule>>,
     inbound_ports: Mutex<BpfHashMap<MapData, DestKey, InboundRule>>,
     inbound_listeners: Mutex<SockHash<MapData, Addr>>,
@@ -175,6 +177,9 @@ impl Kernel {
         let pod_map = take_hash(&mut ebpf, MAP_PODS)?;
         let orig_dst = take_hash(&mut ebpf, MAP_ORIG_DST)?;
         let forwards = take_hash(&mut ebpf, MAP_FORWARDS)?;
+        let flow_events = ebpf.take_map(mesh_common::MAP_FLOW_EVENTS).ok_or(Error::MissingMap(mesh_common::MAP_FLOW_EVENTS))?;
+        let flow_events = aya::maps::RingBuf::try_from(flow_events)
+            .map_err(|source| Error::Map { name: mesh_common::MAP_FLOW_EVENTS, source })?;
         let inbound = take_hash(&mut ebpf, MAP_INBOUND)?;
         let inbound_ports = take_hash(&mut ebpf, MAP_INBOUND_PORTS)?;
         let exempt_src = take_hash(&mut ebpf, MAP_INBOUND_EXEMPT_SRC)?;
@@ -191,6 +196,7 @@ impl Kernel {
             pod_map: Mutex::new(pod_map),
             orig_dst: Mutex::new(orig_dst),
             forwards: Mutex::new(forwards),
+            flow_events: Mutex::new(Some(flow_events)),
             inbound: Mutex::new(inbound),
             inbound_ports: Mutex::new(inbound_ports),
             inbound_listeners: Mutex::new(inbound_listeners),
@@ -199,6 +205,11 @@ impl Kernel {
             policy: Mutex::new(policy),
             policy_links: Mutex::default(),
         })
+    }
+
+    /// The flow-event ring buffer, once, for the reader task ([`flows::run`]).
+    pub fn take_flow_events(&self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.flow_events.lock().unwrap().take()
     }
 
     pub fn bpffs(&self) -> &Path {
