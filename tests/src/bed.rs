@@ -509,6 +509,29 @@ impl TestBed {
         write_atomic(&self.config_dir.join(file), text)
     }
 
+    /// How many drops `DROPS` holds for the pod at `ip` and `reason` (e.g. `strict_plaintext`).
+    pub fn drops(&self, node: &str, ip: &str, reason: &str) -> Result<u64> {
+        let dump = self.map_dump(node, "DROPS")?;
+        Ok(dump
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["pod"] == ip && d["reason"] == reason)
+            .and_then(|d| d["count"].as_u64())
+            .unwrap_or(0))
+    }
+
+    /// The value of one metric series, e.g. `mesh_connections_total{direction="outbound",result="success"}`
+    /// (0 when absent).
+    pub fn metric(&self, node: &str, series: &str) -> Result<u64> {
+        let m = self.metrics(node)?;
+        Ok(m.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
     /// The agent's Prometheus metrics (text exposition).
     pub fn metrics(&self, node: &str) -> Result<String> {
         let url = format!("http://127.0.0.1:{}/metrics", self.agent(node)?.admin_port);

@@ -8,18 +8,9 @@ use std::time::Duration;
 use mesh_tests::log_field;
 use mesh_tests::require_root;
 use mesh_tests::scenario::{curl_ok, Options, Scene};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const PROBE_SOURCE: &str = "169.254.7.127";
-
-fn strict_drops(dump: &Value, ip: &str) -> u64 {
-    dump.as_array()
-        .into_iter()
-        .flatten()
-        .find(|d| d["pod"] == ip && d["reason"] == "strict_plaintext")
-        .and_then(|d| d["count"].as_u64())
-        .unwrap_or(0)
-}
 
 #[test]
 fn strict_pods_drop_plaintext_in_the_kernel() -> anyhow::Result<()> {
@@ -43,11 +34,10 @@ fn strict_pods_drop_plaintext_in_the_kernel() -> anyhow::Result<()> {
     // Plaintext from outside the mesh: no answer (SYNs dropped), bounded by curl's 5 s.
     let (code, err) = outsider.curl(&url)?;
     assert_eq!(code, 0, "plaintext to a STRICT pod got an HTTP answer: {err}");
-    let drops = strict_drops(&bed.map_dump("node1", "DROPS")?, &echo1.ip);
+    let drops = bed.drops("node1", &echo1.ip, "strict_plaintext")?;
     assert!(drops >= 1, "DROPS has no strict_plaintext entry for echo-1");
-    let metrics = bed.metrics("node1")?;
     let series = format!(r#"mesh_kernel_drops_total{{pod="{}",reason="strict_plaintext"}}"#, echo1.ip);
-    assert!(metrics.lines().any(|l| l.starts_with(&series)), "no {series} in /metrics:\n{metrics}");
+    assert!(bed.metric("node1", &series)? >= drops, "{series} in /metrics is behind DROPS");
     assert_eq!(scene.server_output("echo-1").matches("GET / HTTP/1.1").count(), requests_before, "the request reached the app");
     let leaked: Vec<String> = bed
         .access_log("node1")
@@ -63,7 +53,7 @@ fn strict_pods_drop_plaintext_in_the_kernel() -> anyhow::Result<()> {
     bed.run_in_node("node1", &["ip", "addr", "add", &format!("{PROBE_SOURCE}/32"), "dev", "br0"])?;
     let out = bed.run_in_node("node1", &["curl", "-sS", "--max-time", "5", "--interface", PROBE_SOURCE, &url])?;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello from echo-1", "probe: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(strict_drops(&bed.map_dump("node1", "DROPS")?, &echo1.ip), drops, "the probe was dropped");
+    assert_eq!(bed.drops("node1", &echo1.ip, "strict_plaintext")?, drops, "the probe was dropped");
 
     // A port-level PERMISSIVE override opens 8080 again (through the agent).
     bed.enroll_with(&echo1, json!({"peer_authentication": "STRICT", "port_level_mtls": {"8080": "PERMISSIVE"}}))?;

@@ -8,16 +8,7 @@ use std::time::Duration;
 
 use mesh_tests::require_root;
 use mesh_tests::scenario::{curl_ok, Options, Scene};
-use serde_json::{json, Value};
-
-fn strict_drops(dump: &Value, ip: &str) -> u64 {
-    dump.as_array()
-        .into_iter()
-        .flatten()
-        .find(|d| d["pod"] == ip && d["reason"] == "strict_plaintext")
-        .and_then(|d| d["count"].as_u64())
-        .unwrap_or(0)
-}
+use serde_json::json;
 
 #[test]
 fn kernel_enforces_while_the_agent_is_down_and_a_new_agent_adopts() -> anyhow::Result<()> {
@@ -38,10 +29,10 @@ fn kernel_enforces_while_the_agent_is_down_and_a_new_agent_adopts() -> anyhow::R
     assert!(std::fs::read_dir(&links).map(|mut d| d.next().is_some()).unwrap_or(false), "no pinned links in {}", links.display());
     let bed = &scene.bed;
     let seen = scene.server_output("echo-1").matches("GET /").count();
-    let drops = strict_drops(&bed.map_dump("node1", "DROPS")?, &echo1.ip);
+    let drops = bed.drops("node1", &echo1.ip, "strict_plaintext")?;
     let (code, _) = outsider.curl(&url)?;
     assert_eq!(code, 0, "plaintext reached STRICT echo-1 with the agent down");
-    assert!(strict_drops(&bed.map_dump("node1", "DROPS")?, &echo1.ip) > drops, "the kernel did not drop it");
+    assert!(bed.drops("node1", &echo1.ip, "strict_plaintext")? > drops, "the kernel did not drop it");
     let (code, _) = client.curl(&url)?;
     assert_eq!(code, 0, "a captured connection got through with the agent down");
     assert_eq!(scene.server_output("echo-1").matches("GET /").count(), seen, "echo-1 was reached around the agent");

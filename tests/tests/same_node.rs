@@ -37,21 +37,15 @@ fn same_node_through_the_mesh() -> anyhow::Result<()> {
     })?;
 
     // Prometheus metrics: the proxy's connections and the kernel's counters.
-    let metrics = bed.metrics("node1")?;
-    let value = |prefix: &str| -> u64 {
-        metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
-    };
-    assert!(value(r#"mesh_connections_total{direction="outbound",result="success"}"#) >= 2, "{metrics}");
-    assert!(value(r#"mesh_connections_total{direction="inbound",result="success"}"#) >= 2, "{metrics}");
-    assert!(value(r#"mesh_kernel_events_total{event="connect_redirected"}"#) >= 2, "{metrics}");
+    let metric = |series: &str| bed.metric("node1", series);
+    assert!(metric(r#"mesh_connections_total{direction="outbound",result="success"}"#)? >= 2);
+    assert!(metric(r#"mesh_connections_total{direction="inbound",result="success"}"#)? >= 2);
+    assert!(metric(r#"mesh_kernel_events_total{event="connect_redirected"}"#)? >= 2);
     // Flow events from the kernel's ring buffer: both connections opened and closed.
     mesh_tests::wait_until("flow events for both connections", std::time::Duration::from_secs(5), || {
-        let m = bed.metrics("node1")?;
-        let get = |prefix: &str| -> u64 {
-            m.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
-        };
-        let (open, close) = (get(r#"mesh_kernel_flows_total{event="open"}"#), get(r#"mesh_kernel_flows_total{event="close"}"#));
-        let sent = get(r#"mesh_kernel_flow_bytes_total{direction="sent"}"#);
+        let open = metric(r#"mesh_kernel_flows_total{event="open"}"#)?;
+        let close = metric(r#"mesh_kernel_flows_total{event="close"}"#)?;
+        let sent = metric(r#"mesh_kernel_flow_bytes_total{direction="sent"}"#)?;
         Ok((open >= 2 && close >= 2 && sent > 0).then_some(()))
     })?;
 
