@@ -1,7 +1,6 @@
 //! Admin endpoint (localhost): `/ready`, `/config_dump` with what the agent holds, and
 //! `/metrics`. The metrics listener (15020) serves the same routes.
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -99,9 +98,4 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r
-}
-
-/// Binds the admin listener.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

@@ -149,12 +149,11 @@ async fn serve(
             crate::kernel::flows::run(ring).await;
         }
     });
-    let admin_listener = crate::admin::bind(args.admin_address)
-        .await
-        .map_err(|source| Error::Admin { addr: args.admin_address, source })?;
-    let metrics_listener = crate::admin::bind(args.metrics_address)
-        .await
-        .map_err(|source| Error::Admin { addr: args.metrics_address, source })?;
+    let listen = |addr| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Admin { addr, source })
+    };
+    let admin_listener = listen(args.admin_address).await?;
+    let metrics_listener = listen(args.metrics_address).await?;
     let metrics = crate::metrics::registry(args.bpffs.clone());
     let admin = Arc::new(crate::admin::Admin { state, pods: pods.clone(), certs, synced, metrics });
     let admin_task = tokio::spawn(admin.clone().serve(admin_listener));

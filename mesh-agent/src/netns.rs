@@ -7,7 +7,8 @@
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use nix::sched::{setns, CloneFlags};
 
@@ -68,7 +69,7 @@ pub struct Netns {
 
 /// Namespace threads by path, shared by everyone who needs sockets there; an entry
 /// lives as long as someone (the pod's proxy) holds its `Arc`.
-static SHARED: Mutex<Vec<(PathBuf, Weak<Netns>)>> = Mutex::new(Vec::new());
+static SHARED: LazyLock<Mutex<HashMap<PathBuf, Weak<Netns>>>> = LazyLock::new(Mutex::default);
 
 impl Netns {
     /// Starts a thread inside the namespace at `path`.
@@ -96,13 +97,15 @@ impl Netns {
 
     /// The running thread for `path`, started if nobody holds one.
     pub fn shared(path: &Path) -> std::io::Result<Arc<Netns>> {
+        // Called for every connection's socket: a hash lookup; dead entries are
+        // swept only when a new thread is started.
         let mut all = SHARED.lock().unwrap();
-        all.retain(|(_, w)| w.strong_count() > 0);
-        if let Some(ns) = all.iter().find(|(p, _)| p == path).and_then(|(_, w)| w.upgrade()) {
+        if let Some(ns) = all.get(path).and_then(Weak::upgrade) {
             return Ok(ns);
         }
+        all.retain(|_, w| w.strong_count() > 0);
         let ns = Arc::new(Netns::enter(path)?);
-        all.push((path.to_path_buf(), Arc::downgrade(&ns)));
+        all.insert(path.to_path_buf(), Arc::downgrade(&ns));
         Ok(ns)
     }
 
