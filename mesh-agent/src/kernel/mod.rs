@@ -10,6 +10,7 @@
 //! sk_lookup links are multi-program too, and we never replace one we do not own.
 pub mod dump;
 pub mod flows;
+pub mod layout;
 pub mod pins;
 pub mod policy;
 mod preflight;
@@ -39,6 +40,11 @@ pub use preflight::preflight;
 
 /// The kernel programs, built by build.rs from `mesh-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh"));
+
+/// The embedded eBPF object (for layout checks and tests).
+pub fn ebpf_object() -> &'static [u8] {
+    EBPF_OBJECT
+}
 
 const CONNECT4: &str = "connect4";
 const CONNECT6: &str = "connect6";
@@ -157,6 +163,13 @@ impl Kernel {
     }
 
     fn load_into(bpffs: &Path) -> Result<Kernel, Error> {
+        for r in layout::retire_changed(bpffs, EBPF_OBJECT).map_err(Error::Preflight)? {
+            warn!(
+                map = %r.name, pinned = %r.pinned, wanted = %r.wanted,
+                "pinned map has an older layout: retired, a new one is created (it starts empty; \
+                 the old one serves the old programs until their pods are enrolled again)"
+            );
+        }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(bpffs)
             .load(EBPF_OBJECT)
