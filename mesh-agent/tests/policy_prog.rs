@@ -656,3 +656,51 @@ fn tcx_coexists_with_another_program() {
     connect_from(&p.cli, "10.77.0.3", p.dst).unwrap();
     connect_from(&p.cli, "10.77.0.2", p.dst).expect_err("the other program is still attached");
 }
+
+/// `meshctl explain` replays the program's decision on the pinned maps: for every
+/// source and port of a grid, its pass/drop and drop reason are the program's.
+#[test]
+fn meshctl_explain_agrees_with_the_program() {
+    use mesh_agent::kernel::explain::{explain, Outcome, Pinned};
+    if !need_root("meshctl_explain_agrees_with_the_program") {
+        return;
+    }
+    let k = load();
+    let policies = [
+        allow(&["10.1.0.0/16", "fd00:1::/32"], &[80, 443]),
+        deny(&["10.1.66.0/24", "fd00:1:66::/48"], &[]),
+        allow(&[], &[8080]),
+        deny(&["10.1.67.7/32"], &[443]),
+    ];
+    for pod in [POD4, POD6] {
+        k.set_policy(pod.parse().unwrap(), &policies).unwrap();
+    }
+    let view = Pinned::open(&k.bpffs).unwrap();
+    let sources4 = ["10.1.0.1", "10.1.66.5", "10.1.67.7", "10.2.0.1", "172.16.0.1"];
+    let sources6 = ["fd00:1::1", "fd00:1:66::5", "fd00:2::1"];
+    let mut seen = std::collections::HashSet::new();
+    for (pod, sources) in [(POD4, &sources4[..]), (POD6, &sources6[..])] {
+        for src in sources {
+            for port in [22u16, 80, 443, 8080] {
+                let packet = if pod == POD4 { v4(src, pod, TCP, &tcp(port)) } else { v6(src, pod, TCP, &tcp(port)) };
+                let before: Vec<u64> = REASONS.iter().map(|r| k.drops(pod, r)).collect();
+                let verdict = k.run(&packet);
+                let counted: Vec<&str> =
+                    REASONS.iter().zip(&before).filter(|(r, b)| k.drops(pod, r) > **b).map(|(r, _)| *r).collect();
+                let e = explain(&view, src.parse().unwrap(), pod.parse().unwrap(), port);
+                let what = format!("{src} -> {pod}:{port}: {:#?}", e.steps);
+                match e.outcome {
+                    Outcome::Dropped(r) => {
+                        assert_eq!(verdict, DROP, "explain says dropped, the program passed: {what}");
+                        assert_eq!(counted, vec![mesh_common::drop_reason::name(r)], "{what}");
+                    }
+                    _ => assert_eq!((verdict, counted.len()), (PASS, 0), "explain says passed: {what}"),
+                }
+                seen.insert(verdict);
+            }
+        }
+    }
+    assert_eq!(seen.len(), 2, "the grid should hold both passes and drops");
+}
+
+const REASONS: [&str; 3] = ["policy_deny", "policy_no_allow_match", "policy_unknown"];

@@ -577,32 +577,40 @@ impl TestBed {
         })
     }
 
-    /// `meshctl --bpffs <node's dir> maps dump <map> --json`.
-    pub fn map_dump(&self, node: &str, map: &str) -> Result<Value> {
+    /// Runs `meshctl --bpffs <node's dir> <args>`.
+    fn meshctl(&self, node: &str, args: &[&str]) -> Result<Output> {
         let bpffs = self.bpffs(node);
         let bin = meshctl_binary()?;
-        let out = proc::run(
-            &[bin.to_str().unwrap_or("meshctl"), "--bpffs", bpffs.to_str().unwrap_or_default(), "maps", "dump", map, "--json"],
-            None,
-            None,
-            Duration::from_secs(10),
-        )?;
+        let mut argv = vec![bin.to_str().unwrap_or("meshctl"), "--bpffs", bpffs.to_str().unwrap_or_default()];
+        argv.extend_from_slice(args);
+        proc::run(&argv, None, None, Duration::from_secs(10))
+    }
+
+    /// `meshctl ... <args> --json`, parsed.
+    fn meshctl_json(&self, node: &str, args: &[&str]) -> Result<Value> {
+        let mut argv = args.to_vec();
+        argv.push("--json");
+        let out = self.meshctl(node, &argv)?;
         if !out.status.success() {
-            bail!("meshctl maps dump {map} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!("meshctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
         }
-        serde_json::from_slice(&out.stdout).with_context(|| format!("meshctl maps dump {map}: not JSON"))
+        serde_json::from_slice(&out.stdout).with_context(|| format!("meshctl {}: not JSON", args.join(" ")))
+    }
+
+    /// `meshctl --bpffs <node's dir> maps dump <map> --json`.
+    pub fn map_dump(&self, node: &str, map: &str) -> Result<Value> {
+        self.meshctl_json(node, &["maps", "dump", map])
+    }
+
+    /// `meshctl explain <source> <destination> --json`: why the kernel of `node`
+    /// passes, steers or drops that connection.
+    pub fn explain(&self, node: &str, source: &str, destination: &str) -> Result<Value> {
+        self.meshctl_json(node, &["explain", source, destination])
     }
 
     /// `meshctl maps dump <map>` in its human form, for the demo.
     pub fn map_text(&self, node: &str, map: &str) -> Result<String> {
-        let bpffs = self.bpffs(node);
-        let bin = meshctl_binary()?;
-        let out = proc::run(
-            &[bin.to_str().unwrap_or("meshctl"), "--bpffs", bpffs.to_str().unwrap_or_default(), "maps", "dump", map],
-            None,
-            None,
-            Duration::from_secs(10),
-        )?;
+        let out = self.meshctl(node, &["maps", "dump", map])?;
         Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
     }
 

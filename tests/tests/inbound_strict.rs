@@ -45,6 +45,11 @@ fn strict_pods_drop_plaintext_in_the_kernel() -> anyhow::Result<()> {
         .filter(|l| log_field(l, "direction").as_deref() == Some("inbound_plaintext"))
         .collect();
     assert!(leaked.is_empty(), "dropped plaintext reached the agent: {leaked:?}");
+    // meshctl explains it: dropped by steer_inbound, STRICT, with the count so far.
+    let why = bed.explain("node1", &outsider.ip, &format!("{}:8080", echo1.ip))?;
+    assert_eq!(why["reason"], "strict_plaintext", "{why:#}");
+    assert!(why["steps"].as_array().is_some_and(|s| s.iter().any(|s| s["program"] == "steer_inbound")), "{why:#}");
+    assert!(why["drops"].as_array().is_some_and(|d| d.iter().any(|r| r["reason"] == "strict_plaintext")), "{why:#}");
 
     // HBONE from a meshed client still passes.
     assert_eq!(curl_ok(&client, &url, 5)?.trim(), "hello from echo-1");
@@ -54,10 +59,14 @@ fn strict_pods_drop_plaintext_in_the_kernel() -> anyhow::Result<()> {
     let out = bed.run_in_node("node1", &["curl", "-sS", "--max-time", "5", "--interface", PROBE_SOURCE, &url])?;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello from echo-1", "probe: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(bed.drops("node1", &echo1.ip, "strict_plaintext")?, drops, "the probe was dropped");
+    let why = bed.explain("node1", PROBE_SOURCE, &format!("{}:8080", echo1.ip))?;
+    assert_eq!(why["outcome"], "delivered", "{why:#}");
 
     // A port-level PERMISSIVE override opens 8080 again (through the agent).
     bed.enroll_with(&echo1, json!({"peer_authentication": "STRICT", "port_level_mtls": {"8080": "PERMISSIVE"}}))?;
     assert_eq!(curl_ok(&outsider, &url, 3)?.trim(), "hello from echo-1");
+    let why = bed.explain("node1", &outsider.ip, &format!("{}:8080", echo1.ip))?;
+    assert_eq!(why["outcome"], "steered_to_agent", "{why:#}");
     mesh_tests::wait_until("inbound_plaintext line for the PERMISSIVE port", Duration::from_secs(5), || {
         Ok(bed
             .access_log("node1")

@@ -24,6 +24,15 @@ enum Cmd {
         #[command(subcommand)]
         what: Option<MapsCmd>,
     },
+    /// Why the kernel passes, steers or drops a new TCP connection from SOURCE to
+    /// DESTINATION (an enrolled pod's address and port), replayed on the pinned maps;
+    /// with the drops counted so far for that pod.
+    Explain {
+        /// The connecting address, e.g. 10.201.1.7 or fd00::7.
+        source: std::net::IpAddr,
+        /// The pod's address and port, e.g. 10.201.1.3:8080 or [fd00::3]:8080.
+        destination: std::net::SocketAddr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -68,6 +77,7 @@ fn run(cli: &Cli) -> Result<(), dump::DumpError> {
                 );
             }
         }
+        Cmd::Explain { source, destination } => explain(cli, *source, *destination)?,
         Cmd::Maps { what: Some(MapsCmd::Watch { interval, count }) } => watch(cli, *interval, *count)?,
         Cmd::Maps { what: Some(MapsCmd::Dump { name }) } => {
             let rows = dump::dump(&cli.bpffs, name)?;
@@ -77,6 +87,30 @@ fn run(cli: &Cli) -> Result<(), dump::DumpError> {
             }
             print_table(&rows);
         }
+    }
+    Ok(())
+}
+
+fn explain(cli: &Cli, source: std::net::IpAddr, destination: std::net::SocketAddr) -> Result<(), dump::DumpError> {
+    use mesh_agent::kernel::explain;
+    let view = explain::Pinned::open(&cli.bpffs)?;
+    let e = explain::explain(&view, source, destination.ip(), destination.port());
+    let pod = destination.ip().to_canonical().to_string();
+    let drops: Vec<serde_json::Value> =
+        dump::dump(&cli.bpffs, mesh_common::MAP_DROPS)?.into_iter().filter(|r| r["pod"].as_str() == Some(pod.as_str())).collect();
+    if cli.json {
+        let out = serde_json::json!({"steps": e.steps, "outcome": e.outcome, "reason": e.reason(), "verdict": e.verdict(), "drops": drops});
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        return Ok(());
+    }
+    println!("TCP {source} -> {destination}");
+    for s in &e.steps {
+        println!("  {:<15} {}", s.program, s.finding);
+    }
+    println!("=> {}", e.verdict());
+    if !drops.is_empty() {
+        println!("\ndrops counted for {pod}:");
+        print_table(&drops);
     }
     Ok(())
 }

@@ -242,12 +242,7 @@ pub fn dump(bpffs: &Path, name: &str) -> Result<Vec<Value>, DumpError> {
                 .filter_map(Result::ok)
                 .map(|(k, v)| {
                     let d = k.data();
-                    let len = k.prefix_len().saturating_sub(POLICY_KEY_FIXED_BITS).min(128) as u8;
-                    let mut octets = [0u8; 16];
-                    for (i, w) in d.src.iter().enumerate() {
-                        octets[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
-                    }
-                    let prefix = Prefix { bits: u128::from_be_bytes(octets), len };
+                    let prefix = policy_prefix(&k);
                     let port = u16::from_be(d.port_be);
                     json!({
                         "pod": active.get(&d.version).map(|p| p.to_string()).unwrap_or_else(|| "(retired)".into()),
@@ -272,6 +267,16 @@ pub fn dump(bpffs: &Path, name: &str) -> Result<Vec<Value>, DumpError> {
         other => return Err(DumpError::Unknown(other.to_string())),
     };
     Ok(rows)
+}
+
+/// The source prefix of a `POLICY_RULES` key (its length net of the fixed fields).
+pub(crate) fn policy_prefix(key: &aya::maps::lpm_trie::Key<PolicyKey>) -> Prefix {
+    let len = key.prefix_len().saturating_sub(POLICY_KEY_FIXED_BITS).min(128) as u8;
+    let mut octets = [0u8; 16];
+    for (i, w) in key.data().src.iter().enumerate() {
+        octets[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    Prefix { bits: u128::from_be_bytes(octets), len }
 }
 
 /// Version -> pod, for the versions `POLICY_PODS` points at (the ones in force).

@@ -9,6 +9,7 @@
 //! sk_lookup) is attached to each pod's network namespace, also with a bpf_link:
 //! sk_lookup links are multi-program too, and we never replace one we do not own.
 pub mod dump;
+pub mod explain;
 pub mod flows;
 pub mod layout;
 pub mod pins;
