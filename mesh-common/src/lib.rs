@@ -331,7 +331,13 @@ pub mod counter {
     /// PERMISSIVE pod without a listener in `INBOUND_LISTENERS` (or the assign
     /// failed): passed to the normal socket lookup.
     pub const INBOUND_NO_LISTENER: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// A connect() to a mesh destination refused because its original destination
+    /// could not be recorded (`ORIG_BY_COOKIE` refused the entry): fail closed, the
+    /// connection neither bypasses the mesh nor reaches the agent without a destination.
+    pub const CAPTURE_FAILED: u32 = 11;
+    /// Drops not recorded in `DROPS` because it is full (the drop itself happened).
+    pub const DROPS_UNRECORDED: u32 = 12;
+    pub const COUNT: u32 = 13;
     pub const NAMES: [&str; COUNT as usize] = [
         "connect_seen",
         "connect_redirected",
@@ -344,6 +350,8 @@ pub mod counter {
         "inbound_exempt",
         "inbound_strict_dropped",
         "inbound_no_listener",
+        "capture_failed",
+        "drops_unrecorded",
     ];
 }
 

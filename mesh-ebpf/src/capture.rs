@@ -16,6 +16,8 @@ const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u32 = 6;
 /// A cgroup/connect program returns 1 to let the connect() proceed.
 const ALLOW: i32 = 1;
+/// cgroup/connect: refuse the connect() (the caller sees EPERM).
+const REFUSE: i32 = 0;
 
 /// `::ffff:0:0/96` as the third network-order word of an address.
 #[inline(always)]
@@ -46,10 +48,27 @@ fn is_mesh_dest(addr: Addr, port_be: u16) -> bool {
     unsafe { MESH_DESTS.get(&any) }.is_some()
 }
 
-/// Shared part of connect4/connect6: returns the rewritten destination address
-/// (`None` to leave the connect() alone).
+/// What connect4/connect6 do with a connect().
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Capture {
+    /// Not ours (not TCP, not enrolled, not a mesh destination, excluded port).
+    Leave,
+    /// Redirect to the agent's outbound listener; the original destination is recorded.
+    Redirect,
+    /// A mesh destination whose original destination could not be recorded: refuse
+    /// the connect() (EPERM) rather than let it bypass the mesh.
+    Refuse,
+}
+
+/// Shared part of connect4/connect6.
 #[inline(always)]
-fn capture(ctx: &SockAddrContext, dst: Addr, port_be: u16, family: u16) -> Option<()> {
+fn capture(ctx: &SockAddrContext, dst: Addr, port_be: u16, family: u16) -> Capture {
+    decide(ctx, dst, port_be, family).unwrap_or(Capture::Leave)
+}
+
+/// [`capture`], with `None` for [`Capture::Leave`].
+#[inline(always)]
+fn decide(ctx: &SockAddrContext, dst: Addr, port_be: u16, family: u16) -> Option<Capture> {
     // SAFETY: the context pointer is the kernel's bpf_sock_addr for this call.
     let sa = unsafe { &*ctx.sock_addr };
     if sa.protocol != IPPROTO_TCP {
@@ -73,9 +92,12 @@ fn capture(ctx: &SockAddrContext, dst: Addr, port_be: u16, family: u16) -> Optio
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let orig = OrigDst { addr: dst, port_be, family, netns_cookie: netns };
-    ORIG_BY_COOKIE.insert(&cookie, &orig, 0).ok()?;
+    if ORIG_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
+        count(counter::CAPTURE_FAILED);
+        return Some(Capture::Refuse);
+    }
     count(counter::CONNECT_REDIRECTED);
-    Some(())
+    Some(Capture::Redirect)
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -84,9 +106,13 @@ pub fn connect4(ctx: SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let ip4 = sa.user_ip4;
     let port_be = sa.user_port as u16;
-    if capture(&ctx, v4_mapped(ip4), port_be, AF_INET).is_some() {
-        sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
-        sa.user_port = OUTBOUND_PORT.to_be() as u32;
+    match capture(&ctx, v4_mapped(ip4), port_be, AF_INET) {
+        Capture::Leave => {}
+        Capture::Refuse => return REFUSE,
+        Capture::Redirect => {
+            sa.user_ip4 = u32::from_ne_bytes([127, 0, 0, 1]);
+            sa.user_port = OUTBOUND_PORT.to_be() as u32;
+        }
     }
     ALLOW
 }
@@ -97,7 +123,11 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let ip6: Addr = sa.user_ip6;
     let port_be = sa.user_port as u16;
-    if capture(&ctx, ip6, port_be, AF_INET6).is_some() {
+    let decided = capture(&ctx, ip6, port_be, AF_INET6);
+    if decided == Capture::Refuse {
+        return REFUSE;
+    }
+    if decided == Capture::Redirect {
         // An IPv4-mapped destination goes to the IPv4 listener, the rest to [::1].
         sa.user_ip6 = if is_v4_mapped(&ip6) {
             v4_mapped(u32::from_ne_bytes([127, 0, 0, 1]))

@@ -49,7 +49,9 @@ pub fn count_drop(addr: Addr, reason: u32) {
         // SAFETY: per-CPU value, only this CPU writes it while the program runs.
         Some(v) => unsafe { *v += 1 },
         None => {
-            let _ = DROPS.insert(&key, &1, 0);
+            if DROPS.insert(&key, &1, 0).is_err() {
+                count(counter::DROPS_UNRECORDED);
+            }
         }
     }
 }
