@@ -120,10 +120,22 @@ pub struct UninstallArgs {
 }
 
 /// Releases every pinned link (detaching the programs from pods' cgroups and
-/// namespaces) and removes the bpffs folder. Run it with the agent stopped.
-pub fn uninstall(args: &UninstallArgs) -> Result<(), crate::kernel::Error> {
+/// namespaces), removes the bpffs folder, and takes the agent's routing (`podnet`)
+/// out of the pods' namespaces that still exist. Run it with the agent stopped.
+pub async fn uninstall(args: &UninstallArgs) -> Result<(), crate::kernel::Error> {
+    let cookies = crate::kernel::pins::pod_cookies(&args.bpffs);
     let pods = Kernel::uninstall(&args.bpffs)?;
     info!(bpffs = %args.bpffs.display(), pods, "released every pinned link and removed the folder");
+    let found = tokio::task::spawn_blocking(move || crate::netns::find_by_cookie(&cookies)).await.unwrap_or_default();
+    for path in found.values() {
+        match crate::netns::Netns::enter(path) {
+            Ok(ns) => {
+                crate::podnet::remove(&ns).await;
+                info!(netns = %path.display(), "removed the agent's routing from the pod's namespace");
+            }
+            Err(e) => tracing::warn!(netns = %path.display(), "cannot enter the pod's namespace to remove the agent's routing: {e}"),
+        }
+    }
     Ok(())
 }
 

@@ -35,7 +35,7 @@ fn main() {
     let result: Result<(), String> = rt.block_on(async {
         match cli.role {
             Role::Agent(args) => mesh_agent::agent::run(args, shutdown_signal()).await.map_err(|e| mesh_agent::error_chain(&e)),
-            Role::Uninstall(args) => mesh_agent::agent::uninstall(&args).map_err(|e| mesh_agent::error_chain(&e)),
+            Role::Uninstall(args) => mesh_agent::agent::uninstall(&args).await.map_err(|e| mesh_agent::error_chain(&e)),
             Role::ControlPlane(args) => {
                 mesh_agent::controlplane::run(args, shutdown_signal()).await.map_err(|e| mesh_agent::error_chain(&e))
             }

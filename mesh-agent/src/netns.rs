@@ -57,6 +57,39 @@ pub fn socket_netns_cookie(fd: impl AsFd) -> std::io::Result<u64> {
     Ok(cookie)
 }
 
+/// Finds the network namespaces whose cookies are in `wanted`, among the named ones
+/// (`/run/netns/*`) and those of running processes (`/proc/<pid>/ns/net`), looking
+/// into each namespace once.
+pub fn find_by_cookie(wanted: &std::collections::HashSet<u64>) -> HashMap<u64, PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let named = std::fs::read_dir("/run/netns").into_iter().flatten().flatten().map(|e| e.path());
+    let procs = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .map(|e| e.path().join("ns/net"));
+    let mut seen = std::collections::HashSet::new();
+    let mut found = HashMap::new();
+    for path in named.chain(procs) {
+        if found.len() == wanted.len() {
+            break;
+        }
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        let cookie = run_in(&path, || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").or_else(|_| std::net::UdpSocket::bind("[::]:0"))?;
+            socket_netns_cookie(&s)
+        });
+        if let Some(c) = cookie.ok().filter(|c| wanted.contains(c)) {
+            found.insert(c, path);
+        }
+    }
+    found
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// A thread that lives in one network namespace and runs short jobs there (creating

@@ -577,6 +577,22 @@ impl TestBed {
         })
     }
 
+    /// `mesh-agent uninstall --bpffs <node's dir>` (stop the node's agent first);
+    /// fails unless it succeeds and the folder is gone.
+    pub fn uninstall(&self, node: &str) -> Result<()> {
+        let bpffs = self.bpffs(node);
+        let bin = agent_binary()?;
+        let argv = [bin.to_str().unwrap_or("mesh-agent"), "uninstall", "--bpffs", bpffs.to_str().unwrap_or_default()];
+        let out = proc::run(&argv, None, None, Duration::from_secs(30))?;
+        if !out.status.success() {
+            bail!("mesh-agent uninstall failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        if bpffs.exists() {
+            bail!("{} still exists after uninstall", bpffs.display());
+        }
+        Ok(())
+    }
+
     /// Runs `meshctl --bpffs <node's dir> <args>`.
     fn meshctl(&self, node: &str, args: &[&str]) -> Result<Output> {
         let bpffs = self.bpffs(node);

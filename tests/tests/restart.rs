@@ -4,7 +4,6 @@
 //! the same bpffs folder adopts the maps and links, and traffic flows again. Then
 //! `mesh-agent uninstall` removes everything: pins gone, pods reached directly.
 
-use std::time::Duration;
 
 use mesh_tests::require_root;
 use mesh_tests::scenario::{curl_ok, Options, Scene};
@@ -48,16 +47,7 @@ fn kernel_enforces_while_the_agent_is_down_and_a_new_agent_adopts() -> anyhow::R
 
     // Uninstall: with the agent stopped, everything it made in the kernel goes.
     scene.bed.stop_agent("node1");
-    let bpffs = scene.bed.bpffs("node1");
-    let bin = mesh_tests::agent_binary()?;
-    let out = mesh_tests::proc::run(
-        &[bin.to_str().unwrap_or("mesh-agent"), "uninstall", "--bpffs", bpffs.to_str().unwrap_or_default()],
-        None,
-        None,
-        Duration::from_secs(20),
-    )?;
-    assert!(out.status.success(), "uninstall: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(!bpffs.exists(), "{} still exists", bpffs.display());
+    scene.bed.uninstall("node1")?;
     // Nothing steers or drops any more: the outsider reaches echo-1 directly.
     assert_eq!(curl_ok(&outsider, &url, 3)?.trim(), "hello from echo-1");
     scene.finish();

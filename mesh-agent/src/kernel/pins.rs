@@ -54,6 +54,12 @@ pub fn release_pod(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// The netns cookies of the pods with links pinned under `bpffs`.
+pub fn pod_cookies(bpffs: &Path) -> std::collections::HashSet<u64> {
+    let dirs = std::fs::read_dir(bpffs.join("links")).into_iter().flatten().flatten();
+    dirs.filter_map(|d| d.file_name().to_str()?.parse().ok()).collect()
+}
+
 /// Releases every pod's links under `bpffs` (the uninstall command).
 pub fn release_all(bpffs: &Path) -> usize {
     let mut n = 0;
