@@ -17,6 +17,7 @@ use tokio::sync::watch;
 pub mod ca;
 pub mod folder;
 pub mod model;
+pub mod peerauth;
 pub mod xds_server;
 
 use crate::proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
