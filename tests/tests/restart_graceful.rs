@@ -1,7 +1,7 @@
 //! Graceful restart: node1's agent is replaced while connections keep arriving. The
 //! new agent takes the old one's listeners over the hand-over socket, the old one
-//! drains and exits. Under connect-each load, same node (client -> echo-1, STRICT)
-//! and across nodes (client -> echo-2), no request fails; a connection opened before
+//! drains and exits. Under connect-each load, same node (client -> echo-1, STRICT),
+//! across nodes (client -> echo-2) and into node1 (echo-2 -> echo-1), no request fails; a connection opened before
 //! the restart keeps working until it ends; plaintext to the STRICT pod is dropped in
 //! the kernel all along and capture never lapses (node2 sees no plaintext from the
 //! client). A second restart works too, and its drain ends at the drain timeout,
@@ -68,6 +68,9 @@ fn agent_restarts_without_a_failed_request() -> Result<()> {
     // First restart, under load, with a long-lived connection and plaintext probes.
     let same = rr(&client, &echo1.ip, 12, true)?;
     let cross = rr(&client, &echo2.ip, 12, true)?;
+    // Into node1 from node2: node2's pooled HBONE connection to the old agent gets
+    // GOAWAY and its next streams go to the new agent.
+    let into = rr(&echo2, &echo1.ip, 12, true)?;
     let long = rr(&client, &echo1.ip, 9, false)?;
     let probe = format!("for i in $(seq 1 10); do curl -s -o /dev/null --max-time 1 -w '%{{http_code}}\\n' {url}; done");
     let mut probes = outsider.spawn(&["sh", "-c", &probe])?;
@@ -80,7 +83,7 @@ fn agent_restarts_without_a_failed_request() -> Result<()> {
     let (ok, long_sum) = finish(long)?;
     ensure!(ok && long_sum["count"].as_u64() > Some(0), "the long-lived connection broke: {long_sum}");
     ensure!(first.old_exited > first.took_over + Duration::from_secs(3), "the old agent did not wait for the long-lived connection: {first:?}");
-    for (what, p) in [("same node", same), ("across nodes", cross)] {
+    for (what, p) in [("same node", same), ("across nodes", cross), ("from node2 into node1", into)] {
         let (ok, sum) = finish(p)?;
         eprintln!("{what}: {sum}");
         ensure!(ok && sum["failed"] == 0 && sum["count"].as_u64() > Some(100), "{what}: requests failed: {sum}");
