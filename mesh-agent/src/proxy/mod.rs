@@ -614,3 +614,59 @@ async fn finish_connect(
         Err(_) => Err(Error::ConnectTimeout { addr: dst, what, hint }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pod() -> EnrolledPod {
+        EnrolledPod {
+            uid: "u".into(),
+            namespace: "default".into(),
+            name: "p".into(),
+            service_account: "p".into(),
+            ips: vec![],
+            netns: "/nonexistent".into(),
+            identity: "spiffe://cluster.local/ns/default/sa/p".parse().unwrap(),
+            inbound: InboundConfig::default(),
+        }
+    }
+
+    /// The accept gate of a hand-over on a real listener: held, nothing is accepted
+    /// (the connection waits in the queue); accepting, it is served and counted while
+    /// it lives; quiesced, the loop ends and the connection goes on.
+    #[tokio::test]
+    async fn listeners_accept_only_between_open_and_quiesce() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, drain) = watch::channel(());
+        let (phase, phase_rx) = watch::channel(Phase::Held);
+        let live = Live::default();
+        let signals = Signals { drain, phase: phase_rx, live: live.clone() };
+        let (served_tx, mut served) = tokio::sync::mpsc::unbounded_channel();
+        let (release_tx, release) = watch::channel(false);
+        let pod = pod();
+        let accept = tokio::spawn(async move {
+            accept_loop(listener, Direction::Outbound, &pod, signals, move |_stream, peer| {
+                let (served_tx, mut release) = (served_tx.clone(), release.clone());
+                async move {
+                    let _ = served_tx.send(peer);
+                    let _ = release.wait_for(|r| *r).await;
+                }
+            })
+            .await
+        });
+        let _queued = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let held = tokio::time::timeout(Duration::from_millis(200), served.recv()).await;
+        assert!(held.is_err(), "a held listener accepted");
+        phase.send_replace(Phase::Accepting);
+        assert!(tokio::time::timeout(Duration::from_secs(5), served.recv()).await.unwrap().is_some());
+        assert_eq!(live.count(), 1);
+        phase.send_replace(Phase::Quiesced);
+        tokio::time::timeout(Duration::from_secs(5), accept).await.expect("accept loop did not end").unwrap();
+        assert_eq!(live.count(), 1, "a quiesced listener closed its connection");
+        release_tx.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), live.idle()).await.expect("connection never ended");
+    }
+}
