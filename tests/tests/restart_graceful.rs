@@ -72,10 +72,10 @@ fn agent_restarts_without_a_failed_request() -> Result<()> {
     // GOAWAY and its next streams go to the new agent.
     let into = rr(&echo2, &echo1.ip, 12, true)?;
     let long = rr(&client, &echo1.ip, 9, false)?;
-    let probe = format!("for i in $(seq 1 10); do curl -s -o /dev/null --max-time 1 -w '%{{http_code}}\\n' {url}; done");
-    let mut probes = outsider.spawn(&["sh", "-c", &probe])?;
     let drops = scene.bed.drops("node1", &echo1.ip, "strict_plaintext")?;
     let requests = scene.server_output("echo-1").matches("GET /").count();
+    let probe = format!("for i in $(seq 1 10); do curl -s -o /dev/null --max-time 1 -w '%{{http_code}}\\n' {url}; done");
+    let mut probes = outsider.spawn(&["sh", "-c", &probe])?;
     std::thread::sleep(Duration::from_millis(1500));
     let first = scene.bed.restart_agent_graceful("node1")?;
     eprintln!("first restart: {first:?}");
