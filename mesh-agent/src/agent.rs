@@ -459,19 +459,34 @@ async fn offer(args: &AgentArgs, ch: &Channel, pods: &PodManager, handing: &Hand
     }
 }
 
-/// After a hand-over: lets established connections finish, up to `limit` (or until
-/// asked to stop), then closes what is left.
+/// After a hand-over: lets established connections finish, up to `limit`, then
+/// closes what is left. A stop signal meanwhile (Kubernetes sends SIGTERM to the old
+/// pod once the new one is ready) does not cut the drain short; SIGKILL does.
 async fn drain(pods: Vec<(String, PodProxy)>, limit: Duration, shutdown: impl std::future::Future<Output = ()>) {
     let live = |pods: &[(String, PodProxy)]| pods.iter().map(|(_, p)| p.live_connections()).sum::<usize>();
     info!(pods = pods.len(), connections = live(&pods), timeout = ?limit, "draining: established connections go on");
-    let idle = futures::future::join_all(pods.iter().map(|(_, p)| p.idle()));
-    tokio::select! {
-        r = tokio::time::timeout(limit, idle) => match r {
-            Ok(_) => info!("drained: every connection ended"),
-            Err(_) => info!(connections = live(&pods), "drain timeout: closing the remaining connections"),
-        },
-        _ = shutdown => info!(connections = live(&pods), "asked to stop while draining: closing the remaining connections"),
+    let mut idle = Box::pin(futures::future::join_all(pods.iter().map(|(_, p)| p.idle())));
+    let mut shutdown = std::pin::pin!(shutdown);
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    let mut signalled = false;
+    loop {
+        tokio::select! {
+            _ = &mut idle => {
+                info!("drained: every connection ended");
+                break;
+            }
+            _ = &mut deadline => {
+                info!(connections = live(&pods), "drain timeout: closing the remaining connections");
+                break;
+            }
+            _ = &mut shutdown, if !signalled => {
+                signalled = true;
+                info!(connections = live(&pods), "asked to stop while draining: the drain goes on until it ends or times out");
+            }
+        }
     }
+    drop(idle);
     for (_, p) in pods {
         p.shutdown_wait().await;
     }

@@ -4,7 +4,7 @@
 //! across nodes (client -> echo-2) and into node1 (echo-2 -> echo-1), no request fails; a connection opened before
 //! the restart keeps working until it ends; plaintext to the STRICT pod is dropped in
 //! the kernel all along and capture never lapses (node2 sees no plaintext from the
-//! client). A second restart works too, and its drain ends at the drain timeout,
+//! client); a SIGTERM to the draining agent does not cut its drain short. A second restart works too, and its drain ends at the drain timeout,
 //! closing the long-lived connection that outlived it.
 
 use std::time::Duration;
@@ -77,7 +77,15 @@ fn agent_restarts_without_a_failed_request() -> Result<()> {
     let probe = format!("for i in $(seq 1 10); do curl -s -o /dev/null --max-time 1 -w '%{{http_code}}\\n' {url}; done");
     let mut probes = outsider.spawn(&["sh", "-c", &probe])?;
     std::thread::sleep(Duration::from_millis(1500));
+    // Kubernetes sends the old pod SIGTERM once the new one is ready: the drain goes on.
+    let old_pid = scene.bed.agent_pid("node1")? as i32;
+    let sigterm = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        // SAFETY: kill(2) on the bed's own child, which is draining until the long-lived connection ends.
+        unsafe { libc::kill(old_pid, libc::SIGTERM) };
+    });
     let first = scene.bed.restart_agent_graceful("node1")?;
+    sigterm.join().expect("signal thread");
     eprintln!("first restart: {first:?}");
 
     let (ok, long_sum) = finish(long)?;
@@ -90,7 +98,12 @@ fn agent_restarts_without_a_failed_request() -> Result<()> {
     }
     let old_log = std::fs::read_to_string(scene.bed.log_dir.join("agent-node1.drained-1.log"))?;
     let new_log = scene.bed.agent_log("node1");
-    for step in ["hand-over: a new agent asks for our pods", "hand-over: the new agent took over", "drained: every connection ended"] {
+    for step in [
+        "hand-over: a new agent asks for our pods",
+        "hand-over: the new agent took over",
+        "asked to stop while draining",
+        "drained: every connection ended",
+    ] {
         ensure!(old_log.contains(step), "the old agent did not log {step:?}");
     }
     for step in ["hand-over: received the running agent's pods", "hand-over: pods adopted", "hand-over complete"] {
