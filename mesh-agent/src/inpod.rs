@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::capture::{MtlsMode, PodCapture};
 use crate::kernel::{Kernel, PodAttach};
-use crate::proxy::{EnrolledPod, PodProxy, ProxyInputs};
+use crate::proxy::{EnrolledPod, PodProxy, PodSockets, ProxyInputs};
 use crate::state::Identity;
 
 /// What the CNI hook knows about a pod.
@@ -109,16 +109,102 @@ pub struct PodManager {
     inputs: Arc<ProxyInputs>,
     trust_domain: String,
     pods: Mutex<HashMap<String, Enrolled>>,
+    /// Held for reading by each CNI request and for writing by a hand-over (which
+    /// freezes enrollment); true once the pods were handed to a successor.
+    handed_over: Arc<tokio::sync::RwLock<bool>>,
 }
+
+/// Enrollment frozen for a hand-over (see [`PodManager::freeze`]).
+pub type Frozen = tokio::sync::OwnedRwLockWriteGuard<bool>;
 
 impl PodManager {
     pub fn new(kernel: Arc<Kernel>, inputs: Arc<ProxyInputs>, trust_domain: String) -> Self {
-        Self { kernel, inputs, trust_domain, pods: Mutex::default() }
+        Self { kernel, inputs, trust_domain, pods: Mutex::default(), handed_over: Default::default() }
     }
 
     /// Opens the pod's listeners, then attaches the capture programs. Replaces an
     /// earlier enrollment of the same uid.
     pub async fn add(&self, pod: PodEvent) -> Result<(), Error> {
+        self.enroll(pod, None).await
+    }
+
+    /// Enrolls a pod with the listeners a predecessor agent handed over: attaches our
+    /// programs in place of the pinned ones (they overlap) and points the kernel at
+    /// the same listeners. The pod accepts nothing until [`PodManager::open_all`].
+    pub async fn adopt(&self, pod: PodEvent, sockets: PodSockets) -> Result<(), Error> {
+        self.enroll(pod, Some(sockets)).await
+    }
+
+    /// Starts accepting on every adopted pod's listeners.
+    pub fn open_all(&self) {
+        for e in self.pods.lock().unwrap().values() {
+            e.proxy.open();
+        }
+    }
+
+    /// Waits for CNI requests in progress, and holds new ones, until the guard drops.
+    pub async fn freeze(&self) -> Frozen {
+        self.handed_over.clone().write_owned().await
+    }
+
+    /// The hand-over messages of every enrolled pod (its record and duplicates of its
+    /// namespace and listeners).
+    pub fn handover_messages(&self) -> Result<Vec<(crate::handover::Msg, Vec<std::os::fd::OwnedFd>)>, crate::handover::Error> {
+        let pods = self.pods.lock().unwrap();
+        let mut v: Vec<&Enrolled> = pods.values().collect();
+        v.sort_by(|a, b| a.event.uid.cmp(&b.event.uid));
+        v.into_iter()
+            .filter_map(|e| e.proxy.sockets().map(|s| crate::handover::pod_message(&e.event, s)))
+            .collect()
+    }
+
+    /// The successor took over: every pod leaves this agent, its listeners stop
+    /// accepting, and what remains are its established connections, to drain. From
+    /// now on CNI requests are answered with an error that says to retry.
+    pub fn hand_over(&self, mut frozen: Frozen) -> Vec<(String, PodProxy)> {
+        *frozen = true;
+        let pods: Vec<Enrolled> = self.pods.lock().unwrap().drain().map(|(_, e)| e).collect();
+        pods.into_iter()
+            .map(|mut e| {
+                e.proxy.quiesce();
+                (format!("{}/{}", e.event.namespace, e.event.name), e.proxy)
+            })
+            .collect()
+    }
+
+    /// A hand-over failed after the successor may have attached its programs to our
+    /// pods (and, failing, released them): attach ours again, pointing the kernel at
+    /// our listeners.
+    pub fn reattach_all(&self) {
+        let pods = self.pods.lock().unwrap();
+        for e in pods.values() {
+            let who = format!("{}/{}", e.event.namespace, e.event.name);
+            let result = PodCapture::from_pod(e.event.peer_authentication, &e.event.port_level_mtls, &e.event.annotations)
+                .map_err(|e| e.to_string())
+                .and_then(|capture| self.attach(&e.event, &e.proxy, &capture).map_err(|e| crate::error_chain(&e)));
+            match result {
+                Ok(()) => info!(pod = %who, "kernel attachments restored after the failed hand-over"),
+                Err(err) => warn!(pod = %who, "restoring kernel attachments after the failed hand-over: {err}"),
+            }
+        }
+    }
+
+    fn attach(&self, pod: &PodEvent, proxy: &PodProxy, capture: &PodCapture) -> Result<(), crate::kernel::Error> {
+        let (inbound_v4, inbound_v6) = proxy.plaintext_listeners();
+        let attach = PodAttach {
+            uid: &pod.uid,
+            netns_cookie: proxy.netns_cookie(),
+            netns: &pod.netns,
+            cgroup: &pod.cgroup,
+            ips: &pod.ips,
+            inbound_v4,
+            inbound_v6,
+            capture,
+        };
+        self.kernel.enroll(&attach)
+    }
+
+    async fn enroll(&self, pod: PodEvent, sockets: Option<PodSockets>) -> Result<(), Error> {
         let who = format!("{}/{}", pod.namespace, pod.name);
         let invalid = |what: String| Error::Invalid { pod: who.clone(), what };
         if pod.ips.is_empty() {
@@ -146,26 +232,17 @@ impl PodManager {
             },
             inbound: capture.inbound.clone(),
         };
-        let proxy = PodProxy::start(self.inputs.clone(), enrolled)
-            .await
-            .map_err(|source| Error::Proxy { pod: who.clone(), source: Box::new(source) })?;
-        let (inbound_v4, inbound_v6) = proxy.plaintext_listeners();
-        let attach = PodAttach {
-            uid: &pod.uid,
-            netns_cookie: proxy.netns_cookie(),
-            netns: &pod.netns,
-            cgroup: &pod.cgroup,
-            ips: &pod.ips,
-            inbound_v4,
-            inbound_v6,
-            capture: &capture,
+        let adopted = sockets.is_some();
+        let proxy = match sockets {
+            None => PodProxy::start(self.inputs.clone(), enrolled).await,
+            Some(sockets) => PodProxy::adopt(self.inputs.clone(), enrolled, sockets).await,
         };
-        self.kernel
-            .enroll(&attach)
+        let proxy = proxy.map_err(|source| Error::Proxy { pod: who.clone(), source: Box::new(source) })?;
+        self.attach(&pod, &proxy, &capture)
             .map_err(|source| Error::Kernel { pod: who.clone(), source: Box::new(source) })?;
         info!(pod = %who, uid = %pod.uid, ips = ?pod.ips, mtls = ?capture.inbound.mode,
             excluded_inbound = ?capture.inbound.excluded_ports, excluded_outbound = ?capture.outbound.excluded_ports,
-            "pod enrolled");
+            adopted, "pod enrolled");
         self.pods.lock().unwrap().insert(pod.uid.clone(), Enrolled { event: pod, proxy });
         Ok(())
     }
@@ -202,7 +279,11 @@ impl PodManager {
     }
 
     async fn handle(&self, line: &str) -> Response {
+        let handed_over = self.handed_over.read().await;
         let result = match serde_json::from_str::<Request>(line) {
+            Ok(_) if *handed_over => Err("this agent handed its pods over to a new agent and is draining; \
+                send the request again (the new agent serves the CNI socket now)"
+                .to_string()),
             Err(e) => Err(format!("bad request {line:?}: {e}")),
             Ok(Request::Add { pod }) => self.add(*pod).await.map_err(|e| crate::error_chain(&e)),
             Ok(Request::Delete { uid }) => {
@@ -220,14 +301,14 @@ impl PodManager {
     }
 }
 
-/// Binds the CNI socket (replacing a stale one from an earlier run).
-pub fn bind(path: &Path) -> Result<UnixListener, Error> {
+/// Binds the CNI socket beside `path` and renames it into place: a stale socket from
+/// an earlier run, or the socket of the agent we take over from, is replaced without
+/// a moment of no socket. The claim removes the path on drop, if it is still ours.
+pub fn bind(path: &Path) -> Result<(UnixListener, crate::handover::PathClaim), Error> {
     let err = |source| Error::Socket { path: path.to_path_buf(), source };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let _ = std::fs::remove_file(path);
-    UnixListener::bind(path).map_err(err)
+    let (l, claim) = crate::handover::bind_by_rename(path, |p| std::os::unix::net::UnixListener::bind(p)).map_err(err)?;
+    l.set_nonblocking(true).map_err(err)?;
+    Ok((UnixListener::from_std(l).map_err(err)?, claim))
 }
 
 /// Serves enrollment requests until the listener fails.

@@ -4,6 +4,7 @@
 //! - [`kernel`]: loads, pins and attaches the eBPF programs; reads and writes their maps.
 //! - [`capture`]: what a pod asks of the data path (mTLS mode, Istio exclusion annotations).
 //! - [`l4policy`]: the L4 part of AuthorizationPolicy and its compiler into kernel maps.
+//! - [`handover`]: graceful restart: a new agent takes the running one's sockets, which drains.
 //! - [`inpod`]: pod enrollment (the CNI hook's events) and sockets inside pod namespaces.
 //! - [`proxy`]: the outbound (15001), inbound plaintext (15006) and HBONE (15008) listeners.
 //! - [`tls`]: rustls configurations that present and verify SPIFFE identities.
@@ -21,6 +22,7 @@ pub mod agent;
 pub mod capture;
 pub mod controlplane;
 pub mod identity;
+pub mod handover;
 pub mod inpod;
 pub mod kernel;
 pub mod metrics;

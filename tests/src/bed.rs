@@ -150,6 +150,8 @@ struct Agent {
     proc: Proc,
     admin_port: u16,
     cni_socket: PathBuf,
+    /// The `--drain-timeout` it was started with.
+    drain_timeout: Duration,
 }
 
 pub struct TestBed {
@@ -170,6 +172,17 @@ pub struct TestBed {
     /// Set by `finish`: a bed dropped without it (a panic or an early `?` return)
     /// prints its logs.
     finished: bool,
+    /// `--drain-timeout` of the agents started from now on.
+    pub drain_timeout: Duration,
+}
+
+/// How a graceful restart went (see [`TestBed::restart_agent_graceful`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GracefulRestart {
+    /// From starting the new agent until it served (took every pod over).
+    pub took_over: Duration,
+    /// From starting the new agent until the old one had drained and exited.
+    pub old_exited: Duration,
 }
 
 impl TestBed {
@@ -204,6 +217,7 @@ impl TestBed {
             agents: BTreeMap::new(),
             procs: Vec::new(),
             finished: false,
+            drain_timeout: Duration::from_secs(15),
         };
         bed.ip(&["netns", "add", &bed.fabric.clone()])?;
         bed.ipn(&bed.fabric.clone(), &["link", "set", "lo", "up"])?;
@@ -412,30 +426,8 @@ impl TestBed {
         let cni_socket = self.work.join(format!("cni-{node}.sock"));
         let _ = std::fs::remove_file(&cni_socket);
         let admin_port = free_port()?;
-        let xds = format!("http://127.0.0.1:{}", self.cp_port);
         let admin = format!("127.0.0.1:{admin_port}");
-        let bin = agent_binary()?;
-        let args = [
-            bin.to_str().unwrap_or("mesh-agent"),
-            "agent",
-            "--node",
-            node,
-            "--xds-address",
-            &xds,
-            "--ca-address",
-            &xds,
-            "--cni-socket",
-            cni_socket.to_str().unwrap_or_default(),
-            "--bpffs",
-            bpffs.to_str().unwrap_or_default(),
-            "--admin-address",
-            &admin,
-            "--metrics-address",
-            "127.0.0.1:0",
-        ];
-        let mut cmd = proc::command(&args, None, Some(&self.cgroup_root.join("sys")))?;
-        cmd.env("RUST_LOG", "info,access=info").env("NO_COLOR", "1");
-        let mut p = Proc::spawn(&format!("agent-{node}"), cmd, &self.log_dir)?;
+        let mut p = self.spawn_agent(node, admin_port, &format!("agent-{node}"))?;
         let ready_url = format!("http://{admin}/ready");
         let r = wait_until(&format!("agent {node} ready"), Duration::from_secs(30), || {
             if let Some(st) = p.try_wait() {
@@ -446,8 +438,81 @@ impl TestBed {
             }
             Ok(matches!(http_get(&ready_url), Ok((200, _))).then_some(()))
         });
-        self.agents.insert(node.to_string(), Agent { proc: p, admin_port, cni_socket });
+        let drain_timeout = self.drain_timeout;
+        self.agents.insert(node.to_string(), Agent { proc: p, admin_port, cni_socket, drain_timeout });
         r
+    }
+
+    /// The command line of `node`'s agent with admin port `admin_port` (each node has
+    /// its own CNI socket, hand-over socket and bpffs folder under the bed).
+    pub fn agent_args(&self, node: &str, admin_port: u16) -> Result<Vec<String>> {
+        let xds = format!("http://127.0.0.1:{}", self.cp_port);
+        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        let bin = agent_binary()?;
+        let args = [
+            path(bin).as_str(), "agent", "--node", node, "--xds-address", &xds, "--ca-address", &xds,
+            "--cni-socket", &path(self.work.join(format!("cni-{node}.sock"))),
+            "--handover-socket", &path(self.work.join(format!("handover-{node}.sock"))),
+            "--drain-timeout", &format!("{}ms", self.drain_timeout.as_millis()),
+            "--bpffs", &path(self.bpffs(node)),
+            "--admin-address", &format!("127.0.0.1:{admin_port}"), "--metrics-address", "127.0.0.1:0",
+        ]
+        .map(String::from);
+        Ok(args.to_vec())
+    }
+
+    fn spawn_agent(&self, node: &str, admin_port: u16, name: &str) -> Result<Proc> {
+        let args = self.agent_args(node, admin_port)?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = proc::command(&args, None, Some(&self.cgroup_root.join("sys")))?;
+        cmd.env("RUST_LOG", "info,access=info").env("NO_COLOR", "1");
+        Proc::spawn(name, cmd, &self.log_dir)
+    }
+
+    /// Replaces `node`'s agent without a gap: starts a new agent while the old one
+    /// runs; the new one takes the old one's listeners over the hand-over socket and
+    /// serves; the old one drains and exits. Returns once the old one has exited, which
+    /// must happen within the drain timeout it was started with (plus 10 s).
+    pub fn restart_agent_graceful(&mut self, node: &str) -> Result<GracefulRestart> {
+        let mut old = self.agents.remove(node).with_context(|| format!("no agent running on {node}"))?;
+        let start = Instant::now();
+        let mut n = 2;
+        while self.log_dir.join(format!("agent-{node}-{n}.log")).exists() {
+            n += 1;
+        }
+        let mut new = match self.spawn_agent(node, old.admin_port, &format!("agent-{node}-{n}")) {
+            Ok(p) => p,
+            Err(e) => {
+                self.agents.insert(node.to_string(), old);
+                return Err(e);
+            }
+        };
+        let served = wait_until(&format!("new agent {node} took over"), Duration::from_secs(60), || {
+            if let Some(st) = new.try_wait() {
+                bail!("new agent {node} exited ({st}):\n{}", tail(&new.output(), 30));
+            }
+            Ok(new.output().contains("agent ready for pods").then_some(()))
+        });
+        if let Err(e) = served {
+            self.agents.insert(node.to_string(), old);
+            return Err(e);
+        }
+        let took_over = start.elapsed();
+        let (admin_port, cni_socket, drain_timeout) = (old.admin_port, old.cni_socket.clone(), self.drain_timeout);
+        self.agents.insert(node.to_string(), Agent { proc: new, admin_port, cni_socket, drain_timeout });
+        // The old agent drains: bounded by the drain timeout it was started with.
+        let bound = old.drain_timeout + Duration::from_secs(10);
+        let st = old.proc.wait_timeout(bound);
+        let old_exited = start.elapsed();
+        let _ = std::fs::copy(&old.proc.log, self.log_dir.join(format!("agent-{node}.drained-{}.log", n - 1)));
+        match st {
+            None => {
+                old.proc.stop(Duration::from_secs(5));
+                bail!("the old agent of {node} did not exit within {bound:?} of the hand-over:\n{}", tail(&old.proc.output(), 30))
+            }
+            Some(st) if !st.success() => bail!("the old agent of {node} exited with {st}:\n{}", tail(&old.proc.output(), 30)),
+            Some(_) => Ok(GracefulRestart { took_over, old_exited }),
+        }
     }
 
     fn agent(&self, node: &str) -> Result<&Agent> {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-pub use bed::{log_field, wait_until, Pod, TestBed};
+pub use bed::{log_field, wait_until, GracefulRestart, Pod, TestBed};
 pub use cleanup::install_signal_cleanup;
 
 /// The workspace root (the folder holding `Cargo.toml` with `[workspace]`).

@@ -8,6 +8,15 @@ pub fn benchmarks_md() -> PathBuf {
     mesh_tests::workspace_root().join("docs/benchmarks.md")
 }
 
+/// `kernel <release>, <CPU model>, <n> cores`, for a benchmark's machine line.
+pub fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()));
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    format!("kernel {}, {}, {cores} cores", kernel.trim(), model.unwrap_or_else(|| "?".into()))
+}
+
 /// Replaces (or appends) the section whose heading line is `heading` with `body`
 /// in docs/benchmarks.md.
 pub fn replace_section(heading: &str, body: &str) -> Result<PathBuf> {

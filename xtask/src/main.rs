@@ -1,8 +1,9 @@
 //! Developer commands: `cargo xtask demo`, `cargo xtask bench`, `cargo xtask bench-policy`,
-//! `cargo xtask cleanup`.
+//! `cargo xtask bench-restart`, `cargo xtask cleanup`.
 
 mod bench;
 mod bench_policy;
+mod bench_restart;
 mod demo;
 mod doc;
 
@@ -38,6 +39,17 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         repeat: u32,
     },
+    /// Failed requests while node1's agent restarts under connect-each load: left
+    /// alone, replaced gracefully (hand-over + drain), stopped and started; replaces
+    /// its section of docs/benchmarks.md.
+    BenchRestart {
+        /// Requests per client (two clients: same node, across nodes).
+        #[arg(long, default_value_t = 100_000)]
+        requests: u32,
+        /// Bound on each client's run, seconds.
+        #[arg(long, default_value_t = 8)]
+        seconds: u32,
+    },
     /// Removes leftovers (namespaces, cgroups, bpffs folders) of killed test runs.
     Cleanup,
 }
@@ -53,6 +65,7 @@ fn main() -> Result<()> {
         Cmd::Demo => demo::run(),
         Cmd::Bench { seconds, round_trips } => bench::run(seconds, round_trips),
         Cmd::BenchPolicy { repeat } => bench_policy::run(repeat),
+        Cmd::BenchRestart { requests, seconds } => bench_restart::run(requests, seconds),
         Cmd::Cleanup => {
             mesh_tests::cleanup::cleanup_stale();
             Ok(())

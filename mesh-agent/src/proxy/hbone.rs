@@ -53,7 +53,16 @@ impl Pool {
             if sender.ready().await.is_ok() {
                 let sender = sender.clone();
                 drop(guard);
-                return connect_tunnel(sender, hbone, target).await;
+                match connect_tunnel(sender, hbone, target).await {
+                    // The peer agent may have handed over and sent GOAWAY as we
+                    // asked: the stream was refused, so a new connection (to its
+                    // successor) gets it.
+                    Err(Error::Http { source, .. }) => {
+                        tracing::debug!(peer = %hbone, "pooled HBONE connection refused a stream ({source}); dialling anew")
+                    }
+                    r => return r,
+                }
+                guard = slot.lock().await;
             }
         }
         let sender = dial(certs, &src, hbone, dst_identity, drain).await?;

@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use super::copy::{copy, AccessLog};
-use super::{connect_to_app, drained, Direction, Drain, EnrolledPod, Error, ProxyInputs, CONNECT_TIMEOUT};
+use super::{connect_to_app, drained, quiesced, Direction, EnrolledPod, Error, ProxyInputs, Signals, CONNECT_TIMEOUT};
 use crate::identity::WorkloadCert;
 use crate::state::{Identity, State};
 use crate::tls;
@@ -31,19 +31,19 @@ pub(super) struct Inbound {
 struct Ctx {
     inputs: Arc<ProxyInputs>,
     pod: Arc<EnrolledPod>,
-    drain: Drain,
+    signals: Signals,
     config: Mutex<Option<CachedConfig>>,
 }
 
 impl Inbound {
-    pub fn new(inputs: Arc<ProxyInputs>, pod: Arc<EnrolledPod>, listener: TcpListener, drain: Drain) -> Self {
-        Inbound { listener, ctx: Arc::new(Ctx { inputs, pod, drain, config: Mutex::new(None) }) }
+    pub fn new(inputs: Arc<ProxyInputs>, pod: Arc<EnrolledPod>, listener: TcpListener, signals: Signals) -> Self {
+        Inbound { listener, ctx: Arc::new(Ctx { inputs, pod, signals, config: Mutex::new(None) }) }
     }
 
     pub async fn run(self) {
         let ctx = self.ctx.clone();
-        let drain = ctx.drain.clone();
-        super::accept_loop(self.listener, Direction::Inbound, &ctx.pod, drain, |stream, peer| {
+        let signals = ctx.signals.clone();
+        super::accept_loop(self.listener, Direction::Inbound, &ctx.pod, signals, |stream, peer| {
             let ctx = self.ctx.clone();
             async move { ctx.handle(stream, peer).await }
         })
@@ -112,13 +112,22 @@ impl Ctx {
             let conn = conn.clone();
             async move { Ok::<_, Infallible>(conn.request(req).await) }.instrument(span.clone())
         });
-        if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(super::H2_STREAM_WINDOW)
             .initial_connection_window_size(super::H2_CONN_WINDOW)
             .max_frame_size(super::H2_MAX_FRAME)
-            .serve_connection(TokioIo::new(tls), svc)
-            .await
-        {
+            .serve_connection(TokioIo::new(tls), svc);
+        tokio::pin!(conn);
+        // After a hand-over the caller's pool must open its next tunnels to our
+        // successor: GOAWAY (no new streams), and the open ones finish here.
+        let ended = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = quiesced(self.signals.phase.clone()) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
             tracing::debug!("HBONE connection from {peer} ended: {e}");
         }
     }
@@ -208,9 +217,11 @@ impl Conn {
             }
         };
         let upgrade = hyper::upgrade::on(&mut req);
-        let drain = self.inbound.drain.clone();
+        let drain = self.inbound.signals.drain.clone();
+        let live = self.inbound.signals.live.guard();
         tokio::spawn(
             async move {
+                let _live = live;
                 let work = async {
                     match upgrade.await {
                         Ok(up) => {

@@ -4,13 +4,15 @@
 //! each pod's network namespace (ztunnel's in-pod model).
 //!
 //! # Layout
-//! - [`PodProxy`]: one pod's listeners; start it on enrollment, drop it on removal.
+//! - [`PodProxy`]: one pod's listeners; start it on enrollment (or adopt the
+//!   listeners a predecessor agent handed over), drop it on removal.
 //! - `outbound`: accept a captured connection, find its original destination, resolve
 //!   it ([`resolve`]) and tunnel it (`hbone`) or pass it through.
 //! - `inbound`: terminate mTLS, authenticate the caller, serve HTTP/2 CONNECT.
 //! - `plaintext`: accept steered plaintext, log it, forward it to the application.
 //! - `hbone`: the HBONE client and its per-destination HTTP/2 connection pool.
 //! - `copy`: bidirectional copy with byte counts, and the access log.
+//! - `lifecycle`: accept phases of a hand-over and the live-connection count of a drain.
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -29,9 +31,13 @@ use crate::state::{Identity, State};
 mod copy;
 pub mod hbone;
 mod inbound;
+mod lifecycle;
 mod outbound;
 mod plaintext;
 pub mod resolve;
+
+pub use lifecycle::Phase;
+pub(crate) use lifecycle::{quiesced, Live, Signals};
 
 pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PLAINTEXT_PORT: u16 = mesh_common::INBOUND_PORT;
@@ -153,10 +159,10 @@ pub(crate) enum Direction {
     Outbound,
 }
 
-/// Accepts on `listener` until the pod's proxy stops, and runs `handle` for each
-/// connection in its own task, inside a span named for the direction, ended early
-/// when the proxy drains.
-pub(crate) async fn accept_loop<H, F>(listener: TcpListener, direction: Direction, pod: &EnrolledPod, drain: Drain, handle: H)
+/// Accepts on `listener` while the pod's proxy is accepting (see [`Phase`]), and runs
+/// `handle` for each connection in its own task, inside a span named for the
+/// direction, counted in `live`, ended early when the proxy drains.
+pub(crate) async fn accept_loop<H, F>(listener: TcpListener, direction: Direction, pod: &EnrolledPod, signals: Signals, handle: H)
 where
     H: Fn(tokio::net::TcpStream, SocketAddr) -> F,
     F: std::future::Future<Output = ()> + Send + 'static,
@@ -165,8 +171,17 @@ where
     use tracing::Instrument;
     static CONN_ID: AtomicU64 = AtomicU64::new(1);
     let pod = pod.workload_name();
+    let mut phase = signals.phase.clone();
+    match phase.wait_for(|p| *p != Phase::Held).await.map(|p| *p) {
+        Ok(Phase::Accepting) => {}
+        _ => return,
+    }
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = quiesced(signals.phase.clone()) => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(%pod, "accept failed: {e}");
@@ -184,9 +199,11 @@ where
             Direction::Outbound => tracing::info_span!("outbound", id, %pod, %peer),
         };
         let conn = handle(stream, peer);
-        let drain = drain.clone();
+        let drain = signals.drain.clone();
+        let live = signals.live.guard();
         tokio::spawn(
             async move {
+                let _live = live;
                 tokio::select! {
                     _ = conn => {}
                     _ = drained(drain) => tracing::debug!("pod proxy stopped; connection closed"),
@@ -207,13 +224,36 @@ pub struct PodProxy {
     cookie: u64,
     outbound_addrs: Vec<SocketAddr>,
     inbound_addr: SocketAddr,
-    /// Duplicates of the plaintext listeners (IPv4, IPv6), for the kernel's
-    /// `INBOUND_LISTENERS`; closed with the proxy.
-    plaintext: (Option<std::net::TcpListener>, Option<std::net::TcpListener>),
+    /// Duplicates of every listener: the plaintext ones for the kernel's
+    /// `INBOUND_LISTENERS`, all of them for a hand-over; closed with the proxy.
+    sockets: Option<PodSockets>,
     tasks: Vec<JoinHandle<()>>,
     drain: Option<watch::Sender<()>>,
+    phase: watch::Sender<Phase>,
+    live: Live,
     /// The pod's namespace thread (see `netns::Netns`), kept alive with the proxy.
     netns: Arc<netns::Netns>,
+}
+
+/// A pod's listening sockets, as bound inside its namespace or handed over.
+pub struct PodSockets {
+    /// `127.0.0.1:15001`, and `[::1]:15001` when the pod has IPv6.
+    pub outbound: Vec<std::net::TcpListener>,
+    /// HBONE, 15008.
+    pub inbound: std::net::TcpListener,
+    /// `127.0.0.1:15006`, `[::1]:15006`.
+    pub plaintext: Vec<std::net::TcpListener>,
+}
+
+impl PodSockets {
+    pub fn all(&self) -> impl Iterator<Item = &std::net::TcpListener> {
+        self.outbound.iter().chain(std::iter::once(&self.inbound)).chain(&self.plaintext)
+    }
+
+    fn try_clone(&self) -> io::Result<PodSockets> {
+        let dup = |ls: &[std::net::TcpListener]| ls.iter().map(|l| l.try_clone()).collect::<io::Result<Vec<_>>>();
+        Ok(PodSockets { outbound: dup(&self.outbound)?, inbound: self.inbound.try_clone()?, plaintext: dup(&self.plaintext)? })
+    }
 }
 
 impl PodProxy {
@@ -225,9 +265,31 @@ impl PodProxy {
         let netns = netns::Netns::shared(&pod.netns).map_err(Error::Netns)?;
         let path = pod.netns.clone();
         let bound = netns.run(move || Ok(bind_listeners(&path))).await.map_err(Error::Netns)??;
+        Self::serve(inputs, pod, netns, bound, Phase::Accepting).await
+    }
+
+    /// Serves listeners a predecessor agent handed over (the same sockets, so their
+    /// accept queues and the kernel's references to them carry on). They accept
+    /// nothing until [`PodProxy::open`].
+    pub async fn adopt(inputs: Arc<ProxyInputs>, pod: EnrolledPod, sockets: PodSockets) -> Result<PodProxy, Error> {
+        let netns = netns::Netns::shared(&pod.netns).map_err(Error::Netns)?;
+        Self::serve(inputs, pod, netns, sockets, Phase::Held).await
+    }
+
+    async fn serve(
+        inputs: Arc<ProxyInputs>,
+        pod: EnrolledPod,
+        netns: Arc<netns::Netns>,
+        bound: PodSockets,
+        phase: Phase,
+    ) -> Result<PodProxy, Error> {
         crate::podnet::install(&netns).await.map_err(|e| Error::Netns(io::Error::other(crate::error_chain(&e))))?;
         let cookie = netns::socket_netns_cookie(&bound.outbound[0]).map_err(Error::Cookie)?;
+        let sockets = bound.try_clone().map_err(Error::Netns)?;
         let (tx, rx) = watch::channel(());
+        let (phase, phase_rx) = watch::channel(phase);
+        let live = Live::default();
+        let signals = Signals { drain: rx, phase: phase_rx, live: live.clone() };
         let pod = Arc::new(pod);
         let pool = Arc::new(hbone::Pool::default());
         let mut tasks = Vec::new();
@@ -235,29 +297,22 @@ impl PodProxy {
         for l in bound.outbound {
             let l = TcpListener::from_std(l).map_err(Error::Netns)?;
             outbound_addrs.push(l.local_addr().map_err(Error::Netns)?);
-            let ob = outbound::Outbound::new(inputs.clone(), pod.clone(), pool.clone(), cookie, l, rx.clone());
+            let ob = outbound::Outbound::new(inputs.clone(), pod.clone(), pool.clone(), cookie, l, signals.clone());
             tasks.push(tokio::spawn(ob.run()));
         }
-        let mut plaintext = (None, None);
         let mut plaintext_addrs = Vec::new();
         for l in bound.plaintext {
-            let dup = l.try_clone().map_err(Error::Netns)?;
             let l = TcpListener::from_std(l).map_err(Error::Netns)?;
-            let addr = l.local_addr().map_err(Error::Netns)?;
-            plaintext_addrs.push(addr);
-            match addr {
-                SocketAddr::V4(_) => plaintext.0 = Some(dup),
-                SocketAddr::V6(_) => plaintext.1 = Some(dup),
-            }
-            tasks.push(tokio::spawn(plaintext::InboundPlaintext::new(inputs.clone(), pod.clone(), l, rx.clone()).run()));
+            plaintext_addrs.push(l.local_addr().map_err(Error::Netns)?);
+            tasks.push(tokio::spawn(plaintext::InboundPlaintext::new(inputs.clone(), pod.clone(), l, signals.clone()).run()));
         }
         let l = TcpListener::from_std(bound.inbound).map_err(Error::Netns)?;
         let inbound_addr = l.local_addr().map_err(Error::Netns)?;
-        tasks.push(tokio::spawn(inbound::Inbound::new(inputs, pod.clone(), l, rx).run()));
+        tasks.push(tokio::spawn(inbound::Inbound::new(inputs, pod.clone(), l, signals).run()));
         tracing::info!(pod = %pod.workload_name(), identity = %pod.identity, netns = %pod.netns.display(),
             cookie, outbound = ?outbound_addrs, inbound = %inbound_addr, plaintext = ?plaintext_addrs,
-            "pod proxy started");
-        Ok(PodProxy { cookie, outbound_addrs, inbound_addr, plaintext, tasks, drain: Some(tx), netns })
+            phase = ?*phase.borrow(), "pod proxy started");
+        Ok(PodProxy { cookie, outbound_addrs, inbound_addr, sockets: Some(sockets), tasks, drain: Some(tx), phase, live, netns })
     }
 
     /// The kernel's cookie for the pod's network namespace (key of the orig-dst map).
@@ -279,7 +334,39 @@ impl PodProxy {
     /// kernel's sk_lookup program hands plaintext for the pod to.
     pub fn plaintext_listeners(&self) -> (Option<std::os::fd::BorrowedFd<'_>>, Option<std::os::fd::BorrowedFd<'_>>) {
         use std::os::fd::AsFd;
-        (self.plaintext.0.as_ref().map(|l| l.as_fd()), self.plaintext.1.as_ref().map(|l| l.as_fd()))
+        let family = |v6: bool| {
+            let ls = self.sockets.as_ref().map(|s| s.plaintext.as_slice()).unwrap_or_default();
+            ls.iter().find(|l| l.local_addr().is_ok_and(|a| a.is_ipv6() == v6)).map(|l| l.as_fd())
+        };
+        (family(false), family(true))
+    }
+
+    /// Every listener, for a hand-over (`None` once quiesced or stopped).
+    pub fn sockets(&self) -> Option<&PodSockets> {
+        self.sockets.as_ref()
+    }
+
+    /// Starts accepting on adopted listeners.
+    pub fn open(&self) {
+        self.phase.send_replace(Phase::Accepting);
+    }
+
+    /// Stops accepting (the successor accepts now) and lets HBONE connections take no
+    /// new streams; established connections carry on until they end or the proxy is
+    /// dropped. Our copies of the listening sockets are closed.
+    pub fn quiesce(&mut self) {
+        self.phase.send_replace(Phase::Quiesced);
+        self.sockets = None;
+    }
+
+    /// Connections this proxy carries now.
+    pub fn live_connections(&self) -> usize {
+        self.live.count()
+    }
+
+    /// Returns once the proxy carries no connection.
+    pub async fn idle(&self) {
+        self.live.idle().await
     }
 
     /// Stops the listeners and all their connections. The sockets close a moment
@@ -290,7 +377,7 @@ impl PodProxy {
     /// closed, so the same ports can be bound again in that namespace.
     pub async fn shutdown_wait(mut self) {
         self.drain.take();
-        self.plaintext = (None, None);
+        self.sockets = None;
         let tasks = std::mem::take(&mut self.tasks);
         for t in &tasks {
             t.abort();
@@ -318,14 +405,8 @@ impl Drop for PodProxy {
     }
 }
 
-struct Bound {
-    outbound: Vec<std::net::TcpListener>,
-    inbound: std::net::TcpListener,
-    plaintext: Vec<std::net::TcpListener>,
-}
-
 /// Runs inside the pod's namespace.
-fn bind_listeners(ns: &Path) -> Result<Bound, Error> {
+fn bind_listeners(ns: &Path) -> Result<PodSockets, Error> {
     let bind = |what, addr: SocketAddr, v6only: Option<bool>| {
         listen(addr, v6only).map_err(|source| Error::Bind { what, addr, netns: ns.to_owned(), source })
     };
@@ -350,7 +431,7 @@ fn bind_listeners(ns: &Path) -> Result<Bound, Error> {
         }
         Err(e) => return Err(e),
     };
-    Ok(Bound { outbound, inbound, plaintext })
+    Ok(PodSockets { outbound, inbound, plaintext })
 }
 
 fn no_ipv6(e: &io::Error) -> bool {

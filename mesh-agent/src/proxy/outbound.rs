@@ -8,11 +8,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::copy::{copy, AccessLog};
 use super::resolve::{resolve, Destination};
-use super::{connect_in, hbone, Direction, Drain, EnrolledPod, ProxyInputs, HBONE_PORT};
+use super::{connect_in, hbone, Direction, Drain, EnrolledPod, ProxyInputs, Signals, HBONE_PORT};
 
 pub(super) struct Outbound {
     listener: TcpListener,
     ctx: Arc<Ctx>,
+    signals: Signals,
 }
 
 /// What each outbound connection needs (not the listener: a connection that outlives
@@ -34,17 +35,17 @@ impl Outbound {
         pool: Arc<hbone::Pool>,
         cookie: u64,
         listener: TcpListener,
-        drain: Drain,
+        signals: Signals,
     ) -> Self {
         let ipv6 = listener.local_addr().map(|a| a.is_ipv6()).unwrap_or(false);
+        let drain = signals.drain.clone();
         let ctx = Ctx { inputs, pod, pool, cookie, ipv6, round_robin: Default::default(), drain };
-        Outbound { listener, ctx: Arc::new(ctx) }
+        Outbound { listener, ctx: Arc::new(ctx), signals }
     }
 
     pub async fn run(self) {
         let ctx = self.ctx.clone();
-        let drain = ctx.drain.clone();
-        super::accept_loop(self.listener, Direction::Outbound, &ctx.pod, drain, |stream, peer| {
+        super::accept_loop(self.listener, Direction::Outbound, &ctx.pod, self.signals, |stream, peer| {
             let ctx = self.ctx.clone();
             async move { ctx.handle(stream, peer).await }
         })

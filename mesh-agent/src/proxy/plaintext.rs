@@ -9,28 +9,28 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::copy::{copy, AccessLog};
-use super::{connect_to_app, Direction, Drain, EnrolledPod, ProxyInputs, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use super::{connect_to_app, Direction, EnrolledPod, ProxyInputs, Signals, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::capture::{MtlsMode, PortAction};
 
 pub(super) struct InboundPlaintext {
     listener: TcpListener,
     ctx: Arc<Ctx>,
+    signals: Signals,
 }
 
 struct Ctx {
     inputs: Arc<ProxyInputs>,
     pod: Arc<EnrolledPod>,
-    drain: Drain,
 }
 
 impl InboundPlaintext {
-    pub fn new(inputs: Arc<ProxyInputs>, pod: Arc<EnrolledPod>, listener: TcpListener, drain: Drain) -> Self {
-        InboundPlaintext { listener, ctx: Arc::new(Ctx { inputs, pod, drain }) }
+    pub fn new(inputs: Arc<ProxyInputs>, pod: Arc<EnrolledPod>, listener: TcpListener, signals: Signals) -> Self {
+        InboundPlaintext { listener, ctx: Arc::new(Ctx { inputs, pod }), signals }
     }
 
     pub async fn run(self) {
         let ctx = self.ctx.clone();
-        super::accept_loop(self.listener, Direction::InboundPlaintext, &ctx.pod, ctx.drain.clone(), |stream, peer| {
+        super::accept_loop(self.listener, Direction::InboundPlaintext, &ctx.pod, self.signals, |stream, peer| {
             let ctx = self.ctx.clone();
             async move { ctx.handle(stream, peer).await }
         })
