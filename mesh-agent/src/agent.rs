@@ -44,6 +44,10 @@ pub struct AgentArgs {
     /// Repeat for several; `--probe-source none` for none.
     #[arg(long, env = "MESH_PROBE_SOURCE", default_value = "169.254.7.127", value_delimiter = ',')]
     pub probe_source: Vec<ProbeSource>,
+    /// Same-node fast path (sockops + sk_msg): bytes between a pod and the agent skip
+    /// the loopback TCP stack. `auto` is the measured default (docs/benchmarks.md).
+    #[arg(long, env = "MESH_FAST_PATH", value_enum, default_value = "auto")]
+    pub fast_path: crate::kernel::fastpath::Mode,
 }
 
 /// An address, or `none`.
@@ -87,13 +91,16 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
     info!(?args, "starting node agent");
     let kernel = Arc::new(Kernel::load(&args.bpffs)?);
     let probes: Vec<std::net::IpAddr> = args.probe_source.iter().filter_map(|p| p.0).collect();
-    if let Err(e) = kernel.set_exempt_sources(&probes) {
+    let fast = args.fast_path.enabled();
+    let ready = kernel.set_exempt_sources(&probes).and_then(|()| if fast { kernel.enable_fast_path() } else { Ok(()) });
+    if let Err(e) = ready {
         drop(kernel);
         if nothing_pinned(&args.bpffs) {
             let _ = std::fs::remove_dir_all(&args.bpffs);
         }
         return Err(e.into());
     }
+    info!(mode = ?args.fast_path, enabled = fast, "same-node fast path");
     // On the way out the pods' kernel attachments stay pinned (see kernel::pins). A
     // start that failed before any pod was enrolled leaves nothing behind.
     let result = serve(&args, kernel.clone(), shutdown).await;

@@ -24,6 +24,14 @@ enum Cmd {
         #[command(subcommand)]
         what: Option<MapsCmd>,
     },
+    /// Switch one pod's same-node fast path live (existing connections too).
+    FastPath {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// The pod's network namespace cookie (as `meshctl maps dump PODS` shows).
+        #[arg(long)]
+        netns_cookie: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -66,6 +74,12 @@ fn run(cli: &Cli) -> Result<(), dump::DumpError> {
                     "{:<16} {:<16} {:>8} {:>10} {:>6} {:>6}",
                     m.name, m.kind, m.entries, m.capacity, m.key_size, m.value_size
                 );
+            }
+        }
+        Cmd::FastPath { state, netns_cookie } => {
+            if let Err(e) = mesh_agent::kernel::fastpath::set_pinned(&cli.bpffs, *netns_cookie, state == "on") {
+                eprintln!("meshctl: {e}");
+                std::process::exit(1);
             }
         }
         Cmd::Maps { what: Some(MapsCmd::Watch { interval, count }) } => watch(cli, *interval, *count)?,
