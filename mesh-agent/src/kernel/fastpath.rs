@@ -80,12 +80,7 @@ impl FastPath {
     /// existing connections at their next message: bytes already handed over stay in
     /// the peer's queue and are read before anything sent after.
     pub(super) fn set_pod(&self, netns_cookie: u64, on: bool) -> Result<(), Error> {
-        let mut pods = self.pods.lock().unwrap();
-        let r = if on { pods.insert(netns_cookie, FAST_POD_ON, 0) } else { pods.remove(&netns_cookie) };
-        match r {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            r => r.map_err(|source| Error::Map { name: MAP_FAST_PODS, source }),
-        }
+        switch(&mut self.pods.lock().unwrap(), netns_cookie, on).map_err(|source| Error::Map { name: MAP_FAST_PODS, source })
     }
 
     /// Takes one connection (both ends) off the fast path without removing its
@@ -115,6 +110,17 @@ impl FastPath {
     }
 }
 
+/// Writes one pod's `FAST_PODS` entry: present and on, or absent (already absent is fine).
+fn switch(map: &mut BpfHashMap<MapData, u64, u32>, netns_cookie: u64, on: bool) -> Result<(), aya::maps::MapError> {
+    if on {
+        map.insert(netns_cookie, FAST_POD_ON, 0)
+    } else if map.get(&netns_cookie, 0).is_ok() {
+        map.remove(&netns_cookie)
+    } else {
+        Ok(())
+    }
+}
+
 /// One `FAST_SOCKS` / `FAST_OFF` key for `meshctl maps dump`.
 pub fn key_json(k: &FastKey) -> serde_json::Value {
     use mesh_common::ip_from_addr;
@@ -130,11 +136,7 @@ pub fn set_pinned(bpffs: &Path, netns_cookie: u64, on: bool) -> Result<(), Strin
     let data = MapData::from_pin(&path).map_err(|e| format!("opening {}: {e}; is the agent running with --bpffs {}?", path.display(), bpffs.display()))?;
     let mut map: BpfHashMap<MapData, u64, u32> =
         BpfHashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|e| format!("{}: {e}", path.display()))?;
-    let r = if on { map.insert(netns_cookie, FAST_POD_ON, 0) } else { map.remove(&netns_cookie) };
-    match r {
-        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
+    switch(&mut map, netns_cookie, on).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Attaches `fast_sockops` to the agent's own cgroup (v2), so that the agent's ends

@@ -268,6 +268,9 @@ impl Kernel {
             let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(attach_err(name))?;
             let link = prog.take_link(id).map_err(|source| Error::Program { name, source })?;
             pins::pin_new(&dir, name, link).map_err(pin_err)?;
+        } else {
+            // An earlier agent's fast path must not outlive `--fast-path off`.
+            pins::release(&dir.join(fastpath::FAST_SOCKOPS));
         }
         drop(ebpf);
         for name in [CONNECT4, CONNECT6, SOCKOPS].into_iter().chain(fast.then_some(fastpath::FAST_SOCKOPS)) {
@@ -321,9 +324,7 @@ impl Kernel {
             .unwrap()
             .insert(pod.netns_cookie, info, 0)
             .map_err(|source| Error::Map { name: MAP_PODS, source })?;
-        if self.fast_path_enabled() {
-            self.fast.set_pod(pod.netns_cookie, true)?;
-        }
+        self.fast.set_pod(pod.netns_cookie, self.fast_path_enabled())?;
         debug!(uid = pod.uid, netns_cookie = pod.netns_cookie, cgroup = %pod.cgroup.display(),
             netns = %pod.netns.display(), inbound = ?pod.capture.inbound, "pod attached");
         Ok(())
