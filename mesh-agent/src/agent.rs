@@ -101,6 +101,10 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
         return Err(e.into());
     }
     info!(mode = ?args.fast_path, enabled = fast, "same-node fast path");
+    if fast {
+        tracing::warn!("same-node fast path on: the kernel's redirect has no flow control, so a bulk sender faster \
+            than the agent can fill the node's TCP memory and see ENOMEM (docs/architecture.md)");
+    }
     // On the way out the pods' kernel attachments stay pinned (see kernel::pins). A
     // start that failed before any pod was enrolled leaves nothing behind.
     let result = serve(&args, kernel.clone(), shutdown).await;
