@@ -235,11 +235,11 @@ fn verdict(on: &[Sample], off: &[Sample]) -> String {
     let auto = if mesh_agent::kernel::fastpath::Mode::Auto.enabled() { "on" } else { "off" };
     let _ = write!(v, "`--fast-path auto` is **{auto}** in this build. ");
     if failed > 0 {
-        let _ = write!(
+        let _ = writeln!(
             v,
             "This run: a bulk sender failed with the fast path on in {failed} of {} runs (the redirect has no flow \
              control; see docs/architecture.md), so it is not safe to turn on by default, whatever the latency \
-             figures; p50 latency with it on was lower for {} of 3 (64 B, 64 KiB, new connection).\n",
+             figures; p50 latency with it on was lower for {} of 3 (64 B, 64 KiB, new connection).",
             on.len(),
             latency.iter().filter(|x| **x).count()
         );
