@@ -57,6 +57,10 @@ pub struct AgentArgs {
     /// before it closes them and exits (Istio's TERMINATION_DRAIN_DURATION), e.g. `30s`.
     #[arg(long, env = "MESH_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Same-node fast path (sockops + sk_msg): bytes between a pod and the agent skip
+    /// the loopback TCP stack. `auto` is the measured default (docs/benchmarks.md).
+    #[arg(long, env = "MESH_FAST_PATH", value_enum, default_value = "auto")]
+    pub fast_path: crate::kernel::fastpath::Mode,
 }
 
 /// `500ms`, `30s`, `2m`, or plain seconds.
@@ -133,12 +137,19 @@ pub async fn run(args: AgentArgs, shutdown: impl std::future::Future<Output = ()
     let alone = predecessor.is_none();
     let kernel = Arc::new(Kernel::load(&args.bpffs)?);
     let probes: Vec<std::net::IpAddr> = args.probe_source.iter().filter_map(|p| p.0).collect();
-    if let Err(e) = kernel.set_exempt_sources(&probes) {
+    let fast = args.fast_path.enabled();
+    let ready = kernel.set_exempt_sources(&probes).and_then(|()| if fast { kernel.enable_fast_path() } else { Ok(()) });
+    if let Err(e) = ready {
         drop(kernel);
         if alone && nothing_pinned(&args.bpffs) {
             let _ = std::fs::remove_dir_all(&args.bpffs);
         }
         return Err(e.into());
+    }
+    info!(mode = ?args.fast_path, enabled = fast, "same-node fast path");
+    if fast {
+        tracing::warn!("same-node fast path on: the kernel's redirect has no flow control, so a bulk sender faster \
+            than the agent can fill the node's TCP memory and see ENOMEM (docs/architecture.md)");
     }
     // On the way out the pods' kernel attachments stay pinned (see kernel::pins). A
     // start that failed before any pod was enrolled leaves nothing behind.

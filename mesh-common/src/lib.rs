@@ -337,7 +337,17 @@ pub mod counter {
     pub const CAPTURE_FAILED: u32 = 11;
     /// Drops not recorded in `DROPS` because it is full (the drop itself happened).
     pub const DROPS_UNRECORDED: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// Loopback-leg sockets put on the same-node fast path (`FAST_SOCKS`) at ESTABLISHED.
+    pub const FAST_INSERTED: u32 = 13;
+    /// Messages the fast path handed straight to the peer socket's receive queue.
+    pub const FAST_REDIRECTED: u32 = 14;
+    /// Messages of a fast-path socket whose peer was not in `FAST_SOCKS`: sent over
+    /// loopback TCP, and the socket stays off the fast path from then on.
+    pub const FAST_MISSED: u32 = 15;
+    /// Messages sent over loopback TCP because the pod's fast path is switched off or
+    /// the connection was taken off it (`FAST_OFF`).
+    pub const FAST_PASSED: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const NAMES: [&str; COUNT as usize] = [
         "connect_seen",
         "connect_redirected",
@@ -352,6 +362,10 @@ pub mod counter {
         "inbound_no_listener",
         "capture_failed",
         "drops_unrecorded",
+        "fast_inserted",
+        "fast_redirected",
+        "fast_missed",
+        "fast_passed",
     ];
 }
 
@@ -372,6 +386,74 @@ mod pod {
     unsafe impl aya::Pod for super::PolicyMeta {}
     unsafe impl aya::Pod for super::InboundRule {}
     unsafe impl aya::Pod for super::NetnsPortKey {}
+    unsafe impl aya::Pod for super::FastKey {}
+}
+
+pub const MAP_FAST_SOCKS: &str = "FAST_SOCKS";
+pub const MAP_FAST_PODS: &str = "FAST_PODS";
+pub const MAP_FAST_OFF: &str = "FAST_OFF";
+
+/// Key of `FAST_SOCKS` (the same-node fast path's sockhash) and `FAST_OFF`: one end
+/// of a loopback leg between a pod's socket and the agent's, as that end sees it.
+/// The peer's key is the same with local and remote swapped ([`FastKey::peer`]).
+/// Every pod has its own 127.0.0.1, hence the namespace cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FastKey {
+    pub netns_cookie: u64,
+    pub local: Addr,
+    pub remote: Addr,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    /// `AF_INET` (also for IPv4-mapped addresses on an IPv6 socket) or `AF_INET6`.
+    pub family: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<FastKey>() == 48);
+
+impl FastKey {
+    /// The key of the socket at the other end of the same connection.
+    pub fn peer(&self) -> FastKey {
+        FastKey {
+            local: self.remote,
+            remote: self.local,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+            ..*self
+        }
+    }
+}
+
+/// Value of `FAST_PODS` (keyed by netns cookie): the pod's loopback legs use the fast path.
+pub const FAST_POD_ON: u32 = 1;
+
+/// Which loopback legs go on the same-node fast path. A socket reaching ESTABLISHED
+/// in an enrolled pod's namespace whose fast path is on is put into `FAST_SOCKS` when
+/// it is one end of:
+/// - leg 1, the pod's captured connection to the agent's outbound listener: the
+///   pod's end connects (active) to loopback:15001, the agent's end is accepted
+///   (passive) on loopback:15001;
+/// - leg 2, the agent's forward to the application (`FORWARDS` holds it while it
+///   opens): `forward` says whether that entry exists for this socket.
+///
+/// Anything else (HBONE, pass-through, inbound plaintext from outside the node) is
+/// not a loopback leg and is left alone. Pure, so it is table-tested here.
+pub fn fast_leg(passive: bool, local: &Addr, local_port: u16, remote: &Addr, remote_port: u16, forward: bool) -> bool {
+    let outbound_leg = if passive {
+        local_port == OUTBOUND_PORT && is_loopback(local)
+    } else {
+        remote_port == OUTBOUND_PORT && is_loopback(remote)
+    };
+    outbound_leg || forward
+}
+
+/// `127.0.0.1` (IPv4-mapped) or `::1`: the addresses of the agent's outbound listeners.
+pub fn is_loopback(a: &Addr) -> bool {
+    let v4 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([127, 0, 0, 1])];
+    let v6 = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+    *a == v4 || *a == v6
 }
 
 /// The map form of an address (IPv4 as IPv4-mapped).
@@ -405,6 +487,44 @@ pub fn ip_from_addr(a: Addr) -> core::net::IpAddr {
 mod tests {
     use super::*;
     use core::net::IpAddr;
+
+    fn a(s: &str) -> Addr {
+        addr_from_ip(s.parse().unwrap())
+    }
+
+    #[test]
+    fn fast_path_takes_only_loopback_legs() {
+        // (passive, local, local port, remote, remote port, FORWARDS entry) -> inserted
+        let table = [
+            // leg 1: pod's captured socket, and the agent's accepted one
+            (false, "127.0.0.1", 40000, "127.0.0.1", 15001, false, true),
+            (true, "127.0.0.1", 15001, "127.0.0.1", 40000, false, true),
+            (false, "::1", 40000, "::1", 15001, false, true),
+            (true, "::1", 15001, "::1", 40000, false, true),
+            // leg 2: the agent's forward and the app's accepted socket
+            (false, "10.0.0.1", 41000, "10.0.0.2", 8080, true, true),
+            (true, "10.0.0.2", 8080, "10.0.0.1", 41000, true, true),
+            // not legs: HBONE to another pod, inbound plaintext, an app's own loopback
+            (false, "10.0.0.1", 42000, "10.0.0.2", 15008, false, false),
+            (true, "10.0.0.2", 15006, "10.0.0.9", 43000, false, false),
+            (false, "127.0.0.1", 40000, "127.0.0.1", 6379, false, false),
+            (true, "127.0.0.1", 6379, "127.0.0.1", 40000, false, false),
+            // 15001 on a pod address is not the agent's listener
+            (false, "10.0.0.1", 40000, "10.0.0.2", 15001, false, false),
+            (true, "10.0.0.2", 15001, "10.0.0.1", 40000, false, false),
+        ];
+        for (passive, l, lp, r, rp, fwd, want) in table {
+            assert_eq!(fast_leg(passive, &a(l), lp, &a(r), rp, fwd), want, "{passive} {l}:{lp} {r}:{rp} {fwd}");
+        }
+    }
+
+    #[test]
+    fn fast_key_peer_swaps_the_ends() {
+        let k = FastKey { netns_cookie: 7, local: a("127.0.0.1"), remote: a("::1"), local_port: 1, remote_port: 2, family: 2, _pad: 0 };
+        let p = k.peer();
+        assert_eq!((p.local, p.remote, p.local_port, p.remote_port, p.netns_cookie), (k.remote, k.local, 2, 1, 7));
+        assert_eq!(p.peer(), k);
+    }
 
     #[test]
     fn addresses_round_trip_in_kernel_layout() {

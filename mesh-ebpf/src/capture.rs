@@ -11,8 +11,8 @@ use mesh_common::{counter, flow_event, Addr, DestKey, FlowEvent, NetnsPortKey, O
 
 use crate::maps::{count, FLOW_EVENTS, MESH_DESTS, ORIG_BY_COOKIE, ORIG_DST, OUTBOUND_EXCLUDED_PORTS, PODS};
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+pub(crate) const AF_INET: u16 = 2;
+pub(crate) const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u32 = 6;
 /// A cgroup/connect program returns 1 to let the connect() proceed.
 const ALLOW: i32 = 1;
@@ -31,7 +31,7 @@ pub(crate) fn v4_mapped(ip4_be: u32) -> Addr {
 }
 
 #[inline(always)]
-fn is_v4_mapped(a: &Addr) -> bool {
+pub(crate) fn is_v4_mapped(a: &Addr) -> bool {
     a[0] == 0 && a[1] == 0 && a[2] == v4_mapped_word()
 }
 

@@ -13,10 +13,14 @@
 //! STRICT; see `inbound.rs`.
 //! `policy_ingress` (tcx ingress on each pod's interface) enforces the L4 part of
 //! AuthorizationPolicy from maps the agent compiles (`policy.rs`).
+//! `fast_sockops` (sock_ops, pods' and the agent's cgroups) and `fast_redirect` (sk_msg
+//! on `FAST_SOCKS`) pass bytes between a pod's socket and the agent's on the same
+//! node without the loopback TCP stack (`fastpath.rs`).
 #![no_std]
 #![no_main]
 
 mod capture;
+mod fastpath;
 mod inbound;
 mod maps;
 mod policy;

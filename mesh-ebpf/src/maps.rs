@@ -4,7 +4,7 @@ use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, SockHash};
 use mesh_common::{
-    counter, Addr, DestKey, DestValue, DropKey, ForwardKey, InboundRule, NetnsPortKey, OrigDst, PodInfo,
+    counter, Addr, DestKey, DestValue, DropKey, FastKey, ForwardKey, InboundRule, NetnsPortKey, OrigDst, PodInfo,
     PolicyKey, PolicyMeta, PolicyValue, SockKey,
 };
 
@@ -101,3 +101,20 @@ pub static POLICY_RULES: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(1_048
 /// agent's flow logs. When the agent falls behind, events are dropped, never stalled.
 #[map]
 pub static FLOW_EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);
+
+/// Same-node fast path: both ends of each loopback leg between a pod and the agent,
+/// by (namespace, local, remote, family). `fast_redirect` (sk_msg) is attached to it;
+/// the kernel removes a socket when it closes.
+#[map]
+pub static FAST_SOCKS: SockHash<FastKey> = SockHash::pinned(131_072, 0);
+
+/// Pods (by netns cookie) whose loopback legs use the fast path: `FAST_POD_ON`.
+/// Switching a pod off stops redirects of its existing connections too.
+#[map]
+pub static FAST_PODS: HashMap<u64, u32> = HashMap::pinned(16_384, 0);
+
+/// Sockets (their own `FastKey`) that sent over loopback TCP after joining
+/// `FAST_SOCKS`, or that the agent took off the fast path: never redirected again,
+/// so their peer never reads newer bytes (redirected) before older ones (TCP).
+#[map]
+pub static FAST_OFF: LruHashMap<FastKey, u32> = LruHashMap::pinned(131_072, 0);

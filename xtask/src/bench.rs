@@ -31,7 +31,7 @@ struct Sample {
     agent_cpu_s: f64,
 }
 
-fn iperf(client: &Pod, ip: &str, seconds: u32) -> Result<f64> {
+pub(crate) fn iperf(client: &Pod, ip: &str, seconds: u32) -> Result<f64> {
     let t = seconds.to_string();
     let out = client.run_timeout(&["iperf3", "-c", ip, "-p", IPERF_PORT, "-t", &t, "-J"], Duration::from_secs(seconds as u64 + 20))?;
     let v: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("iperf3 output: {}", String::from_utf8_lossy(&out.stderr)))?;
@@ -43,10 +43,16 @@ fn iperf(client: &Pod, ip: &str, seconds: u32) -> Result<f64> {
 }
 
 fn rr(client: &Pod, ip: &str, round_trips: u32, connect_each: bool) -> Result<(f64, f64, u64)> {
+    rr_sized(client, &format!("{ip}:{RR_PORT}"), 64, round_trips, connect_each)
+}
+
+/// `mesh-rr client` to `addr` with `size`-byte messages, `round_trips` or 20 s:
+/// (p50 µs, p99 µs, round trips done).
+pub(crate) fn rr_sized(client: &Pod, addr: &str, size: usize, round_trips: u32, connect_each: bool) -> Result<(f64, f64, u64)> {
     let bin = binary("mesh-rr")?;
-    let addr = format!("{ip}:{RR_PORT}");
     let n = round_trips.to_string();
-    let mut args = vec![bin.to_str().context("path")?, "client", "--addr", &addr, "--size", "64", "--count", &n, "--seconds", "20"];
+    let size = size.to_string();
+    let mut args = vec![bin.to_str().context("path")?, "client", "--addr", addr, "--size", &size, "--count", &n, "--seconds", "20"];
     if connect_each {
         args.push("--connect-each");
     }
@@ -95,7 +101,7 @@ fn parse_duration_us(s: &str) -> f64 {
 }
 
 /// utime + stime of a process, seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
@@ -135,7 +141,12 @@ fn ratio(meshed: f64, direct: f64) -> String {
     }
 }
 
-fn sh(args: &[&str]) -> String {
+/// The date and machine lines every benchmark section starts with.
+pub(crate) fn machine() -> String {
+    format!("- date: {}\n- machine: {}\n", sh(&["date", "-u", "+%Y-%m-%d %H:%M UTC"]), crate::doc::machine())
+}
+
+pub(crate) fn sh(args: &[&str]) -> String {
     mesh_tests::proc::host(args).map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
 }
 
@@ -202,15 +213,7 @@ pub fn run(seconds: u32, round_trips: u32) -> Result<()> {
         let _ = writeln!(table, "| HTTP/1.1 mean request time (µs) | {path} | {:.0} | {:.0} | {} | |", d.http_mean_us, m.http_mean_us, ratio(m.http_mean_us, d.http_mean_us));
     }
 
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
-        .unwrap_or_else(|| "?".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mut doc = String::new();
-    let _ = writeln!(doc, "- date: {}", sh(&["date", "-u", "+%Y-%m-%d %H:%M UTC"]));
-    let _ = writeln!(doc, "- machine: kernel {}, {cpu_model}, {cores} cores", sh(&["uname", "-r"]));
+    let mut doc = machine();
     let _ = writeln!(doc, "- command: `scripts/bench.sh` (runs `cargo xtask bench --seconds {seconds} --round-trips {round_trips}`)");
     doc.push_str("- method: the same three pods (client and server-1 on node1, server-2 on node2, network namespaces\n");
     doc.push_str("  joined by veth and bridges) are measured first before enrollment (direct pod-to-pod TCP), then\n");

@@ -1,7 +1,9 @@
 //! Developer commands: `cargo xtask demo`, `cargo xtask bench`, `cargo xtask bench-policy`,
-//! `cargo xtask bench-restart`, `cargo xtask cleanup`.
+//! `cargo xtask bench-restart`, `cargo xtask bench-fastpath`,
+//! `cargo xtask cleanup`.
 
 mod bench;
+mod bench_fastpath;
 mod bench_policy;
 mod bench_restart;
 mod demo;
@@ -50,6 +52,19 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         seconds: u32,
     },
+    /// The same-node fast path on vs off, side by side in one run (throughput, 64 B
+    /// and 64 KiB RR latency, new connections); replaces its section of docs/benchmarks.md.
+    BenchFastpath {
+        /// iperf3 duration per run, seconds.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Round trips per 64 B latency run (bounded by 20 s); 64 KiB runs do a quarter.
+        #[arg(long, default_value_t = 20000)]
+        round_trips: u32,
+        /// Rounds of (on, off); the table gives medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
     /// Removes leftovers (namespaces, cgroups, bpffs folders) of killed test runs.
     Cleanup,
 }
@@ -66,6 +81,7 @@ fn main() -> Result<()> {
         Cmd::Bench { seconds, round_trips } => bench::run(seconds, round_trips),
         Cmd::BenchPolicy { repeat } => bench_policy::run(repeat),
         Cmd::BenchRestart { requests, seconds } => bench_restart::run(requests, seconds),
+        Cmd::BenchFastpath { seconds, round_trips, rounds } => bench_fastpath::run(seconds, round_trips, rounds.clamp(1, 20)),
         Cmd::Cleanup => {
             mesh_tests::cleanup::cleanup_stale();
             Ok(())

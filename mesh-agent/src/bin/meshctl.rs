@@ -33,6 +33,14 @@ enum Cmd {
         /// The pod's address and port, e.g. 10.201.1.3:8080 or [fd00::3]:8080.
         destination: std::net::SocketAddr,
     },
+    /// Switch one pod's same-node fast path live (existing connections too).
+    FastPath {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// The pod's network namespace cookie (as `meshctl maps dump PODS` shows).
+        #[arg(long)]
+        netns_cookie: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,6 +86,12 @@ fn run(cli: &Cli) -> Result<(), dump::DumpError> {
             }
         }
         Cmd::Explain { source, destination } => explain(cli, *source, *destination)?,
+        Cmd::FastPath { state, netns_cookie } => {
+            if let Err(e) = mesh_agent::kernel::fastpath::set_pinned(&cli.bpffs, *netns_cookie, state == "on") {
+                eprintln!("meshctl: {e}");
+                std::process::exit(1);
+            }
+        }
         Cmd::Maps { what: Some(MapsCmd::Watch { interval, count }) } => watch(cli, *interval, *count)?,
         Cmd::Maps { what: Some(MapsCmd::Dump { name }) } => {
             let rows = dump::dump(&cli.bpffs, name)?;

@@ -42,7 +42,7 @@ pub struct MapSummary {
 }
 
 /// The maps we decode, in display order.
-pub const KNOWN: [&str; 15] = [
+pub const KNOWN: [&str; 18] = [
     MAP_PODS,
     MAP_MESH_DESTS,
     MAP_ORIG_BY_COOKIE,
@@ -58,6 +58,9 @@ pub const KNOWN: [&str; 15] = [
     MAP_POLICY_PODS,
     MAP_POLICY_META,
     MAP_POLICY_RULES,
+    mesh_common::MAP_FAST_PODS,
+    mesh_common::MAP_FAST_SOCKS,
+    mesh_common::MAP_FAST_OFF,
 ];
 
 pub fn list(bpffs: &Path) -> Result<Vec<MapSummary>, DumpError> {
@@ -203,6 +206,19 @@ pub fn dump(bpffs: &Path, name: &str) -> Result<Vec<Value>, DumpError> {
                     json!({"src": src.to_string(), "app_port": k.local_port})
                 })
                 .collect()
+        }
+        mesh_common::MAP_FAST_PODS => {
+            let m: HashMap<_, u64, u32> = HashMap::try_from(map).map_err(read)?;
+            m.iter().filter_map(Result::ok).map(|(cookie, on)| json!({"netns_cookie": cookie, "on": on})).collect()
+        }
+        mesh_common::MAP_FAST_SOCKS => {
+            // The values are sockets; userspace can list the keys only.
+            let m: SockHash<_, mesh_common::FastKey> = SockHash::try_from(map).map_err(read)?;
+            m.keys().filter_map(Result::ok).map(|k| super::fastpath::key_json(&k)).collect()
+        }
+        mesh_common::MAP_FAST_OFF => {
+            let m: HashMap<_, mesh_common::FastKey, u32> = HashMap::try_from(map).map_err(read)?;
+            m.keys().filter_map(Result::ok).map(|k| super::fastpath::key_json(&k)).collect()
         }
         MAP_POLICY_PODS => {
             let m: HashMap<_, Addr, u32> = HashMap::try_from(map).map_err(read)?;

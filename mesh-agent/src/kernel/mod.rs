@@ -10,6 +10,7 @@
 //! sk_lookup links are multi-program too, and we never replace one we do not own.
 pub mod dump;
 pub mod explain;
+pub mod fastpath;
 pub mod flows;
 pub mod layout;
 pub mod pins;
@@ -142,6 +143,7 @@ pub struct Kernel {
     outbound_excluded: Mutex<BpfHashMap<MapData, NetnsPortKey, u32>>,
     policy: Mutex<policy::PolicyMaps>,
     policy_links: Mutex<HashMap<String, Vec<SchedClassifierLinkId>>>,
+    fast: fastpath::FastPath,
 }
 
 impl Kernel {
@@ -186,6 +188,7 @@ impl Kernel {
         let policy_prog: &mut SchedClassifier = program(&mut ebpf, policy::POLICY_PROG)?;
         policy_prog.load().map_err(|source| Error::Program { name: policy::POLICY_PROG, source })?;
         let policy = policy::PolicyMaps::take(&mut ebpf)?;
+        let fast = fastpath::FastPath::load(&mut ebpf)?;
 
         let mesh_dests = take_hash(&mut ebpf, MAP_MESH_DESTS)?;
         let pod_map = take_hash(&mut ebpf, MAP_PODS)?;
@@ -218,6 +221,7 @@ impl Kernel {
             outbound_excluded: Mutex::new(outbound_excluded),
             policy: Mutex::new(policy),
             policy_links: Mutex::default(),
+            fast,
         })
     }
 
@@ -271,8 +275,19 @@ impl Kernel {
         let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(attach_err(SOCKOPS))?;
         let link = prog.take_link(id).map_err(|source| Error::Program { name: SOCKOPS, source })?;
         pins::pin_new(&dir, SOCKOPS, link).map_err(pin_err)?;
+        let fast = self.fast_path_enabled();
+        if fast {
+            let name = fastpath::FAST_SOCKOPS;
+            let prog = program::<SockOps>(&mut ebpf, name)?;
+            let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(attach_err(name))?;
+            let link = prog.take_link(id).map_err(|source| Error::Program { name, source })?;
+            pins::pin_new(&dir, name, link).map_err(pin_err)?;
+        } else {
+            // An earlier agent's fast path must not outlive `--fast-path off`.
+            pins::release(&dir.join(fastpath::FAST_SOCKOPS));
+        }
         drop(ebpf);
-        for name in [CONNECT4, CONNECT6, SOCKOPS] {
+        for name in [CONNECT4, CONNECT6, SOCKOPS].into_iter().chain(fast.then_some(fastpath::FAST_SOCKOPS)) {
             pins::commit(&dir, name).map_err(pin_err)?;
         }
         let addrs: Vec<Addr> = pod.ips.iter().map(|ip| addr_from_ip(*ip)).collect();
@@ -323,6 +338,7 @@ impl Kernel {
             .unwrap()
             .insert(pod.netns_cookie, info, 0)
             .map_err(|source| Error::Map { name: MAP_PODS, source })?;
+        self.fast.set_pod(pod.netns_cookie, self.fast_path_enabled())?;
         debug!(uid = pod.uid, netns_cookie = pod.netns_cookie, cgroup = %pod.cgroup.display(),
             netns = %pod.netns.display(), inbound = ?pod.capture.inbound, "pod attached");
         Ok(())
@@ -367,6 +383,7 @@ impl Kernel {
         }
         let _ = self.pod_map.lock().unwrap().remove(&entry.netns_cookie);
         let cookie = entry.netns_cookie;
+        self.fast.forget_pod(cookie);
         remove_where(&mut self.orig_dst.lock().unwrap(), |k: &SockKey| k.netns_cookie == cookie);
         remove_where(&mut self.outbound_excluded.lock().unwrap(), |k: &NetnsPortKey| k.netns_cookie == cookie);
         remove_where(&mut self.inbound_ports.lock().unwrap(), |k: &DestKey| entry.addrs.contains(&k.addr));
@@ -378,6 +395,44 @@ impl Kernel {
         }
         debug!(uid, "pod detached");
         true
+    }
+
+    /// Turns the same-node fast path on for pods enrolled from now on, and attaches
+    /// `fast_sockops` to the agent's own cgroup (see [`fastpath`]).
+    pub fn enable_fast_path(&self) -> Result<(), Error> {
+        fastpath::attach_agent(&mut self.ebpf.lock().unwrap())?;
+        self.fast.enabled.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn fast_path_enabled(&self) -> bool {
+        self.fast.enabled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Switches an enrolled pod's fast path on or off, live: off also stops the
+    /// redirects of its existing connections (they carry on over loopback TCP, no byte
+    /// lost or reordered). Returns false for a pod not enrolled.
+    pub fn fast_path_set(&self, uid: &str, on: bool) -> Result<bool, Error> {
+        let Some(cookie) = self.pods.lock().unwrap().get(uid).map(|p| p.netns_cookie) else { return Ok(false) };
+        self.fast.set_pod(cookie, on && self.fast_path_enabled())?;
+        Ok(true)
+    }
+
+    /// Takes a pod's existing connections off the fast path (so that a policy change
+    /// reaches them in the agent): [`Kernel::fast_path_set`] off.
+    pub fn fast_path_evict(&self, uid: &str) -> Result<bool, Error> {
+        self.fast_path_set(uid, false)
+    }
+
+    /// Takes one connection (either end's key) off the fast path, for good.
+    pub fn fast_path_evict_conn(&self, key: &mesh_common::FastKey) -> Result<(), Error> {
+        self.fast.evict(key)
+    }
+
+    /// The pod's sockets now on the fast path.
+    pub fn fast_path_sockets(&self, uid: &str) -> Vec<mesh_common::FastKey> {
+        let Some(cookie) = self.pods.lock().unwrap().get(uid).map(|p| p.netns_cookie) else { return Vec::new() };
+        self.fast.sockets(cookie)
     }
 
     /// The original destination of a captured connection, as the agent sees it after
