@@ -136,11 +136,14 @@ async fn serve(
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
     let xds = tokio::spawn(crate::xds::run(args.xds_address.clone(), args.node.clone(), state.clone(), synced_tx));
     let certs = Arc::new(CertManager::new(args.ca_address.clone(), args.node.clone()));
+    let authz = Arc::new(crate::authz::enforce::Enforcer::default());
+    let policy = tokio::spawn(authz.clone().run(kernel.clone(), state.clone(), synced.clone()));
     let inputs = Arc::new(ProxyInputs {
         state: state.clone(),
         certs: Arc::new(Certs(certs.clone())),
         orig_dst: kernel.clone(),
         node: args.node.clone(),
+        authz: authz.clone(),
     });
     let pods = Arc::new(PodManager::new(kernel.clone(), inputs, args.trust_domain.clone()));
     let sync = tokio::spawn(kernel.clone().run_sync(state.clone()));
@@ -164,7 +167,7 @@ async fn serve(
 
     shutdown.await;
     info!("shutting down: closing pods' listeners; kernel attachments stay pinned");
-    for t in [cni_task, admin_task, metrics_task, sync, xds, flows] {
+    for t in [cni_task, admin_task, metrics_task, sync, policy, xds, flows] {
         t.abort();
         let _ = t.await;
     }
