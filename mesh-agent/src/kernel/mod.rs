@@ -22,7 +22,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, SockHash};
-use aya::programs::tc::SchedClassifierLinkId;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use mesh_common::{
@@ -134,7 +133,8 @@ pub struct Kernel {
     exempt_src: Mutex<BpfHashMap<MapData, Addr, u32>>,
     outbound_excluded: Mutex<BpfHashMap<MapData, NetnsPortKey, u32>>,
     policy: Mutex<policy::PolicyMaps>,
-    policy_links: Mutex<HashMap<String, Vec<SchedClassifierLinkId>>>,
+    /// Pod uid -> pin paths of its policy links.
+    policy_links: Mutex<HashMap<String, Vec<PathBuf>>>,
 }
 
 impl Kernel {
@@ -303,6 +303,7 @@ impl Kernel {
         let dir = pins::pod_dir(&self.bpffs, pod.netns_cookie);
         pins::pin_new(&dir, SK_LOOKUP, link).map_err(Error::Pin)?;
         pins::commit(&dir, SK_LOOKUP).map_err(Error::Pin)?;
+        self.attach_policy(pod.uid, pod.netns).map_err(|e| Error::Pin(crate::error_chain(&e)))?;
         let info = PodInfo { addr: addr_from_ip(pod.ips[0]), flags: 0 };
         self.pod_map
             .lock()
