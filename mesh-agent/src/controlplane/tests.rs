@@ -35,11 +35,21 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_xds_pushes_changes_and_issues_certificates() {
+/// A control plane serving `files` on loopback.
+struct Running {
+    config: tempfile::TempDir,
+    _state_dir: tempfile::TempDir,
+    addr: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+async fn start(files: &[(&str, &str)]) -> Running {
     let config = tempfile::tempdir().unwrap();
     let state_dir = tempfile::tempdir().unwrap();
-    std::fs::write(config.path().join("demo.yaml"), CONFIG).unwrap();
+    for (name, text) in files {
+        std::fs::write(config.path().join(name), text).unwrap();
+    }
     let args = ControlPlaneArgs {
         config_dir: config.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -51,14 +61,35 @@ async fn serves_xds_pushes_changes_and_issues_certificates() {
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, args, async move { drop(stop_rx.await) }));
+    Running { config, _state_dir: state_dir, addr, stop, server }
+}
 
-    // (a) the agent's State receives workloads and services.
+impl Running {
+    /// Shutdown completes even with an agent still connected.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.server).await.unwrap().unwrap().unwrap();
+    }
+}
+
+/// The agent's xDS client, synced.
+async fn agent(addr: &str) -> (State, tokio::task::JoinHandle<()>) {
     let state = State::default();
     let (synced_tx, mut synced) = watch::channel(false);
-    let client = tokio::spawn(crate::xds::run(addr.clone(), "node1".into(), state.clone(), synced_tx));
+    let client = tokio::spawn(crate::xds::run(addr.to_string(), "node1".into(), state.clone(), synced_tx));
     tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s)).await.unwrap().unwrap();
+    (state, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_xds_pushes_changes_and_issues_certificates() {
+    let cp = start(&[("demo.yaml", CONFIG)]).await;
+    let (config, addr) = (&cp.config, cp.addr.clone());
+
+    // (a) the agent's State receives workloads and services.
+    let (state, client) = agent(&addr).await;
     assert_eq!(state.workloads().len(), 2);
     let svc = state.find_service_by_vip("10.96.0.10".parse().unwrap()).unwrap();
     assert_eq!(svc.hostname, "echo.demo.svc.cluster.local");
@@ -113,9 +144,7 @@ async fn serves_xds_pushes_changes_and_issues_certificates() {
     // current version, a removal for what no longer exists.
     resume_sends_only_the_difference(&addr).await;
 
-    // Shutdown completes even with an agent still connected.
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+    cp.stop().await;
     client.abort();
 }
 
@@ -169,28 +198,9 @@ async fn serves_authorizations_as_deltas() {
     use crate::proto::discovery::{DeltaDiscoveryRequest, Node};
     use crate::proto::AUTHORIZATION_TYPE_URL;
 
-    let config = tempfile::tempdir().unwrap();
-    let state_dir = tempfile::tempdir().unwrap();
-    std::fs::write(config.path().join("demo.yaml"), CONFIG).unwrap();
-    std::fs::write(config.path().join("policy.yaml"), POLICY).unwrap();
-    let args = ControlPlaneArgs {
-        config_dir: config.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: state_dir.path().to_path_buf(),
-        trust_domain: "cluster.local".into(),
-        debounce_ms: 50,
-        debounce_max_ms: 500,
-        cert_ttl_hours: 1,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, args, async move { drop(stop_rx.await) }));
-
-    let state = State::default();
-    let (synced_tx, mut synced) = watch::channel(false);
-    let client = tokio::spawn(crate::xds::run(addr.clone(), "node1".into(), state.clone(), synced_tx));
-    tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s)).await.unwrap().unwrap();
+    let cp = start(&[("demo.yaml", CONFIG), ("policy.yaml", POLICY)]).await;
+    let (config, addr) = (&cp.config, cp.addr.clone());
+    let (state, client) = agent(&addr).await;
     let names = |v: Vec<std::sync::Arc<crate::authz::Policy>>| v.iter().map(|p| p.key()).collect::<Vec<_>>();
     assert_eq!(names(state.policies()), vec!["demo/allow-sleep"]);
     assert_eq!(names(state.policies_for("demo", "10.0.0.6".parse().unwrap())), vec!["demo/allow-sleep"], "echo is selected");
@@ -234,7 +244,6 @@ async fn serves_authorizations_as_deltas() {
     assert_eq!(gone.removed_resources, vec!["demo/allow-sleep"]);
     eventually("the policy to leave State", || state.policies().is_empty()).await;
 
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+    cp.stop().await;
     client.abort();
 }
