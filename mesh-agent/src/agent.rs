@@ -136,7 +136,7 @@ async fn serve(
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
     let xds = tokio::spawn(crate::xds::run(args.xds_address.clone(), args.node.clone(), state.clone(), synced_tx));
     let certs = Arc::new(CertManager::new(args.ca_address.clone(), args.node.clone()));
-    let authz = Arc::new(crate::authz::enforce::Enforcer::default());
+    let authz = Arc::new(crate::authz::enforce::Enforcer::waiting_for_sync());
     let policy = tokio::spawn(authz.clone().run(kernel.clone(), state.clone(), synced.clone()));
     let inputs = Arc::new(ProxyInputs {
         state: state.clone(),

@@ -214,6 +214,8 @@ pub enum Decision {
     Denied(String),
     /// ALLOW policies apply and none matched (their names, comma-separated).
     NotAllowed(String),
+    /// The agent has not received the policies yet: refused (fail closed).
+    NotSynced,
 }
 
 impl Decision {
@@ -228,6 +230,7 @@ impl Decision {
             Decision::Allowed(p) => format!("allow policy={p}"),
             Decision::Denied(p) => format!("deny policy={p} (DENY rule matched)"),
             Decision::NotAllowed(p) => format!("deny policy={p} (no ALLOW rule matched)"),
+            Decision::NotSynced => "deny (no policies received from the control plane yet)".into(),
         }
     }
 }

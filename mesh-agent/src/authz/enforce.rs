@@ -3,7 +3,7 @@
 //! connections in step with policy and workloads.
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, watch};
@@ -32,6 +32,9 @@ struct Live {
 
 /// Shared by the pods' listeners and the reconcile loop.
 pub struct Enforcer {
+    /// Whether the control plane's policies have arrived; until then every inbound
+    /// connection is refused (fail closed).
+    synced: AtomicBool,
     pods: Mutex<HashMap<String, PodRef>>,
     live: Mutex<HashMap<u64, Live>>,
     next: AtomicU64,
@@ -39,8 +42,15 @@ pub struct Enforcer {
 }
 
 impl Default for Enforcer {
+    /// Ready to decide from the start (tests that fill the state themselves).
     fn default() -> Self {
-        Enforcer { pods: Mutex::default(), live: Mutex::default(), next: AtomicU64::new(1), changed: watch::channel(0).0 }
+        Enforcer {
+            synced: AtomicBool::new(true),
+            pods: Mutex::default(),
+            live: Mutex::default(),
+            next: AtomicU64::new(1),
+            changed: watch::channel(0).0,
+        }
     }
 }
 
@@ -72,6 +82,13 @@ impl Drop for Registration {
 }
 
 impl Enforcer {
+    /// Refuses every connection until [`Enforcer::run`] sees the first full xDS update.
+    pub fn waiting_for_sync() -> Self {
+        let e = Enforcer::default();
+        e.synced.store(false, Ordering::Relaxed);
+        e
+    }
+
     /// The pod's listeners started (again).
     pub fn pod_started(&self, uid: &str, namespace: &str, ips: &[IpAddr]) {
         let generation = self.next.fetch_add(1, Ordering::Relaxed);
@@ -89,6 +106,9 @@ impl Enforcer {
 
     /// Decides a new inbound connection to a pod in `namespace`.
     pub fn check(&self, state: &State, namespace: &str, attrs: &Attrs) -> Decision {
+        if !self.synced.load(Ordering::Acquire) {
+            return Decision::NotSynced;
+        }
         decide(&state.policies_for(namespace, attrs.dst_ip), attrs)
     }
 
@@ -134,6 +154,8 @@ impl Enforcer {
         if synced.wait_for(|s| *s).await.is_err() {
             return;
         }
+        self.synced.store(true, Ordering::Release);
+        info!("authorization policies received; inbound connections are judged from now on");
         let mut state_rx = state.subscribe();
         let mut pods_rx = self.changed.subscribe();
         let mut written: HashMap<IpAddr, (u64, Vec<L4Policy>)> = HashMap::new();

@@ -404,3 +404,27 @@ fn kernel_never_drops_what_the_agent_allows() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_policy_change_revokes_live_connections_it_now_denies() {
+    use super::enforce::Enforcer;
+    let state = crate::state::State::default();
+    let enforcer = Arc::new(Enforcer::default());
+    let doomed = plain("10.1.1.1", 8080);
+    assert_eq!(enforcer.check(&state, "ns", &doomed), Decision::Allow);
+    let mut revoked = enforcer.register("ns", "echo", doomed);
+    let kept = enforcer.register("ns", "echo", plain("10.2.2.2", 8080));
+    assert_eq!(enforcer.recheck(&state), 0);
+    state.upsert_policy((*policy("d", Action::Deny, vec![group(vec![from_ips(&["10.1.0.0/16"])])])).clone());
+    assert_eq!(enforcer.recheck(&state), 1);
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(1), revoked.revoked()).await.unwrap();
+    assert_eq!(reason, "closed by a policy change: deny policy=ns/d (DENY rule matched)");
+    assert_eq!(enforcer.live_count(), 1, "the revoked one left the registry, the other stays");
+    drop(kept);
+    assert_eq!(enforcer.live_count(), 0, "a finished connection leaves the registry");
+    // Another namespace's pods are not selected by a NAMESPACE policy of "ns".
+    assert_eq!(enforcer.check(&state, "other", &plain("10.1.1.1", 8080)), Decision::Allow);
+    // Before the first xDS update everything is refused.
+    let waiting = Enforcer::waiting_for_sync();
+    assert_eq!(waiting.check(&state, "other", &plain("10.9.9.9", 80)), Decision::NotSynced);
+}
