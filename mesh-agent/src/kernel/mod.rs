@@ -60,6 +60,8 @@ pub enum Error {
     },
     #[error("pinning a link: {0}")]
     Pin(String),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
@@ -303,7 +305,7 @@ impl Kernel {
         let dir = pins::pod_dir(&self.bpffs, pod.netns_cookie);
         pins::pin_new(&dir, SK_LOOKUP, link).map_err(Error::Pin)?;
         pins::commit(&dir, SK_LOOKUP).map_err(Error::Pin)?;
-        self.attach_policy(pod.uid, pod.netns).map_err(|e| Error::Pin(crate::error_chain(&e)))?;
+        self.attach_policy(pod.uid, pod.netns)?;
         let info = PodInfo { addr: addr_from_ip(pod.ips[0]), flags: 0 };
         self.pod_map
             .lock()
