@@ -224,3 +224,19 @@ fn ipv6_blocks_and_conditions_convert() {
     assert_eq!(a.groups[0].rules[1].matches[0].not_destination_ports, vec![22]);
     assert_eq!(a.groups[0].rules[2].matches[0].principals, vec![exact("td/ns/a/sa/b")]);
 }
+
+#[test]
+fn the_shipped_examples_load() {
+    let dir = crate::controlplane::folder::yaml_files(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/authorization"),
+    )
+    .unwrap();
+    assert!(!dir.is_empty());
+    let files = dir.into_iter().map(|p| {
+        let t = std::fs::read_to_string(&p);
+        (p, t)
+    });
+    let (o, errors) = Folder::default().apply(files.collect());
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(o.authorization_policies.len(), 2);
+}
