@@ -6,6 +6,7 @@ fn main() -> anyhow::Result<()> {
         "../proto/envoy_discovery.proto",
         "../proto/istio_workload.proto",
         "../proto/istio_ca.proto",
+        "../proto/istio_authorization.proto",
     ];
     for p in protos {
         println!("cargo::rerun-if-changed={p}");

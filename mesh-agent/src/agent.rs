@@ -206,11 +206,14 @@ async fn serve(
     let (synced_tx, synced) = watch::channel(false);
     let xds = tokio::spawn(crate::xds::run(args.xds_address.clone(), args.node.clone(), state.clone(), synced_tx));
     let certs = Arc::new(CertManager::new(args.ca_address.clone(), args.node.clone()));
+    let authz = Arc::new(crate::authz::enforce::Enforcer::waiting_for_sync());
+    let policy = tokio::spawn(authz.clone().run(kernel.clone(), state.clone(), synced.clone()));
     let inputs = Arc::new(ProxyInputs {
         state: state.clone(),
         certs: Arc::new(Certs(certs.clone())),
         orig_dst: kernel.clone(),
         node: args.node.clone(),
+        authz: authz.clone(),
     });
     let pods = Arc::new(PodManager::new(kernel.clone(), inputs, args.trust_domain.clone()));
     // MESH_DESTS is written from a synced state only: an agent that has not heard
@@ -269,7 +272,7 @@ async fn serve(
         r = &mut successor => r.ok(),
     };
     successor.abort();
-    for t in [cni_task, admin_task, metrics_task, sync, xds, flows] {
+    for t in [cni_task, admin_task, metrics_task, sync, policy, xds, flows] {
         t.abort();
         let _ = t.await;
     }

@@ -29,10 +29,20 @@
 //! `::/0` entry), so the fallback only serves ports no rule names. Entries whose
 //! verdict equals their parent prefix's are left out, and so is an exact port's
 //! table when it says what the "other" table says.
+//!
+//! # HBONE
+//! Mesh traffic arrives on [`HBONE_PORT`] with the real destination port inside the
+//! CONNECT request, which the kernel cannot see. So port 15008 gets its own table: a
+//! source passes there when any port class allows it, and is dropped only when it is
+//! dropped on every port (the agent then judges the real port). A rule naming 15008
+//! itself has no meaning (the agent refuses CONNECT to its own port).
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use mesh_common::verdict;
+
+/// The HBONE port: its table is the union of what every port allows.
+pub const HBONE_PORT: u16 = 15008;
 
 /// ALLOW or DENY (AUDIT and CUSTOM are not L4 and never reach here).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,10 +196,31 @@ pub enum Decision {
     NoAllowMatch,
 }
 
-/// Evaluates `policies` for one packet directly (no table): the reference.
+/// Evaluates `policies` for one packet directly (no table): the reference. On
+/// [`HBONE_PORT`]: allowed when allowed on any port, else as on a port no rule names.
 pub fn evaluate(policies: &[L4Policy], src: IpAddr, port: u16) -> Decision {
+    if port != HBONE_PORT {
+        return evaluate_class(policies, src, Some(port));
+    }
+    let named: BTreeSet<u16> = policies
+        .iter()
+        .flat_map(|p| &p.rules)
+        .flat_map(|r| &r.to)
+        .flat_map(|op| op.ports.iter().chain(&op.not_ports).copied())
+        .filter(|p| *p != HBONE_PORT)
+        .collect();
+    let mut classes = std::iter::once(None).chain(named.into_iter().map(Some));
+    if classes.any(|c| evaluate_class(policies, src, c) == Decision::Allow) {
+        Decision::Allow
+    } else {
+        evaluate_class(policies, src, None)
+    }
+}
+
+/// The reference for one port class (`None`: a port no rule names).
+fn evaluate_class(policies: &[L4Policy], src: IpAddr, port: Option<u16>) -> Decision {
     let src = addr_bits(src);
-    let matches = |(i, j): RuleId| rule_matches(&policies[i].rules[j], src, Some(port));
+    let matches = |(i, j): RuleId| rule_matches(&policies[i].rules[j], src, port);
     match judge(policies, (0..policies.len()).flat_map(|i| rule_ids(policies, i)), &matches) {
         (verdict::DENY, i) => Decision::Deny(i),
         (verdict::ALLOW, _) => Decision::Allow,
@@ -328,7 +359,9 @@ pub fn compile(policies: &[L4Policy]) -> Result<Compiled, CompileError> {
                     if port == 0 {
                         return Err(CompileError::PortZero { policy: p.name.clone() });
                     }
-                    ports.insert(port);
+                    if port != HBONE_PORT {
+                        ports.insert(port);
+                    }
                 }
             }
         }
@@ -352,7 +385,7 @@ pub fn compile(policies: &[L4Policy]) -> Result<Compiled, CompileError> {
         .map(|p| p.rules.iter().map(|r| r.from.iter().map(SourceSets::new).collect()).collect())
         .collect();
     let lengths: BTreeSet<u8> = prefixes.iter().map(|p| p.len).collect();
-    let classes: Vec<Option<u16>> = std::iter::once(None).chain(ports.iter().map(|p| Some(*p))).collect();
+    let mut classes: Vec<Option<u16>> = std::iter::once(None).chain(ports.iter().map(|p| Some(*p))).collect();
     // Per class: (prefix, parent, verdict), pruned below.
     let mut tables: Vec<Vec<Cell>> = vec![Vec::new(); classes.len()];
     let mut sorted: Vec<Prefix> = prefixes.iter().copied().collect();
@@ -384,6 +417,10 @@ pub fn compile(policies: &[L4Policy]) -> Result<Compiled, CompileError> {
             tables[c].push((n, parent, judge(policies, cands.iter().copied(), &matches)));
         }
     }
+    let has_allow = policies.iter().any(|p| p.action == Action::Allow);
+    let hbone = hbone_table(&tables, has_allow);
+    tables.push(hbone);
+    classes.push(Some(HBONE_PORT));
     let mut pruned: Vec<Vec<Entry>> = Vec::with_capacity(classes.len());
     for (c, class) in classes.iter().enumerate() {
         let by_prefix: HashMap<Prefix, (u32, u32)> = tables[c].iter().map(|(p, _, v)| (*p, *v)).collect();
@@ -406,7 +443,20 @@ pub fn compile(policies: &[L4Policy]) -> Result<Compiled, CompileError> {
         }
     }
     entries.sort();
-    Ok(Compiled { has_allow: policies.iter().any(|p| p.action == Action::Allow), entries })
+    Ok(Compiled { has_allow, entries })
+}
+
+/// The HBONE port's cells: per prefix, the first class's verdict that lets the source
+/// through (ALLOW, or no match without ALLOW policies), else the "other" class's.
+fn hbone_table(tables: &[Vec<Cell>], has_allow: bool) -> Vec<Cell> {
+    let passes = |v: &(u32, u32)| v.0 == verdict::ALLOW || (!has_allow && v.0 == verdict::NO_MATCH);
+    (0..tables[0].len())
+        .map(|k| {
+            let (prefix, parent, other) = tables[0][k];
+            let v = tables.iter().map(|t| t[k].2).find(passes).unwrap_or(other);
+            (prefix, parent, v)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`kernel`]: loads, pins and attaches the eBPF programs; reads and writes their maps.
 //! - [`capture`]: what a pod asks of the data path (mTLS mode, Istio exclusion annotations).
+//! - [`authz`]: AuthorizationPolicy on the node: evaluator, kernel form, enforcement.
 //! - [`l4policy`]: the L4 part of AuthorizationPolicy and its compiler into kernel maps.
 //! - [`handover`]: graceful restart: a new agent takes the running one's sockets, which drains.
 //! - [`inpod`]: pod enrollment (the CNI hook's events) and sockets inside pod namespaces.
@@ -19,6 +20,7 @@
 //! - [`podnet`]: pod namespace routing for connections that keep the client's address.
 pub mod admin;
 pub mod agent;
+pub mod authz;
 pub mod capture;
 pub mod controlplane;
 pub mod identity;

@@ -16,5 +16,13 @@ pub mod ca {
     tonic::include_proto!("istio.v1.auth");
 }
 
+/// Istio's authorization policy for node proxies (`istio.security`).
+pub mod security {
+    tonic::include_proto!("istio.security");
+}
+
+/// The xDS type URL of [`security::Authorization`].
+pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+
 /// The xDS type URL of [`workload::Address`].
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";

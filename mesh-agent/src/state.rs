@@ -1,4 +1,5 @@
-//! What the control plane says exists: workloads and services, indexed for the proxy.
+//! What the control plane says exists: workloads, services and authorization policies,
+//! indexed for the proxy.
 //!
 //! Plain data filled by [`crate::xds`]; `find_*` methods answer from what is known now.
 use std::collections::{BTreeMap, HashMap};
@@ -6,6 +7,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
+
+use crate::authz::Policy;
 
 /// A SPIFFE identity: `spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -104,6 +107,10 @@ struct Stores {
     by_ip: HashMap<IpAddr, String>,
     services: HashMap<String, Arc<Service>>,
     by_vip: HashMap<IpAddr, String>,
+    /// By resource name `namespace/name`.
+    policies: HashMap<String, Arc<Policy>>,
+    /// Workload uid -> the WORKLOAD_SELECTOR policies that select it (`namespace/name`).
+    workload_policies: HashMap<String, Vec<String>>,
 }
 
 /// The agent's view of the mesh, shared by the proxy, the kernel sync and the admin API.
@@ -136,9 +143,23 @@ impl State {
         self.bump();
     }
 
+    /// Adds or replaces a workload with the policies that select it by label (the
+    /// workload API's `authorization_policies`).
+    pub fn upsert_workload_with_policies(&self, w: Workload, policies: Vec<String>) {
+        let mut s = self.inner.write().unwrap();
+        if policies.is_empty() {
+            s.workload_policies.remove(&w.uid);
+        } else {
+            s.workload_policies.insert(w.uid.clone(), policies);
+        }
+        drop(s);
+        self.upsert_workload(w);
+    }
+
     /// Removes a workload by uid; returns whether it was known.
     pub fn remove_workload(&self, uid: &str) -> bool {
         let mut s = self.inner.write().unwrap();
+        s.workload_policies.remove(uid);
         let Some(old) = s.workloads.remove(uid) else { return false };
         for ip in &old.addresses {
             if s.by_ip.get(ip).map(String::as_str) == Some(uid) {
@@ -179,6 +200,39 @@ impl State {
         drop(s);
         self.bump();
         true
+    }
+
+    /// Adds or replaces an authorization policy (by `namespace/name`).
+    pub fn upsert_policy(&self, p: Policy) {
+        self.inner.write().unwrap().policies.insert(p.key(), Arc::new(p));
+        self.bump();
+    }
+
+    /// Removes a policy by `namespace/name`; returns whether it was known.
+    pub fn remove_policy(&self, name: &str) -> bool {
+        let removed = self.inner.write().unwrap().policies.remove(name).is_some();
+        if removed {
+            self.bump();
+        }
+        removed
+    }
+
+    /// Every policy, sorted by name (admin dump).
+    pub fn policies(&self) -> Vec<Arc<Policy>> {
+        let mut v: Vec<_> = self.inner.read().unwrap().policies.values().cloned().collect();
+        v.sort_by_key(|p| p.key());
+        v
+    }
+
+    /// The policies that apply to the pod at `ip` in `namespace`: mesh-wide ones, its
+    /// namespace's, and those its workload lists. Sorted by name.
+    pub fn policies_for(&self, namespace: &str, ip: IpAddr) -> Vec<Arc<Policy>> {
+        let s = self.inner.read().unwrap();
+        let none = Vec::new();
+        let listed = s.by_ip.get(&ip).and_then(|uid| s.workload_policies.get(uid)).unwrap_or(&none);
+        let mut v: Vec<_> = s.policies.values().filter(|p| p.selects(namespace, listed)).cloned().collect();
+        v.sort_by_key(|p| p.key());
+        v
     }
 
     pub fn find_workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {

@@ -1,5 +1,6 @@
-//! The agent's delta ADS client: subscribes to `istio.workload.Address`, fills [`State`],
-//! and resumes with what it holds after a reconnect (last known good while disconnected).
+//! The agent's delta ADS client: subscribes to `istio.workload.Address` and
+//! `istio.security.Authorization` on one stream, fills [`State`], and resumes with what
+//! it holds after a reconnect (last known good while disconnected).
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use crate::proto::discovery::{
     DeltaDiscoveryResponse, Node, Resource, Status as RpcStatus,
 };
 use crate::proto::workload as wl;
-use crate::proto::ADDRESS_TYPE_URL;
+use crate::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
 use crate::state::{self, State, TunnelProtocol};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +42,18 @@ pub enum ConvertError {
     BadAddress(String, usize),
     #[error("{0}: port {1} is out of range")]
     BadPort(String, u32),
+    #[error("{0}: not an istio.security.Authorization: {1}")]
+    DecodeAuthorization(String, String),
+    #[error(transparent)]
+    Authorization(#[from] crate::authz::ConvertError),
 }
 
 /// What one Address resource says.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Converted {
-    /// A workload and the services it backs (service name -> service port -> target port).
-    Workload(state::Workload, BTreeMap<String, BTreeMap<u16, u16>>),
+    /// A workload, the services it backs (service name -> service port -> target port)
+    /// and the policies that select it by label.
+    Workload(state::Workload, BTreeMap<String, BTreeMap<u16, u16>>, Vec<String>),
     /// A service, without endpoints (they come from workloads).
     Service(state::Service),
 }
@@ -93,7 +99,7 @@ pub fn convert(name: &str, addr: wl::Address) -> Result<Converted, ConvertError>
                 protocol,
                 labels: BTreeMap::new(),
             };
-            Ok(Converted::Workload(workload, services))
+            Ok(Converted::Workload(workload, services, w.authorization_policies))
         }
         Some(wl::address::Type::Service(s)) => {
             let vips = s.addresses.iter().map(|a| ip(name, &a.address)).collect::<Result<Vec<_>, _>>()?;
@@ -124,11 +130,24 @@ pub fn decode(r: &Resource) -> Result<Converted, ConvertError> {
     convert(&r.name, addr)
 }
 
+/// Decodes and converts one Authorization resource. Pure.
+pub fn decode_authorization(r: &Resource) -> Result<crate::authz::Policy, ConvertError> {
+    let any = r.resource.as_ref().ok_or_else(|| ConvertError::Empty(r.name.clone()))?;
+    if any.type_url != AUTHORIZATION_TYPE_URL {
+        return Err(ConvertError::TypeUrl(r.name.clone(), any.type_url.clone()));
+    }
+    let a = crate::proto::security::Authorization::decode(any.value.as_slice())
+        .map_err(|e| ConvertError::DecodeAuthorization(r.name.clone(), e.to_string()))?;
+    Ok(crate::authz::convert(&r.name, &a)?)
+}
+
 /// What the client holds, to compute service endpoints and to resume after a reconnect.
 #[derive(Default)]
 pub struct Cache {
-    /// name -> version of every resource applied.
+    /// name -> version of every Address resource applied.
     versions: HashMap<String, String>,
+    /// name -> version of every Authorization resource applied.
+    authz_versions: HashMap<String, String>,
     /// workload uid -> services it backs.
     backs: HashMap<String, BTreeMap<String, BTreeMap<u16, u16>>>,
     /// service name -> service (endpoints filled on upsert).
@@ -136,20 +155,23 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Applies one response; returns the resources that could not be used (kept at their
-    /// previous version).
+    /// Applies one response of either type; returns the resources that could not be
+    /// used (kept at their previous version).
     pub fn apply(&mut self, resp: &DeltaDiscoveryResponse, state: &State) -> Vec<ConvertError> {
+        if resp.type_url == AUTHORIZATION_TYPE_URL {
+            return self.apply_authorizations(resp, state);
+        }
         let mut errors = Vec::new();
         let mut touched: BTreeSet<String> = BTreeSet::new();
         for r in &resp.resources {
             match decode(r) {
                 Err(e) => errors.push(e),
-                Ok(Converted::Workload(w, backs)) => {
+                Ok(Converted::Workload(w, backs, policies)) => {
                     touched.extend(backs.keys().cloned());
                     if let Some(old) = self.backs.insert(w.uid.clone(), backs) {
                         touched.extend(old.into_keys());
                     }
-                    state.upsert_workload(w);
+                    state.upsert_workload_with_policies(w, policies);
                     self.versions.insert(r.name.clone(), r.version.clone());
                 }
                 Ok(Converted::Service(s)) => {
@@ -181,6 +203,33 @@ impl Cache {
         errors
     }
 
+    fn apply_authorizations(&mut self, resp: &DeltaDiscoveryResponse, state: &State) -> Vec<ConvertError> {
+        let mut errors = Vec::new();
+        for r in &resp.resources {
+            match decode_authorization(r) {
+                Ok(p) => {
+                    state.upsert_policy(p);
+                    self.authz_versions.insert(r.name.clone(), r.version.clone());
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        for name in &resp.removed_resources {
+            self.authz_versions.remove(name);
+            state.remove_policy(name);
+        }
+        errors
+    }
+
+    /// What the client holds of `type_url` (name -> version).
+    pub fn versions_of(&self, type_url: &str) -> &HashMap<String, String> {
+        if type_url == AUTHORIZATION_TYPE_URL {
+            &self.authz_versions
+        } else {
+            &self.versions
+        }
+    }
+
     pub fn versions(&self) -> &HashMap<String, String> {
         &self.versions
     }
@@ -194,8 +243,11 @@ pub(crate) fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, String>
         .map_err(|e| format!("invalid address {addr:?}: {e}"))
 }
 
+/// The types the agent subscribes to.
+const TYPES: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+
 /// Runs the client until dropped or aborted. `synced` turns true once the first
-/// response is applied.
+/// response of every type is applied.
 pub async fn run(addr: String, node: String, state: State, synced: watch::Sender<bool>) {
     const MIN: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(15);
@@ -228,18 +280,21 @@ async fn session(
     let channel = endpoint(addr).map_err(Error::Address)?.connect().await.map_err(Error::Connect)?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(4);
-    let first = DeltaDiscoveryRequest {
-        node: Some(Node { id: node.to_string(), ..Default::default() }),
-        type_url: ADDRESS_TYPE_URL.to_string(),
-        initial_resource_versions: cache.versions().clone(),
-        ..Default::default()
-    };
-    tx.send(first).await.map_err(|_| Error::Closed)?;
+    for type_url in TYPES {
+        let subscribe = DeltaDiscoveryRequest {
+            node: Some(Node { id: node.to_string(), ..Default::default() }),
+            type_url: type_url.to_string(),
+            initial_resource_versions: cache.versions_of(type_url).clone(),
+            ..Default::default()
+        };
+        tx.send(subscribe).await.map_err(|_| Error::Closed)?;
+    }
+    let mut seen: BTreeSet<String> = BTreeSet::new();
     let mut responses = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
     tracing::info!(addr, held = cache.versions().len(), "xds: connected to the control plane");
     while let Some(resp) = responses.message().await? {
         *got_response = true;
-        if resp.type_url != ADDRESS_TYPE_URL {
+        if !TYPES.contains(&resp.type_url.as_str()) {
             tracing::debug!(type_url = resp.type_url, "xds: ignoring a type we did not ask for");
             continue;
         }
@@ -258,13 +313,16 @@ async fn session(
             "xds: update"
         );
         let ack = DeltaDiscoveryRequest {
-            type_url: ADDRESS_TYPE_URL.to_string(),
+            type_url: resp.type_url.clone(),
             response_nonce: resp.nonce.clone(),
             error_detail,
             ..Default::default()
         };
         tx.send(ack).await.map_err(|_| Error::Closed)?;
-        synced.send_if_modified(|s| !std::mem::replace(s, true));
+        seen.insert(resp.type_url.clone());
+        if seen.len() == TYPES.len() {
+            synced.send_if_modified(|s| !std::mem::replace(s, true));
+        }
     }
     Ok(())
 }
@@ -318,7 +376,7 @@ mod tests {
 
     #[test]
     fn converts_workload() {
-        let Converted::Workload(w, backs) = convert("u1", workload_addr("u1", &[("ns/echo", 80, 8080)])).unwrap() else {
+        let Converted::Workload(w, backs, _) = convert("u1", workload_addr("u1", &[("ns/echo", 80, 8080)])).unwrap() else {
             panic!()
         };
         assert_eq!(w.addresses, vec!["10.0.0.1".parse::<IpAddr>().unwrap(), "fd00::1".parse().unwrap()]);
@@ -334,7 +392,7 @@ mod tests {
         assert_eq!(s.vips, vec!["10.96.0.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(s.ports, vec![state::ServicePort { service_port: 80, target_port: 8080 }]);
         let bare = wl::Address { r#type: Some(wl::address::Type::Workload(wl::Workload::default())) };
-        let Converted::Workload(w, _) = convert("u", bare).unwrap() else { panic!() };
+        let Converted::Workload(w, _, _) = convert("u", bare).unwrap() else { panic!() };
         assert_eq!((w.uid.as_str(), w.service_account.as_str(), w.trust_domain.as_str()), ("u", "default", "cluster.local"));
         assert_eq!(w.protocol, TunnelProtocol::None);
     }

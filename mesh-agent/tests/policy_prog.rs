@@ -529,9 +529,11 @@ fn full_map_is_reported_and_the_old_policy_stays() {
         return;
     }
     let k = load();
-    // 600k IPv6 hosts per policy: one fits, a second does not (1M entries).
+    // 350k IPv6 hosts allowed on port 80 per policy, which is 700k entries (port 80's
+    // table and the HBONE port's, which passes what any port allows): one fits, a
+    // second does not (1M entries).
     let big = |net: u8| {
-        let hosts: Vec<String> = (0..600_000u32).map(|i| format!("fd00:{net}::{:x}:{:x}", i >> 16, i & 0xffff)).collect();
+        let hosts: Vec<String> = (0..350_000u32).map(|i| format!("fd00:{net}::{:x}:{:x}", i >> 16, i & 0xffff)).collect();
         let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
         vec![allow(&refs, &[80])]
     };
@@ -545,6 +547,32 @@ fn full_map_is_reported_and_the_old_policy_stays() {
     assert_eq!(k.run(&v6("fd00:1::2", POD6, TCP, &tcp(80))), PASS);
     assert_eq!(k.run(&v6("fd00:3::1", POD6, TCP, &tcp(80))), DROP);
     assert_eq!(k.run(&v6("fd00:3::1", "fd00:200::11", TCP, &tcp(80))), PASS);
+}
+
+/// A new agent on the same bpffs folder adopts the tables a previous one left (its
+/// pinned links keep enforcing them meanwhile), and its next update replaces them.
+#[test]
+fn a_new_agent_adopts_the_policy_tables() {
+    if !need_root("a_new_agent_adopts_the_policy_tables") {
+        return;
+    }
+    let first = load();
+    let pod: IpAddr = POD4.parse().unwrap();
+    let old = first.set_policy(pod, &[deny(&["10.1.1.1"], &[])]).unwrap().unwrap();
+    assert_eq!(first.run(&v4("10.1.1.1", POD4, TCP, &tcp(80))), DROP);
+    let bpffs = first.bpffs.clone();
+    drop(first);
+    let second = Loaded { kernel: Some(Kernel::load(&bpffs).unwrap()), bpffs };
+    assert_eq!(second.run(&v4("10.1.1.1", POD4, TCP, &tcp(80))), DROP, "the old table must keep deciding");
+    assert_eq!(second.run(&v4("10.2.2.2", POD4, TCP, &tcp(80))), PASS);
+    let new = second.set_policy(pod, &[deny(&["10.2.2.2"], &[])]).unwrap().unwrap();
+    assert!(new > old, "versions continue after the adopted one ({new} after {old})");
+    assert_eq!(second.run(&v4("10.1.1.1", POD4, TCP, &tcp(80))), PASS);
+    assert_eq!(second.run(&v4("10.2.2.2", POD4, TCP, &tcp(80))), DROP);
+    // Removing the pod's policy retires both generations: nothing of it is left.
+    second.remove_policy(pod);
+    let rules = dump::dump(&second.bpffs, "POLICY_RULES").unwrap();
+    assert!(rules.is_empty(), "{rules:?}");
 }
 
 // ---- a real connection ------------------------------------------------------

@@ -117,6 +117,11 @@ fn render(rows: &[Row], repeat: u32) -> String {
         );
     }
     let _ = write!(s, "\n(BPF_PROG_TEST_RUN, {repeat} runs per cell, mean per run as the kernel reports it)");
+    let _ = write!(
+        s,
+        "\n\nLPM entries include the HBONE port's table (15008 passes whatever any port allows, \
+         see docs/architecture.md), which about doubles them for these policies."
+    );
     s
 }
 

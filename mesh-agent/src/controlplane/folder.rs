@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+pub use super::authorization::AuthorizationPolicy;
+
 /// A document that could not be used; the message is meant for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -177,6 +179,7 @@ pub enum Object {
     ServiceAccount(ServiceAccount),
     Service(Service),
     Pod(Pod),
+    AuthorizationPolicy(AuthorizationPolicy),
 }
 
 /// Everything the folder holds now, by kind.
@@ -186,6 +189,7 @@ pub struct Objects {
     pub service_accounts: BTreeMap<(String, String), ServiceAccount>,
     pub services: BTreeMap<(String, String), Service>,
     pub pods: BTreeMap<(String, String), Pod>,
+    pub authorization_policies: BTreeMap<(String, String), AuthorizationPolicy>,
 }
 
 impl Objects {
@@ -196,6 +200,7 @@ impl Objects {
             Object::ServiceAccount(s) => drop(self.service_accounts.insert(nn, s)),
             Object::Service(s) => drop(self.services.insert(nn, s)),
             Object::Pod(p) => drop(self.pods.insert(nn, p)),
+            Object::AuthorizationPolicy(p) => drop(self.authorization_policies.insert(nn, p)),
         }
     }
 }
@@ -235,6 +240,8 @@ fn split_documents(text: &str) -> Vec<Doc<'_>> {
 
 #[derive(Deserialize)]
 struct Head {
+    #[serde(default, rename = "apiVersion")]
+    api_version: Option<String>,
     #[serde(default)]
     kind: Option<String>,
     #[serde(default)]
@@ -274,7 +281,7 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
             return Parsed::Bad(None, Error::Syntax { file: file.into(), line, message: strip_location(&e) });
         }
     };
-    let Some(Head { kind: Some(kind), metadata }) = head else {
+    let Some(Head { kind: Some(kind), metadata, api_version }) = head else {
         return Parsed::Bad(None, Error::Object {
             file: file.into(),
             line: doc.first_line,
@@ -291,6 +298,20 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
         "ServiceAccount" => typed(doc.text).map(Object::ServiceAccount),
         "Service" => typed(doc.text).map(Object::Service),
         "Pod" => typed(doc.text).map(Object::Pod),
+        "AuthorizationPolicy" => {
+            let api = api_version.unwrap_or_default();
+            if !matches!(api.as_str(), "security.istio.io/v1" | "security.istio.io/v1beta1") {
+                return Parsed::Bad(key, Error::Object {
+                    file: file.into(),
+                    line: doc.first_line,
+                    message: format!(
+                        "AuthorizationPolicy with apiVersion {api:?}: expected security.istio.io/v1 or v1beta1; \
+                         this document is ignored and the last good version of its object keeps serving"
+                    ),
+                });
+            }
+            typed(doc.text).map(Object::AuthorizationPolicy)
+        }
         other => return Parsed::Skipped(other.to_string()),
     };
     match result {

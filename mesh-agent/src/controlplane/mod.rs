@@ -1,7 +1,8 @@
 //! The control-plane role: reads a folder of Kubernetes YAML, serves delta xDS
-//! (`istio.workload.Address`) and a CA (`IstioCertificateService`) on one gRPC port.
+//! (`istio.workload.Address`, `istio.security.Authorization`) and a CA (`IstioCertificateService`) on one gRPC port.
 //!
 //! - [`folder`]: parse and watch the config folder (last good config per object).
+//! - [`authorization`]: AuthorizationPolicy, checked and converted for the workload API.
 //! - [`model`]: objects -> xDS resources, and which identities run on which node.
 //! - [`xds_server`]: per-agent delta streams.
 //! - [`ca`]: the root and the certificate service.
@@ -14,6 +15,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub mod authorization;
 pub mod ca;
 pub mod folder;
 pub mod model;
@@ -26,7 +28,8 @@ use crate::proto::discovery::aggregated_discovery_service_server::AggregatedDisc
 /// Flags of `mesh-agent control-plane`.
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct ControlPlaneArgs {
-    /// Folder of Kubernetes YAML (Namespace, ServiceAccount, Service, Pod), watched for changes.
+    /// Folder of Kubernetes YAML (Namespace, ServiceAccount, Service, Pod,
+    /// AuthorizationPolicy), watched for changes.
     #[arg(long, env = "MESH_CONFIG_DIR")]
     pub config_dir: PathBuf,
     /// gRPC address for xDS and the CA.
@@ -192,6 +195,7 @@ fn load(source: &mut folder::Folder, args: &ControlPlaneArgs) -> std::io::Result
     let snap = model::build(&objects, &args.trust_domain);
     tracing::info!(
         resources = snap.resources.len(),
+        authorizations = snap.authorizations.len(),
         pods = objects.pods.len(),
         services = objects.services.len(),
         rejected = errors.len(),

@@ -1,10 +1,10 @@
-//! From folder objects to xDS resources (`istio.workload.Address`), as istiod's ambient
-//! index computes them: one Workload per pod, one Service per Kubernetes Service.
+//! From folder objects to xDS resources, as istiod's ambient index computes them: one
+//! `istio.workload.Address` per pod (Workload) and per Kubernetes Service, one
+//! `istio.security.Authorization` per ALLOW or DENY AuthorizationPolicy.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use prost::Message as _;
-
+use super::authorization;
 use super::folder::{Objects, Pod};
 use crate::proto::workload as wl;
 use crate::state::Identity;
@@ -26,6 +26,8 @@ pub struct Resource {
 pub struct Snapshot {
     /// By xDS resource name: workload uid or `<namespace>/<hostname>`.
     pub resources: BTreeMap<String, Resource>,
+    /// `istio.security.Authorization` by resource name `<namespace>/<name>`.
+    pub authorizations: BTreeMap<String, Resource>,
     /// Which identities run on which node: the CA issues only these.
     pub identities: BTreeSet<(String, Identity)>,
 }
@@ -74,17 +76,24 @@ pub fn version_of(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-fn resource(addr: wl::Address) -> Resource {
-    let value = addr.encode_to_vec();
-    Resource {
-        version: version_of(&value),
-        any: prost_types::Any { type_url: crate::proto::ADDRESS_TYPE_URL.to_string(), value },
-    }
+fn resource(type_url: &str, msg: &impl prost::Message) -> Resource {
+    let value = msg.encode_to_vec();
+    Resource { version: version_of(&value), any: prost_types::Any { type_url: type_url.to_string(), value } }
+}
+
+fn address_resource(addr: wl::Address) -> Resource {
+    resource(crate::proto::ADDRESS_TYPE_URL, &addr)
 }
 
 /// Builds the Address resources and the node/identity index.
 pub fn build(objects: &Objects, trust_domain: &str) -> Snapshot {
     let mut snap = Snapshot::default();
+    for ((ns, name), p) in &objects.authorization_policies {
+        if let Some(authz) = authorization::convert(ns, name, &p.spec) {
+            let r = resource(crate::proto::AUTHORIZATION_TYPE_URL, &authz);
+            snap.authorizations.insert(format!("{ns}/{name}"), r);
+        }
+    }
     // Services first: their ports and selectors give each pod's `services` map.
     let mut services: Vec<(String, &BTreeMap<String, String>, Vec<wl::Port>)> = Vec::new();
     for ((ns, name), svc) in &objects.services {
@@ -119,7 +128,7 @@ pub fn build(objects: &Objects, trust_domain: &str) -> Snapshot {
             subject_alt_names: vec![],
         };
         let key = format!("{ns}/{hostname}");
-        snap.resources.insert(key.clone(), resource(wl::Address { r#type: Some(wl::address::Type::Service(proto)) }));
+        snap.resources.insert(key.clone(), address_resource(wl::Address { r#type: Some(wl::address::Type::Service(proto)) }));
         if !svc.spec.selector.is_empty() {
             services.push((key, &svc.spec.selector, ports));
         }
@@ -154,6 +163,13 @@ pub fn build(objects: &Objects, trust_domain: &str) -> Snapshot {
             .unwrap_or_else(|| "latest".into());
         let tunnel = if in_mesh(objects, pod) { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None };
         let uid = workload_uid(ns, name);
+        let authorization_policies = objects
+            .authorization_policies
+            .iter()
+            .filter(|((pns, _), p)| authorization::selects(pns, &p.spec, ns, labels))
+            .filter(|((pns, pname), _)| snap.authorizations.contains_key(&format!("{pns}/{pname}")))
+            .map(|((pns, pname), _)| format!("{pns}/{pname}"))
+            .collect();
         let proto = wl::Workload {
             uid: uid.clone(),
             name: name.clone(),
@@ -169,9 +185,10 @@ pub fn build(objects: &Objects, trust_domain: &str) -> Snapshot {
             workload_name: name.clone(),
             services: svc_map,
             cluster_id: "Kubernetes".into(),
+            authorization_policies,
             ..Default::default()
         };
-        snap.resources.insert(uid, resource(wl::Address { r#type: Some(wl::address::Type::Workload(proto)) }));
+        snap.resources.insert(uid, address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(proto)) }));
     }
     snap
 }
@@ -179,6 +196,7 @@ pub fn build(objects: &Objects, trust_domain: &str) -> Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
     use crate::controlplane::folder::Folder;
 
     fn objects(yaml: &str) -> Objects {

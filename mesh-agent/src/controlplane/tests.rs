@@ -35,11 +35,21 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serves_xds_pushes_changes_and_issues_certificates() {
+/// A control plane serving `files` on loopback.
+struct Running {
+    config: tempfile::TempDir,
+    _state_dir: tempfile::TempDir,
+    addr: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+async fn start(files: &[(&str, &str)]) -> Running {
     let config = tempfile::tempdir().unwrap();
     let state_dir = tempfile::tempdir().unwrap();
-    std::fs::write(config.path().join("demo.yaml"), CONFIG).unwrap();
+    for (name, text) in files {
+        std::fs::write(config.path().join(name), text).unwrap();
+    }
     let args = ControlPlaneArgs {
         config_dir: config.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -51,14 +61,35 @@ async fn serves_xds_pushes_changes_and_issues_certificates() {
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, args, async move { drop(stop_rx.await) }));
+    Running { config, _state_dir: state_dir, addr, stop, server }
+}
 
-    // (a) the agent's State receives workloads and services.
+impl Running {
+    /// Shutdown completes even with an agent still connected.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), self.server).await.unwrap().unwrap().unwrap();
+    }
+}
+
+/// The agent's xDS client, synced.
+async fn agent(addr: &str) -> (State, tokio::task::JoinHandle<()>) {
     let state = State::default();
     let (synced_tx, mut synced) = watch::channel(false);
-    let client = tokio::spawn(crate::xds::run(addr.clone(), "node1".into(), state.clone(), synced_tx));
+    let client = tokio::spawn(crate::xds::run(addr.to_string(), "node1".into(), state.clone(), synced_tx));
     tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s)).await.unwrap().unwrap();
+    (state, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_xds_pushes_changes_and_issues_certificates() {
+    let cp = start(&[("demo.yaml", CONFIG)]).await;
+    let (config, addr) = (&cp.config, cp.addr.clone());
+
+    // (a) the agent's State receives workloads and services.
+    let (state, client) = agent(&addr).await;
     assert_eq!(state.workloads().len(), 2);
     let svc = state.find_service_by_vip("10.96.0.10".parse().unwrap()).unwrap();
     assert_eq!(svc.hostname, "echo.demo.svc.cluster.local");
@@ -113,9 +144,7 @@ async fn serves_xds_pushes_changes_and_issues_certificates() {
     // current version, a removal for what no longer exists.
     resume_sends_only_the_difference(&addr).await;
 
-    // Shutdown completes even with an agent still connected.
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+    cp.stop().await;
     client.abort();
 }
 
@@ -148,4 +177,73 @@ async fn resume_sends_only_the_difference(addr: &str) {
     assert_eq!(names, vec![svc]);
     assert_eq!(resumed.removed_resources, vec!["Kubernetes//Pod/demo/gone"]);
     assert!(!resumed.nonce.is_empty());
+}
+
+const POLICY: &str = "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-sleep, namespace: demo}
+spec:
+  selector: {matchLabels: {app: echo}}
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/demo/sa/sleep]}}]
+";
+
+/// Authorization resources over the same stream: the agent's State gets them and the
+/// selected workload lists them; a change to other kinds sends no Authorization
+/// delta, a policy edit sends just that policy, a deletion removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_authorizations_as_deltas() {
+    use crate::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use crate::proto::discovery::{DeltaDiscoveryRequest, Node};
+    use crate::proto::AUTHORIZATION_TYPE_URL;
+
+    let cp = start(&[("demo.yaml", CONFIG), ("policy.yaml", POLICY)]).await;
+    let (config, addr) = (&cp.config, cp.addr.clone());
+    let (state, client) = agent(&addr).await;
+    let names = |v: Vec<std::sync::Arc<crate::authz::Policy>>| v.iter().map(|p| p.key()).collect::<Vec<_>>();
+    assert_eq!(names(state.policies()), vec!["demo/allow-sleep"]);
+    assert_eq!(names(state.policies_for("demo", "10.0.0.6".parse().unwrap())), vec!["demo/allow-sleep"], "echo is selected");
+    assert!(state.policies_for("demo", "10.0.0.5".parse().unwrap()).is_empty(), "client is not");
+
+    // A raw subscriber to the Authorization type alone.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(DeltaDiscoveryRequest {
+        node: Some(Node { id: "node9".into(), ..Default::default() }),
+        type_url: AUTHORIZATION_TYPE_URL.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut raw = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut responses =
+        raw.delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let first = responses.message().await.unwrap().unwrap();
+    assert_eq!(first.type_url, AUTHORIZATION_TYPE_URL);
+    assert_eq!(first.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["demo/allow-sleep"]);
+    let ack = |nonce: String| DeltaDiscoveryRequest { type_url: AUTHORIZATION_TYPE_URL.into(), response_nonce: nonce, ..Default::default() };
+    tx.send(ack(first.nonce.clone())).await.unwrap();
+
+    // A pod change: Address deltas only, nothing for this subscriber.
+    std::fs::write(config.path().join("demo.yaml"), CONFIG.replace("10.0.0.6", "10.0.0.7")).unwrap();
+    eventually("the moved pod", || state.find_workload_by_ip("10.0.0.7".parse().unwrap()).is_some()).await;
+    let quiet = tokio::time::timeout(Duration::from_millis(300), responses.message()).await;
+    assert!(quiet.is_err(), "an Address change pushed an Authorization delta: {quiet:?}");
+
+    // A policy edit: just that policy; the agent's State follows.
+    std::fs::write(config.path().join("policy.yaml"), POLICY.replace("rules:", "action: DENY\n  rules:")).unwrap();
+    let edit = tokio::time::timeout(Duration::from_secs(3), responses.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(edit.resources.len(), 1);
+    assert!(edit.removed_resources.is_empty());
+    tx.send(ack(edit.nonce.clone())).await.unwrap();
+    eventually("the DENY in State", || state.policies().first().is_some_and(|p| p.action == crate::authz::Action::Deny)).await;
+
+    // Deleted: removed on both.
+    std::fs::write(config.path().join("policy.yaml"), "# none\n").unwrap();
+    let gone = tokio::time::timeout(Duration::from_secs(3), responses.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(gone.removed_resources, vec!["demo/allow-sleep"]);
+    eventually("the policy to leave State", || state.policies().is_empty()).await;
+
+    cp.stop().await;
+    client.abort();
 }

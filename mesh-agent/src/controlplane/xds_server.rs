@@ -1,6 +1,8 @@
 //! The delta ADS server: one task per agent stream, each watching the latest snapshot so
-//! that pushes coalesce and a slow agent delays nobody else.
-use std::collections::HashMap;
+//! that pushes coalesce and a slow agent delays nobody else. Serves
+//! `istio.workload.Address` and `istio.security.Authorization` on the same stream, each
+//! type subscribed on its own; a push carries only what changed.
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -9,12 +11,21 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::model::Snapshot;
+use super::model::{Resource as Served, Snapshot};
 use crate::proto::discovery::{
     aggregated_discovery_service_server::AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
     Resource,
 };
-use crate::proto::ADDRESS_TYPE_URL;
+use crate::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+
+/// The resources of one type in a snapshot, or `None` for a type we do not serve.
+pub fn resources_of<'a>(snap: &'a Snapshot, type_url: &str) -> Option<&'a BTreeMap<String, Served>> {
+    match type_url {
+        ADDRESS_TYPE_URL => Some(&snap.resources),
+        AUTHORIZATION_TYPE_URL => Some(&snap.authorizations),
+        _ => None,
+    }
+}
 
 /// What to send so that a client holding `held` (name -> version) matches `snap`.
 #[derive(Debug, Default, PartialEq)]
@@ -30,9 +41,8 @@ impl Delta {
 }
 
 /// Changed and new resources, and names the client holds that no longer exist.
-pub fn diff(held: &HashMap<String, String>, snap: &Snapshot) -> Delta {
-    let resources = snap
-        .resources
+pub fn diff(held: &HashMap<String, String>, served: &BTreeMap<String, Served>) -> Delta {
+    let resources = served
         .iter()
         .filter(|(name, r)| held.get(*name) != Some(&r.version))
         .map(|(name, r)| Resource {
@@ -42,7 +52,7 @@ pub fn diff(held: &HashMap<String, String>, snap: &Snapshot) -> Delta {
             aliases: vec![],
         })
         .collect();
-    let mut removed: Vec<String> = held.keys().filter(|n| !snap.resources.contains_key(*n)).cloned().collect();
+    let mut removed: Vec<String> = held.keys().filter(|n| !served.contains_key(*n)).cloned().collect();
     removed.sort();
     Delta { resources, removed }
 }
@@ -106,27 +116,28 @@ impl Connection {
         let node = first.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
         let span = tracing::info_span!("xds", node = %node, peer = %self.peer);
         tracing::info!(parent: &span, resumed = first.initial_resource_versions.len(), "xds: agent connected");
-        let mut subscribed = false;
-        let mut held: HashMap<String, String> = HashMap::new();
+        // type URL -> what the agent holds of that type (name -> version).
+        let mut subscribed: BTreeMap<String, HashMap<String, String>> = BTreeMap::new();
         let mut pending = Some(first);
         loop {
             if let Some(req) = pending.take() {
-                if req.type_url != ADDRESS_TYPE_URL {
-                    // Types we do not serve yet (e.g. istio.security.Authorization from
-                    // ztunnel): answer the subscription once with nothing, ignore ACKs.
+                let served = resources_of(&self.snapshots.borrow(), &req.type_url).is_some();
+                if !served {
+                    // A type we do not serve: answer the subscription once with nothing.
                     if req.response_nonce.is_empty() && !self.send(&req.type_url, Delta::default()).await {
                         return;
                     }
                 } else if let Some(err) = req.error_detail.as_ref() {
-                    tracing::warn!(parent: &span, nonce = req.response_nonce, "xds: agent rejected an update: {}", err.message);
-                } else if !subscribed {
-                    subscribed = true;
-                    held = req.initial_resource_versions.clone();
+                    tracing::warn!(parent: &span, nonce = req.response_nonce, type_url = req.type_url,
+                        "xds: agent rejected an update: {}", err.message);
+                } else if !subscribed.contains_key(&req.type_url) {
+                    let mut held = req.initial_resource_versions.clone();
                     let snap = self.snapshots.borrow_and_update().clone();
-                    let delta = diff(&held, &snap);
+                    let delta = diff(&held, resources_of(&snap, &req.type_url).expect("served type"));
                     record(&mut held, &delta);
+                    subscribed.insert(req.type_url.clone(), held);
                     // The first response always goes out: it tells the agent it is synced.
-                    if !self.send(ADDRESS_TYPE_URL, delta).await {
+                    if !self.send(&req.type_url, delta).await {
                         return;
                     }
                 }
@@ -147,34 +158,42 @@ impl Connection {
                     if changed.is_err() {
                         return; // shutting down: ends the response stream
                     }
-                    if !subscribed {
-                        continue;
-                    }
                     let snap = self.snapshots.borrow_and_update().clone();
-                    let delta = diff(&held, &snap);
-                    if delta.is_empty() {
-                        continue;
-                    }
-                    record(&mut held, &delta);
-                    tracing::debug!(parent: &span, changed = delta.resources.len(), removed = delta.removed.len(), "xds: push");
-                    if !self.send(ADDRESS_TYPE_URL, delta).await {
-                        return;
+                    for (type_url, held) in subscribed.iter_mut() {
+                        let delta = diff(held, resources_of(&snap, type_url).expect("served type"));
+                        if delta.is_empty() {
+                            continue;
+                        }
+                        record(held, &delta);
+                        tracing::debug!(parent: &span, type_url, changed = delta.resources.len(), removed = delta.removed.len(), "xds: push");
+                        let (out, nonce) = (self.out.clone(), self.next_nonce());
+                        if out.send(Ok(response(type_url, nonce, delta))).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }
         }
     }
 
-    async fn send(&mut self, type_url: &str, delta: Delta) -> bool {
+    fn next_nonce(&mut self) -> u64 {
         self.nonce += 1;
-        let resp = DeltaDiscoveryResponse {
-            system_version_info: String::new(),
-            resources: delta.resources,
-            type_url: type_url.to_string(),
-            nonce: self.nonce.to_string(),
-            removed_resources: delta.removed,
-        };
-        self.out.send(Ok(resp)).await.is_ok()
+        self.nonce
+    }
+
+    async fn send(&mut self, type_url: &str, delta: Delta) -> bool {
+        let nonce = self.next_nonce();
+        self.out.send(Ok(response(type_url, nonce, delta))).await.is_ok()
+    }
+}
+
+fn response(type_url: &str, nonce: u64, delta: Delta) -> DeltaDiscoveryResponse {
+    DeltaDiscoveryResponse {
+        system_version_info: String::new(),
+        resources: delta.resources,
+        type_url: type_url.to_string(),
+        nonce: nonce.to_string(),
+        removed_resources: delta.removed,
     }
 }
 
@@ -201,18 +220,18 @@ mod tests {
         let held: HashMap<String, String> =
             [("same", "1"), ("changed", "1"), ("gone", "1")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
         let s = snap(&[("same", "1"), ("changed", "2"), ("new", "1")]);
-        let d = diff(&held, &s);
+        let d = diff(&held, &s.resources);
         assert_eq!(names(&d), vec!["changed", "new"]);
         assert_eq!(d.removed, vec!["gone"]);
         let mut held = held;
         record(&mut held, &d);
-        assert!(diff(&held, &s).is_empty(), "nothing changed: nothing to send");
+        assert!(diff(&held, &s.resources).is_empty(), "nothing changed: nothing to send");
     }
 
     #[test]
     fn diff_from_nothing_is_everything() {
         let s = snap(&[("a", "1"), ("b", "1")]);
-        let d = diff(&HashMap::new(), &s);
+        let d = diff(&HashMap::new(), &s.resources);
         assert_eq!(names(&d), vec!["a", "b"]);
         assert!(d.removed.is_empty());
     }

@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, SockHash};
-use aya::programs::tc::SchedClassifierLinkId;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use mesh_common::{
@@ -69,6 +68,8 @@ pub enum Error {
     },
     #[error("pinning a link: {0}")]
     Pin(String),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
@@ -142,7 +143,8 @@ pub struct Kernel {
     exempt_src: Mutex<BpfHashMap<MapData, Addr, u32>>,
     outbound_excluded: Mutex<BpfHashMap<MapData, NetnsPortKey, u32>>,
     policy: Mutex<policy::PolicyMaps>,
-    policy_links: Mutex<HashMap<String, Vec<SchedClassifierLinkId>>>,
+    /// Pod uid -> pin paths of its policy links.
+    policy_links: Mutex<HashMap<String, Vec<PathBuf>>>,
     fast: fastpath::FastPath,
 }
 
@@ -332,6 +334,7 @@ impl Kernel {
         let dir = pins::pod_dir(&self.bpffs, pod.netns_cookie);
         pins::pin_new(&dir, SK_LOOKUP, link).map_err(Error::Pin)?;
         pins::commit(&dir, SK_LOOKUP).map_err(Error::Pin)?;
+        self.attach_policy(pod.uid, pod.netns)?;
         let info = PodInfo { addr: addr_from_ip(pod.ips[0]), flags: 0 };
         self.pod_map
             .lock()

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
-use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
+use aya::programs::tc::TcAttachOptions;
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, TestRun, TestRunOptions};
 use mesh_common::{
@@ -73,6 +73,8 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
+    #[error("pinning the policy links: {0}")]
+    Pin(String),
     #[error("running {POLICY_PROG} with BPF_PROG_TEST_RUN: {0}")]
     TestRun(#[source] Box<aya::programs::ProgramError>),
 }
@@ -107,8 +109,10 @@ fn is_full(e: &MapError) -> bool {
 }
 
 impl PolicyMaps {
-    /// Takes the maps from `ebpf` and empties them: policy links die with the agent
-    /// that made them, so whatever a previous agent left is stale.
+    /// Takes the maps from `ebpf` and adopts what a previous agent left in them (its
+    /// policy links stay pinned, so its tables keep deciding until this agent writes
+    /// new ones): each pod's active version is kept, versions no pod points to are
+    /// retired, and new versions are numbered after the highest one found.
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<PolicyMaps, super::Error> {
         let mut take = |name: &'static str| {
             let m = ebpf.take_map(name).ok_or(super::Error::MissingMap(name))?;
@@ -119,20 +123,11 @@ impl PolicyMaps {
         let (meta, c1) = take(MAP_POLICY_META)?;
         let (rules, c2) = take(MAP_POLICY_RULES)?;
         let e = |name| move |source| super::Error::Map { name, source };
-        let mut pods: BpfHashMap<MapData, Addr, u32> = BpfHashMap::try_from(pods).map_err(e(MAP_POLICY_PODS))?;
-        let mut meta: BpfHashMap<MapData, u32, PolicyMeta> = BpfHashMap::try_from(meta).map_err(e(MAP_POLICY_META))?;
-        let mut rules: LpmTrie<MapData, PolicyKey, PolicyValue> =
+        let pods: BpfHashMap<MapData, Addr, u32> = BpfHashMap::try_from(pods).map_err(e(MAP_POLICY_PODS))?;
+        let meta: BpfHashMap<MapData, u32, PolicyMeta> = BpfHashMap::try_from(meta).map_err(e(MAP_POLICY_META))?;
+        let rules: LpmTrie<MapData, PolicyKey, PolicyValue> =
             LpmTrie::try_from(rules).map_err(e(MAP_POLICY_RULES))?;
-        for k in pods.keys().filter_map(Result::ok).collect::<Vec<_>>() {
-            let _ = pods.remove(&k);
-        }
-        for k in meta.keys().filter_map(Result::ok).collect::<Vec<_>>() {
-            let _ = meta.remove(&k);
-        }
-        for k in rules.keys().filter_map(Result::ok).collect::<Vec<_>>() {
-            let _ = rules.remove(&k);
-        }
-        Ok(PolicyMaps {
+        let mut maps = PolicyMaps {
             pods,
             meta,
             rules,
@@ -140,7 +135,43 @@ impl PolicyMaps {
             next_version: 1,
             live: HashMap::new(),
             rules_used: 0,
-        })
+        };
+        maps.adopt();
+        Ok(maps)
+    }
+
+    fn adopt(&mut self) {
+        let active: HashMap<u32, Addr> =
+            self.pods.iter().filter_map(Result::ok).map(|(pod, version)| (version, pod)).collect();
+        let mut by_version: HashMap<u32, Vec<Key<PolicyKey>>> = HashMap::new();
+        for k in self.rules.keys().filter_map(Result::ok) {
+            by_version.entry(k.data().version).or_default().push(k);
+        }
+        let metas: Vec<u32> = self.meta.keys().filter_map(Result::ok).collect();
+        let highest = by_version.keys().chain(&metas).chain(active.keys()).copied().max().unwrap_or(0);
+        self.next_version = highest.wrapping_add(1).max(1);
+        for v in metas.iter().filter(|v| !active.contains_key(v)) {
+            let _ = self.meta.remove(v);
+        }
+        let mut adopted = 0;
+        for (version, keys) in by_version {
+            match active.get(&version) {
+                Some(pod) => {
+                    self.rules_used += keys.len();
+                    let state = PodPolicy { active: Some(Version { version, keys }), previous: None };
+                    self.live.insert(*pod, state);
+                    adopted += 1;
+                }
+                None => {
+                    for k in &keys {
+                        let _ = self.rules.remove(k);
+                    }
+                }
+            }
+        }
+        if adopted > 0 {
+            info!(pods = adopted, entries = self.rules_used, "adopted the L4 policy tables a previous agent left");
+        }
     }
 
     fn fresh_version(&mut self) -> u32 {
@@ -256,6 +287,24 @@ fn not_loaded(e: super::Error) -> PolicyError {
     }
 }
 
+/// Pin name of the policy link on `iface` (bpffs names may not contain dots).
+fn pin_name(iface: &str) -> String {
+    format!("policy_{}", iface.replace('.', "_"))
+}
+
+/// The cookie of the calling thread's network namespace.
+fn netns_cookie_here() -> std::io::Result<u64> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: socket() has no memory arguments; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    crate::netns::socket_netns_cookie(&fd)
+}
+
 /// The kernel's address words from 16 network-order bytes.
 fn addr_words(o: [u8; 16]) -> Addr {
     let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
@@ -276,14 +325,17 @@ impl Kernel {
     }
 
     /// Attaches `policy_ingress` (tcx ingress, first in the chain) to every
-    /// non-loopback interface in the pod's network namespace. Idempotent per uid.
-    /// Returns the interface names.
+    /// non-loopback interface in the pod's network namespace and pins each link as
+    /// `links/<netns cookie>/policy_<iface>`, so the kernel keeps enforcing while the
+    /// agent is away. A link an earlier agent pinned there is released only after the
+    /// new one is attached (no gap). Idempotent per uid. Returns the interface names.
     pub fn attach_policy(&self, uid: &str, netns: &Path) -> Result<Vec<String>, PolicyError> {
         self.detach_policy(uid);
         let ns = netns.display().to_string();
         let mut ebpf = self.ebpf.lock().unwrap();
         let prog: &mut SchedClassifier = program(&mut ebpf, POLICY_PROG).map_err(not_loaded)?;
         let attached = crate::netns::run_in(netns, || {
+            let cookie = netns_cookie_here()?;
             let names: Vec<String> = nix::net::if_::if_nameindex()
                 .map_err(std::io::Error::from)?
                 .iter()
@@ -295,39 +347,48 @@ impl Kernel {
                 let order = TcAttachOptions::TcxOrder(LinkOrder::first());
                 match prog.attach_with_options(&iface, TcAttachType::Ingress, order) {
                     Ok(id) => links.push((iface, id)),
-                    Err(source) => return Ok(Err((iface, source, links))),
+                    Err(source) => return Ok((cookie, Err((iface, source, links)))),
                 }
             }
-            Ok(Ok(links))
+            Ok((cookie, Ok(links)))
         })
         .map_err(|source| PolicyError::Netns { netns: ns.clone(), source })?;
-        match attached {
-            Ok(links) => {
-                let names: Vec<String> = links.iter().map(|(n, _)| n.clone()).collect();
-                let ids: Vec<SchedClassifierLinkId> = links.into_iter().map(|(_, id)| id).collect();
-                drop(ebpf);
-                self.policy_links.lock().unwrap().insert(uid.to_string(), ids);
-                info!(uid, netns = %ns, ifaces = ?names, "L4 policy program attached (tcx ingress)");
-                Ok(names)
-            }
-            Err((iface, source, links)) => {
+        let links = match attached {
+            (_, Err((iface, source, links))) => {
                 for (_, id) in links {
                     let _ = prog.detach(id);
                 }
-                Err(PolicyError::Attach { iface, netns: ns, source: Box::new(source) })
+                return Err(PolicyError::Attach { iface, netns: ns, source: Box::new(source) });
             }
+            (cookie, Ok(links)) => (cookie, links),
+        };
+        let (cookie, links) = links;
+        let dir = super::pins::pod_dir(&self.bpffs, cookie);
+        let mut pinned = Vec::new();
+        let mut names = Vec::new();
+        for (iface, id) in links {
+            let name = pin_name(&iface);
+            let link = prog.take_link(id).map_err(|e| PolicyError::Program(Box::new(e)))?;
+            super::pins::pin_new(&dir, &name, link).map_err(PolicyError::Pin)?;
+            pinned.push(name);
+            names.push(iface);
         }
+        drop(ebpf);
+        for name in &pinned {
+            super::pins::commit(&dir, name).map_err(PolicyError::Pin)?;
+        }
+        let paths = pinned.iter().map(|n| dir.join(n)).collect();
+        self.policy_links.lock().unwrap().insert(uid.to_string(), paths);
+        info!(uid, netns = %ns, ifaces = ?names, "L4 policy program attached (tcx ingress, pinned)");
+        Ok(names)
     }
 
-    /// Detaches the pod's policy program links (its table stays until
-    /// [`Kernel::set_policy`] with no policies, or unenroll).
+    /// Detaches the pod's policy program links and removes their pins (its table
+    /// stays until [`Kernel::set_policy`] with no policies, or unenroll).
     pub fn detach_policy(&self, uid: &str) -> bool {
-        let Some(ids) = self.policy_links.lock().unwrap().remove(uid) else { return false };
-        let mut ebpf = self.ebpf.lock().unwrap();
-        if let Ok(prog) = program::<SchedClassifier>(&mut ebpf, POLICY_PROG) {
-            for id in ids {
-                let _ = prog.detach(id);
-            }
+        let Some(paths) = self.policy_links.lock().unwrap().remove(uid) else { return false };
+        for p in paths {
+            super::pins::release(&p);
         }
         true
     }

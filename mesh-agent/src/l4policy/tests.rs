@@ -289,9 +289,41 @@ fn compiled_table_agrees_with_reference_on_random_policies() {
         }
         let c = compile(&policies).unwrap();
         for a in addrs {
-            for port in [22u16, 80, 443, 8080, 9999] {
+            for port in [22u16, 80, 443, 8080, 9999, HBONE_PORT] {
                 assert_eq!(lookup(&c, ip(a), port), Some(evaluate(&policies, ip(a), port)), "{a}:{port} {policies:#?}");
             }
         }
     }
+}
+
+/// HBONE carries the real port inside CONNECT: the kernel lets 15008 through from
+/// any source some rule allows on some port, and drops it only where every port drops.
+#[test]
+fn hbone_port_passes_whatever_any_port_would_allow() {
+    const H: u16 = HBONE_PORT;
+    // ALLOW from 10.1/16 to 8080 only: 10.1/16 may reach 15008 (the agent checks
+    // 8080), everyone else is dropped on 15008 too.
+    let p = [policy("allow-8080", Action::Allow, vec![rule(vec![from_blocks(&["10.1.0.0/16"])], vec![ports(&[8080])])])];
+    check(&p, &[("10.1.0.1", H, Allow), ("10.1.0.1", 8080, Allow), ("10.1.0.1", 80, NoAllowMatch), ("10.2.0.1", H, NoAllowMatch)]);
+    // DENY 10.6.6.6 on port 22 only: it may still use 15008 (for other ports).
+    let p = [policy("deny-22", Action::Deny, vec![rule(vec![from_blocks(&["10.6.6.6"])], vec![ports(&[22])])])];
+    check(&p, &[("10.6.6.6", H, Allow), ("10.6.6.6", 22, Deny(0)), ("10.6.6.6", 80, Allow)]);
+    // DENY 10.6.6.6 on every port: dropped on 15008 as well.
+    let p = [policy("deny-all-ports", Action::Deny, vec![rule(vec![from_blocks(&["10.6.6.6"])], vec![])])];
+    check(&p, &[("10.6.6.6", H, Deny(0)), ("10.6.6.7", H, Allow)]);
+    // DENY all ports but 443 (notPorts), with an ALLOW for everyone: 15008 passes.
+    let p = [
+        policy("allow-all", Action::Allow, vec![Rule::default()]),
+        policy("deny-not-443", Action::Deny, vec![rule(vec![from_blocks(&["10.6.0.0/16"])], vec![not_ports(&[443])])]),
+    ];
+    check(&p, &[("10.6.1.1", H, Allow), ("10.6.1.1", 443, Allow), ("10.6.1.1", 80, Deny(1)), ("10.7.1.1", H, Allow)]);
+    // ALLOW principals (as addresses) on 8080; DENY by namespace-wide ipBlock on 9090.
+    let principal = Source { principals: Some(vec![ip("10.0.0.5")]), ..Default::default() };
+    let p = [policy("allow-sa", Action::Allow, vec![rule(vec![principal], vec![ports(&[8080])])])];
+    check(&p, &[("10.0.0.5", H, Allow), ("10.0.0.6", H, NoAllowMatch), ("10.0.0.5", 9090, NoAllowMatch)]);
+    // An ALLOW with no rules drops 15008 from everyone; a rule naming 15008 itself
+    // changes nothing (it is no application port).
+    check(&[policy("allow-nothing", Action::Allow, vec![])], &[("10.0.0.1", H, NoAllowMatch)]);
+    let p = [policy("deny-15008", Action::Deny, vec![rule(vec![], vec![ports(&[H])])])];
+    assert_eq!(lookup(&compile(&p).unwrap(), ip("10.0.0.1"), H), Some(Allow));
 }

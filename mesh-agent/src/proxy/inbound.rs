@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::copy::{copy, AccessLog};
 use super::{connect_to_app, drained, quiesced, Direction, EnrolledPod, Error, ProxyInputs, Signals, CONNECT_TIMEOUT};
+use crate::authz::Attrs;
 use crate::identity::WorkloadCert;
 use crate::state::{Identity, State};
 use crate::tls;
@@ -43,11 +44,14 @@ impl Inbound {
     pub async fn run(self) {
         let ctx = self.ctx.clone();
         let signals = ctx.signals.clone();
+        let authz = ctx.inputs.authz.clone();
+        authz.pod_started(&ctx.pod.uid, &ctx.pod.namespace, &ctx.pod.ips);
         super::accept_loop(self.listener, Direction::Inbound, &ctx.pod, signals, |stream, peer| {
             let ctx = self.ctx.clone();
             async move { ctx.handle(stream, peer).await }
         })
-        .await
+        .await;
+        authz.pod_stopped(&ctx.pod.uid);
     }
 }
 
@@ -209,6 +213,14 @@ impl Conn {
             let reason = format!("{target} is not an address of pod {}", pod.workload_name());
             return refuse(&log, StatusCode::BAD_REQUEST, reason);
         }
+        // AuthorizationPolicy: the authoritative check, on the real destination port.
+        let inputs = &self.inbound.inputs;
+        let attrs = Attrs { src_ip: self.source, identity: self.caller.identity.clone(), dst_ip: target.ip(), dst_port: target.port() };
+        let decision = inputs.authz.check(&inputs.state, &pod.namespace, &attrs);
+        if !decision.is_allowed() {
+            return refuse(&log, StatusCode::FORBIDDEN, format!("RBAC: access denied: {}", decision.describe()));
+        }
+        let mut registration = inputs.authz.register(&pod.namespace, &pod.name, attrs);
         let app = match connect_to_app(&*self.inbound.inputs.orig_dst, &pod.netns, self.source, target, "inbound").await {
             Ok(s) => s,
             Err(e) => {
@@ -234,6 +246,7 @@ impl Conn {
                 tokio::select! {
                     _ = work => {}
                     _ = drained(drain) => {}
+                    reason = registration.revoked() => log.finish(Some(&reason)),
                 }
             }
             .in_current_span(),

@@ -77,6 +77,8 @@ pub struct ProxyInputs {
     pub orig_dst: Arc<dyn OrigDstLookup>,
     /// This node's name.
     pub node: String,
+    /// AuthorizationPolicy enforcement: decisions and live inbound connections.
+    pub authz: Arc<crate::authz::enforce::Enforcer>,
 }
 
 /// A pod in the mesh on this node, as the CNI hook reported it.

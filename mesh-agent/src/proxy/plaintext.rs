@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::copy::{copy, AccessLog};
 use super::{connect_to_app, Direction, EnrolledPod, ProxyInputs, Signals, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
+use crate::authz::Attrs;
 use crate::capture::{MtlsMode, PortAction};
 
 pub(super) struct InboundPlaintext {
@@ -78,6 +79,14 @@ impl Ctx {
             log.finish(Some(&e));
             return;
         }
+        // AuthorizationPolicy: plaintext has no principal nor namespace.
+        let attrs = Attrs { src_ip: peer.ip().to_canonical(), identity: None, dst_ip: dst.ip(), dst_port: dst.port() };
+        let decision = self.inputs.authz.check(&self.inputs.state, &self.pod.namespace, &attrs);
+        if !decision.is_allowed() {
+            log.finish(Some(&format!("RBAC: access denied: {}", decision.describe())));
+            return;
+        }
+        let mut registration = self.inputs.authz.register(&self.pod.namespace, &self.pod.name, attrs);
         let app = match connect_to_app(&*self.inputs.orig_dst, &self.pod.netns, peer.ip(), dst, "application").await {
             Ok(s) => s,
             Err(e) => {
@@ -86,8 +95,10 @@ impl Ctx {
                 return;
             }
         };
-        let err = copy(&log, stream, app).await;
-        log.finish(err.as_ref().map(|e| e as &dyn std::fmt::Display));
+        tokio::select! {
+            err = copy(&log, stream, app) => log.finish(err.as_ref().map(|e| e as &dyn std::fmt::Display)),
+            reason = registration.revoked() => log.finish(Some(&reason)),
+        }
     }
 }
 

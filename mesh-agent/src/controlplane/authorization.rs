@@ -1,0 +1,428 @@
+//! AuthorizationPolicy (`security.istio.io/v1` and `v1beta1`) from the config folder,
+//! checked while parsing (so an error names file, line and field), and its conversion
+//! into the workload API's `istio.security.Authorization`, as istiod does for ambient.
+//!
+//! # What this layer can enforce
+//! Node agents see L4 only: principals, namespaces, ipBlocks, ports. A rule that needs
+//! L7 (methods, paths, hosts, requestPrincipals, remoteIpBlocks, `when` on `request.*`)
+//! is converted so that it fails closed, and a warning names the policy:
+//! - in an ALLOW policy the rule matches nothing (it cannot be proven at L4);
+//! - in a DENY policy its L7 parts are dropped, so the rule denies more.
+//!
+//! AUDIT policies are accepted and never served (they never decide); CUSTOM (ext-authz)
+//! is rejected at load.
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::folder::Metadata;
+use crate::l4policy::Prefix;
+use crate::proto::security as sec;
+
+/// Istio's root namespace: a policy there without a selector applies mesh-wide.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct AuthorizationPolicy {
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: PolicySpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicySpec {
+    #[serde(default)]
+    pub selector: Option<Selector>,
+    #[serde(default)]
+    pub action: Action,
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    #[serde(default)]
+    pub target_ref: Option<Unsupported>,
+    #[serde(default)]
+    pub target_refs: Option<Unsupported>,
+    #[serde(default)]
+    pub provider: Option<Unsupported>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// ALLOW (the default), DENY or AUDIT; CUSTOM is refused while parsing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Action {
+    #[default]
+    Allow,
+    Deny,
+    Audit,
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match String::deserialize(d)?.as_str() {
+            "ALLOW" => Ok(Action::Allow),
+            "DENY" => Ok(Action::Deny),
+            "AUDIT" => Ok(Action::Audit),
+            "CUSTOM" => Err(D::Error::custom(
+                "action CUSTOM (external authorization) is not supported yet; the policy is rejected",
+            )),
+            other => Err(D::Error::custom(format!("unknown action {other:?}; expected ALLOW, DENY or AUDIT"))),
+        }
+    }
+}
+
+/// A field this version refuses, with the reason.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unsupported;
+
+impl<'de> Deserialize<'de> for Unsupported {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "attaching policies to gateways or waypoints (targetRef, provider) is not supported; use `selector`",
+        ))
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rule {
+    #[serde(default)]
+    pub from: Vec<From>,
+    #[serde(default)]
+    pub to: Vec<To>,
+    #[serde(default)]
+    pub when: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct From {
+    #[serde(default)]
+    pub source: Source,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct To {
+    #[serde(default)]
+    pub operation: Operation,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    #[serde(default)]
+    pub principals: Vec<String>,
+    #[serde(default)]
+    pub not_principals: Vec<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub not_namespaces: Vec<String>,
+    #[serde(default)]
+    pub ip_blocks: Vec<IpBlock>,
+    #[serde(default)]
+    pub not_ip_blocks: Vec<IpBlock>,
+    // L7 at this layer:
+    #[serde(default)]
+    pub request_principals: Vec<String>,
+    #[serde(default)]
+    pub not_request_principals: Vec<String>,
+    #[serde(default)]
+    pub remote_ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub not_remote_ip_blocks: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Operation {
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    #[serde(default)]
+    pub not_ports: Vec<Port>,
+    // L7 at this layer:
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub not_hosts: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub not_methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub not_paths: Vec<String>,
+}
+
+/// An `ipBlocks` entry: an address or address/length.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IpBlock(pub Prefix);
+
+impl<'de> Deserialize<'de> for IpBlock {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Prefix::parse(&s).map(IpBlock).map_err(|e| serde::de::Error::custom(e.to_string()))
+    }
+}
+
+/// A port, written as a string (Istio's form) or a number; 1-65535.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Port(pub u16);
+
+fn port_from(v: &str) -> Result<u16, String> {
+    match v.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("{v:?} is not a port from 1 to 65535 (ranges and names are not supported)")),
+    }
+}
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_yaml::Value::deserialize(d)?;
+        let s = match &v {
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            other => format!("{other:?}"),
+        };
+        port_from(&s).map(Port).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The attribute a `when` condition tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    SourceIp,
+    SourceNamespace,
+    SourcePrincipal,
+    DestinationIp,
+    DestinationPort,
+    /// `request.*`, `remote.ip`, `connection.sni`, `experimental.*`: L7 here.
+    L7,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Condition {
+    pub key: Key,
+    pub name: String,
+    pub values: Vec<String>,
+    pub not_values: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawCondition {
+    key: String,
+    #[serde(default)]
+    values: Vec<String>,
+    #[serde(default)]
+    not_values: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for Condition {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let raw = RawCondition::deserialize(d)?;
+        let key = match raw.key.as_str() {
+            "source.ip" => Key::SourceIp,
+            "source.namespace" => Key::SourceNamespace,
+            "source.principal" => Key::SourcePrincipal,
+            "destination.ip" => Key::DestinationIp,
+            "destination.port" => Key::DestinationPort,
+            k if k.starts_with("request.")
+                || k.starts_with("experimental.")
+                || k == "remote.ip"
+                || k == "connection.sni" =>
+            {
+                Key::L7
+            }
+            k => return Err(D::Error::custom(format!("unknown condition key {k:?}"))),
+        };
+        if raw.values.is_empty() && raw.not_values.is_empty() {
+            return Err(D::Error::custom(format!("condition {:?} needs `values` or `notValues`", raw.key)));
+        }
+        for v in raw.values.iter().chain(&raw.not_values) {
+            let bad = match key {
+                Key::SourceIp | Key::DestinationIp => Prefix::parse(v).err().map(|e| e.to_string()),
+                Key::DestinationPort => port_from(v).err(),
+                _ => None,
+            };
+            if let Some(why) = bad {
+                return Err(D::Error::custom(format!("condition {:?}: {why}", raw.key)));
+            }
+        }
+        Ok(Condition { key, name: raw.key, values: raw.values, not_values: raw.not_values })
+    }
+}
+
+impl Source {
+    fn has_l7(&self) -> bool {
+        !(self.request_principals.is_empty()
+            && self.not_request_principals.is_empty()
+            && self.remote_ip_blocks.is_empty()
+            && self.not_remote_ip_blocks.is_empty())
+    }
+}
+
+impl Operation {
+    fn has_l7(&self) -> bool {
+        !(self.hosts.is_empty()
+            && self.not_hosts.is_empty()
+            && self.methods.is_empty()
+            && self.not_methods.is_empty()
+            && self.paths.is_empty()
+            && self.not_paths.is_empty())
+    }
+}
+
+impl Rule {
+    fn has_l7(&self) -> bool {
+        self.from.iter().any(|f| f.source.has_l7())
+            || self.to.iter().any(|t| t.operation.has_l7())
+            || self.when.iter().any(|c| c.key == Key::L7)
+    }
+}
+
+/// Istio's string match: `*` any value present, `*x` suffix, `x*` prefix, else exact.
+pub fn string_match(s: &str) -> sec::StringMatch {
+    use sec::string_match::MatchType;
+    let t = if s == "*" {
+        MatchType::Presence(true)
+    } else if let Some(x) = s.strip_prefix('*') {
+        MatchType::Suffix(x.to_string())
+    } else if let Some(x) = s.strip_suffix('*') {
+        MatchType::Prefix(x.to_string())
+    } else {
+        MatchType::Exact(s.to_string())
+    };
+    sec::StringMatch { match_type: Some(t) }
+}
+
+fn strings(v: &[String]) -> Vec<sec::StringMatch> {
+    v.iter().map(|s| string_match(s)).collect()
+}
+
+fn address(p: Prefix) -> sec::Address {
+    let v6 = std::net::Ipv6Addr::from(p.bits);
+    match v6.to_ipv4_mapped() {
+        Some(v4) if p.len >= 96 => sec::Address { address: v4.octets().to_vec(), length: u32::from(p.len - 96) },
+        _ => sec::Address { address: v6.octets().to_vec(), length: u32::from(p.len) },
+    }
+}
+
+fn addresses(v: &[IpBlock]) -> Vec<sec::Address> {
+    v.iter().map(|b| address(b.0)).collect()
+}
+
+fn ports(v: &[Port]) -> Vec<u32> {
+    v.iter().map(|p| u32::from(p.0)).collect()
+}
+
+fn source_match(s: &Source) -> sec::Match {
+    sec::Match {
+        namespaces: strings(&s.namespaces),
+        not_namespaces: strings(&s.not_namespaces),
+        principals: strings(&s.principals),
+        not_principals: strings(&s.not_principals),
+        source_ips: addresses(&s.ip_blocks),
+        not_source_ips: addresses(&s.not_ip_blocks),
+        ..Default::default()
+    }
+}
+
+fn condition_match(c: &Condition) -> sec::Match {
+    let ips = |v: &[String]| v.iter().filter_map(|s| Prefix::parse(s).ok()).map(address).collect();
+    let ports = |v: &[String]| v.iter().filter_map(|s| port_from(s).ok()).map(u32::from).collect();
+    let mut m = sec::Match::default();
+    match c.key {
+        Key::SourceIp => (m.source_ips, m.not_source_ips) = (ips(&c.values), ips(&c.not_values)),
+        Key::SourceNamespace => (m.namespaces, m.not_namespaces) = (strings(&c.values), strings(&c.not_values)),
+        Key::SourcePrincipal => (m.principals, m.not_principals) = (strings(&c.values), strings(&c.not_values)),
+        Key::DestinationIp => (m.destination_ips, m.not_destination_ips) = (ips(&c.values), ips(&c.not_values)),
+        Key::DestinationPort => {
+            (m.destination_ports, m.not_destination_ports) = (ports(&c.values), ports(&c.not_values))
+        }
+        Key::L7 => {}
+    }
+    m
+}
+
+/// One rule as a group: a `from`, a `to` and each L4 `when` become one Rules each.
+fn group(rule: &Rule) -> sec::Group {
+    let mut rules = Vec::new();
+    if !rule.from.is_empty() {
+        rules.push(sec::Rules { matches: rule.from.iter().map(|f| source_match(&f.source)).collect() });
+    }
+    if !rule.to.is_empty() {
+        let matches = rule
+            .to
+            .iter()
+            .map(|t| sec::Match {
+                destination_ports: ports(&t.operation.ports),
+                not_destination_ports: ports(&t.operation.not_ports),
+                ..Default::default()
+            })
+            .collect();
+        rules.push(sec::Rules { matches });
+    }
+    for c in rule.when.iter().filter(|c| c.key != Key::L7) {
+        rules.push(sec::Rules { matches: vec![condition_match(c)] });
+    }
+    sec::Group { rules }
+}
+
+/// The served form of one policy, or `None` for AUDIT. Rules needing L7 are converted
+/// to fail closed (see the module docs); each such conversion is logged.
+pub fn convert(namespace: &str, name: &str, p: &PolicySpec) -> Option<sec::Authorization> {
+    let action = match p.action {
+        Action::Allow => sec::Action::Allow,
+        Action::Deny => sec::Action::Deny,
+        Action::Audit => return None,
+    };
+    let selector = p.selector.as_ref().filter(|s| !s.match_labels.is_empty());
+    let scope = match (namespace == ROOT_NAMESPACE, selector) {
+        (_, Some(_)) => sec::Scope::WorkloadSelector,
+        (true, None) => sec::Scope::Global,
+        (false, None) => sec::Scope::Namespace,
+    };
+    let mut groups = Vec::new();
+    for (i, rule) in p.rules.iter().enumerate() {
+        if rule.has_l7() {
+            let what = if action == sec::Action::Allow {
+                "it matches nothing here (L7 attributes need a waypoint); traffic it would allow is denied"
+            } else {
+                "its L7 parts are ignored here (they need a waypoint), so it denies more"
+            };
+            tracing::warn!(policy = %format!("{namespace}/{name}"), rule = i, "AuthorizationPolicy rule uses L7 attributes: {what}");
+            if action == sec::Action::Allow {
+                continue;
+            }
+        }
+        groups.push(group(rule));
+    }
+    Some(sec::Authorization {
+        name: name.to_string(),
+        namespace: namespace.to_string(),
+        scope: scope as i32,
+        action: action as i32,
+        groups,
+        dry_run: false,
+    })
+}
+
+/// Whether the policy's selector picks a pod with these labels in `pod_namespace`.
+pub fn selects(policy_namespace: &str, spec: &PolicySpec, pod_namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+    let Some(sel) = spec.selector.as_ref().filter(|s| !s.match_labels.is_empty()) else { return false };
+    (policy_namespace == ROOT_NAMESPACE || policy_namespace == pod_namespace)
+        && sel.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests;
