@@ -50,7 +50,9 @@ fn a_failed_hand_over_leaves_the_running_agent_serving() -> Result<()> {
     );
     let log = scene.bed.agent_log("node1");
     ensure!(log.matches("hand-over failed:").count() == 2, "the running agent did not log both failures");
-    ensure!(log.contains("kernel attachments restored after the failed hand-over"), "attachments were not restored");
+    mesh_tests::wait_until("the running agent restoring its attachments", Duration::from_secs(10), || {
+        Ok(scene.bed.agent_log("node1").contains("kernel attachments restored after the failed hand-over").then_some(()))
+    })?;
 
     let st = load.wait_timeout(Duration::from_secs(30)).context("load did not finish")?;
     let out = load.output();

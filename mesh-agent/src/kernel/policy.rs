@@ -104,6 +104,16 @@ pub(super) struct PolicyMaps {
 }
 
 /// Whether a map error says the map is full (hash: E2BIG, LPM trie: ENOSPC).
+/// The key was not there (aya reports a delete of a missing key as the syscall's
+/// ENOENT, a lookup as `KeyNotFound`).
+fn not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn is_full(e: &MapError) -> bool {
     matches!(e, MapError::SyscallError(s) if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC)))
 }
@@ -208,8 +218,8 @@ impl PolicyMaps {
     fn switch(&mut self, pod: Addr, compiled: &Compiled, state: &mut PodPolicy) -> Result<Option<u32>, PolicyError> {
         if compiled.entries.is_empty() {
             match self.pods.remove(&pod) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(PolicyError::Map { map: MAP_POLICY_PODS, source }),
+                Err(e) if !not_found(&e) => return Err(PolicyError::Map { map: MAP_POLICY_PODS, source: e }),
+                _ => {}
             }
             state.previous = state.active.take();
             return Ok(None);
