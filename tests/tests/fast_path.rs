@@ -1,7 +1,8 @@
 //! The same-node fast path (`--fast-path on`): curl works; 64 MiB echoed through the
 //! mesh come back intact (sha256, both directions, IPv4 and IPv6); the counters show
 //! redirects; switching a pod's fast path off live keeps an open connection working
-//! and moves it to loopback TCP; unenrolling a pod removes its sockets from the map.
+//! and moves it to loopback TCP; a DENY closes a connection on the fast path;
+//! unenrolling a pod removes its sockets from the map.
 
 use std::time::Duration;
 
@@ -54,6 +55,18 @@ for r in range(rounds):
     time.sleep(pause)
 print("done", flush=True)
 "#;
+
+/// DENY from the client's identity to echo's port 9000.
+const DENY_CLIENT: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: fast-deny, namespace: default}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules:
+  - from: [{source: {principals: [cluster.local/ns/default/sa/sleep]}}]
+    to: [{operation: {ports: [\"9000\"]}}]
+";
 
 fn python(pod: &mesh_tests::Pod, script: &str, args: &[&str], timeout: Duration) -> Result<String> {
     let mut argv = vec!["python3", "-c", script];
@@ -134,8 +147,36 @@ fn fast_path_same_node() -> Result<()> {
     assert!(counter("fast_passed")? > passed + 100, "after the switch-off the bytes went over TCP");
     assert_eq!(counter("fast_redirected")?, redirected_at_off, "no redirect after the switch-off");
 
-    // Unenrolling a pod takes its sockets out of FAST_SOCKS: keep one open over it.
+    // A policy change reaches a connection on the fast path: the agent judges it
+    // again and closes it (the fast path only moves bytes between the agent's sockets
+    // and the pods'; every connection still has the agent in the middle).
     switch("on")?;
+    let mut cut = scene.client.spawn(&["python3", "-c", CLIENT, &scene.echo1.ip, ECHO_PORT, "65536", "600", "0.05"])?;
+    mesh_tests::wait_until("a few fast rounds", Duration::from_secs(20), || Ok(cut.output().contains("round 3 ok").then_some(())))?;
+    let before = counter("fast_redirected")?;
+    mesh_tests::wait_until("redirects on the open connection", Duration::from_secs(10), || {
+        Ok((counter("fast_redirected")? > before + 10).then_some(()))
+    })?;
+    bed.write_config("fast-deny.yaml", DENY_CLIENT)?;
+    mesh_tests::wait_until("the fast-path connection to be closed by the policy", Duration::from_secs(20), || {
+        Ok(cut.try_wait().map(|st| (st, cut.output())))
+    })
+    .and_then(|(st, out)| {
+        ensure!(!st.success() && out.contains("connection closed after"), "the connection outlived the DENY:\n{out}");
+        Ok(())
+    })?;
+    let revoked = bed.access_log("node1").iter().any(|l| {
+        mesh_tests::log_field(l, "error").is_some_and(|e| e.contains("closed by a policy change: deny policy=default/fast-deny"))
+    });
+    assert!(revoked, "no access-log line says the policy closed it");
+    let refused = python(&scene.client, CLIENT, &[&scene.echo1.ip, ECHO_PORT, "1024", "1", "0"], Duration::from_secs(20));
+    assert!(refused.is_err(), "a new connection passed the DENY");
+    bed.write_config("fast-deny.yaml", "")?;
+    mesh_tests::wait_until("the DENY lifted", Duration::from_secs(20), || {
+        Ok(python(&scene.client, CLIENT, &[&scene.echo1.ip, ECHO_PORT, "1024", "1", "0"], Duration::from_secs(10)).ok())
+    })?;
+
+    // Unenrolling a pod takes its sockets out of FAST_SOCKS: keep one open over it.
     let _open = scene.client.spawn(&["python3", "-c", CLIENT, &scene.echo1.ip, ECHO_PORT, "1024", "1", "30"])?;
     let of = |cookie: u64| -> Result<usize> {
         let dump = bed.map_dump("node1", "FAST_SOCKS")?;
