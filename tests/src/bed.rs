@@ -689,6 +689,12 @@ impl TestBed {
         self.meshctl_json(node, &["explain", source, destination])
     }
 
+    /// `meshctl explain <source> <destination>` in its human form, for the demo.
+    pub fn explain_text(&self, node: &str, source: &str, destination: &str) -> Result<String> {
+        let out = self.meshctl(node, &["explain", source, destination])?;
+        Ok(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+
     /// `meshctl maps dump <map>` in its human form, for the demo.
     pub fn map_text(&self, node: &str, map: &str) -> Result<String> {
         let out = self.meshctl(node, &["maps", "dump", map])?;

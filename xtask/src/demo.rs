@@ -42,6 +42,24 @@ pub fn run() -> Result<()> {
     request(&outsider, &format!("http://{}:8080/", scene.echo1.ip))?;
     std::thread::sleep(Duration::from_millis(500));
 
+    title("an AuthorizationPolicy (DENY from the outsider's address) lands: the kernel drops it");
+    let deny = format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny-outsider, namespace: default}}\n\
+         spec:\n  selector: {{matchLabels: {{app: echo}}}}\n  action: DENY\n  rules:\n  - from: [{{source: {{ipBlocks: [\"{}/32\"]}}}}]\n",
+        outsider.ip
+    );
+    scene.bed.write_config("demo-deny-outsider.yaml", &deny)?;
+    let echo1_addr = format!("{}:8080", scene.echo1.ip);
+    mesh_tests::wait_until("the policy in node1's kernel", Duration::from_secs(10), || {
+        let why = scene.bed.explain("node1", &outsider.ip, &echo1_addr)?;
+        Ok((why["reason"] == "policy_deny").then_some(()))
+    })?;
+    request(&outsider, &format!("http://{}:8080/", scene.echo1.ip))?;
+    request(&scene.client, &format!("http://{}:8080/", scene.echo1.ip))?;
+    println!("  --- meshctl explain {} {echo1_addr}", outsider.ip);
+    scene.bed.explain_text("node1", &outsider.ip, &echo1_addr)?.lines().for_each(|l| println!("  {l}"));
+    scene.bed.write_config("demo-deny-outsider.yaml", "")?;
+
     title("what the echo servers saw");
     for (name, _) in &scene.servers {
         for line in scene.server_output(name).lines() {
