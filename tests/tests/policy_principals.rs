@@ -61,6 +61,13 @@ fn allow_by_principal_serves_the_client_and_refuses_other_identities() -> anyhow
     // The client, by address and by service, is served.
     assert_eq!(curl_ok(&client, &url, 5)?.trim(), "hello from echo-1");
     assert_eq!(curl_ok(&client, &format!("http://{ECHO_VIP}/"), 5)?.trim(), "hello from echo-1");
+    // ... and the access log names the policy that allowed it.
+    let allowed = bed.access_log("node1").into_iter().any(|l| {
+        log_field(&l, "direction").as_deref() == Some("inbound")
+            && log_field(&l, "src.identity").is_some_and(|s| s.ends_with("/sa/sleep"))
+            && log_field(&l, "authz").as_deref() == Some("allow policy=default/allow-sleep")
+    });
+    assert!(allowed, "no inbound line names the allowing policy:\n{}", bed.access_log("node1").join("\n"));
 
     // The outsider (plaintext: no principal) is dropped in the kernel.
     let drops = bed.drops("node1", &echo1.ip, "policy_no_allow_match")?;

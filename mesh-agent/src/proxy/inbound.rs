@@ -217,6 +217,7 @@ impl Conn {
         let inputs = &self.inbound.inputs;
         let attrs = Attrs { src_ip: self.source, identity: self.caller.identity.clone(), dst_ip: target.ip(), dst_port: target.port() };
         let decision = inputs.authz.check(&inputs.state, &pod.namespace, &attrs);
+        log.authz = Some(decision.describe());
         if !decision.is_allowed() {
             return refuse(&log, StatusCode::FORBIDDEN, format!("RBAC: access denied: {}", decision.describe()));
         }

@@ -82,6 +82,7 @@ impl Ctx {
         // AuthorizationPolicy: plaintext has no principal nor namespace.
         let attrs = Attrs { src_ip: peer.ip().to_canonical(), identity: None, dst_ip: dst.ip(), dst_port: dst.port() };
         let decision = self.inputs.authz.check(&self.inputs.state, &self.pod.namespace, &attrs);
+        log.authz = Some(decision.describe());
         if !decision.is_allowed() {
             log.finish(Some(&format!("RBAC: access denied: {}", decision.describe())));
             return;
