@@ -90,7 +90,22 @@ impl Admin {
                 json!({"identity": id.to_string(), "not_after_unix": secs})
             })
             .collect();
-        json!({"workloads": workloads, "services": services, "pods": self.pods.pods(), "certificates": certs})
+        let mut policies: Vec<_> = self
+            .state
+            .policies()
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.key(), "scope": format!("{:?}", p.scope), "action": format!("{:?}", p.action),
+                    "dry_run": p.dry_run, "rules": format!("{:?}", p.groups),
+                })
+            })
+            .collect();
+        policies.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        json!({
+            "workloads": workloads, "services": services, "authorization_policies": policies,
+            "pods": self.pods.pods(), "certificates": certs,
+        })
     }
 }
 

@@ -58,6 +58,11 @@ fn allow_by_principal_serves_the_client_and_refuses_other_identities() -> anyhow
     assert!(error.contains("deny policy=default/allow-sleep"), "{line}");
     assert_eq!(log_field(&line, "dst.workload").as_deref(), Some("default/echo-1"), "{line}");
 
+    // The agent shows what it holds.
+    let dump = bed.config_dump("node1")?;
+    let held = dump["authorization_policies"].as_array().cloned().unwrap_or_default();
+    assert!(held.iter().any(|p| p["name"] == "default/allow-sleep" && p["action"] == "Allow"), "config_dump: {held:?}");
+
     // The client, by address and by service, is served.
     assert_eq!(curl_ok(&client, &url, 5)?.trim(), "hello from echo-1");
     assert_eq!(curl_ok(&client, &format!("http://{ECHO_VIP}/"), 5)?.trim(), "hello from echo-1");
