@@ -367,6 +367,46 @@ fn exact_port_before_wildcard() {
     assert_eq!(k.drops(POD4, "policy_deny"), 3);
 }
 
+/// Identity conditions in the real program: judged as absent on application ports
+/// (plaintext), by the holders' addresses on 15008 (HBONE).
+#[test]
+fn identity_conditions_by_view() {
+    if !need_root("identity_conditions_by_view") {
+        return;
+    }
+    let k = load();
+    let pod: IpAddr = POD4.parse().unwrap();
+    let (sleep, other, outsider) = ("10.1.0.5", "10.1.0.6", "172.16.0.1");
+    let ips = |v: &[&str]| -> Vec<IpAddr> { v.iter().map(|s| s.parse().unwrap()).collect() };
+    // ALLOW principals [sleep] to 8080: no plaintext passes, not even from sleep's
+    // address; 15008 passes from sleep's address only.
+    let allow_sleep = L4Policy {
+        name: "allow-sleep".into(),
+        action: Action::Allow,
+        rules: vec![Rule {
+            from: vec![Source { peers: Some(ips(&[sleep])), ..Default::default() }],
+            to: vec![Operation { ports: vec![8080], ..Default::default() }],
+        }],
+    };
+    k.set_policy(pod, &[allow_sleep]).unwrap();
+    for (src, port, want) in [(sleep, 8080, DROP), (outsider, 8080, DROP), (sleep, 15008, PASS), (other, 15008, DROP)] {
+        assert_eq!(k.run(&v4(src, POD4, TCP, &tcp(port))), want, "allow-sleep: {src} -> {port}");
+    }
+    // DENY notPrincipals ["*"] (STRICT), with sleep and other the mesh's workloads:
+    // all plaintext is dropped, 15008 from the mesh passes, from elsewhere not.
+    let strict = L4Policy {
+        name: "strict".into(),
+        action: Action::Deny,
+        rules: vec![Rule { from: vec![Source { not_peers: ips(&[sleep, other]), ..Default::default() }], to: vec![] }],
+    };
+    k.set_policy(pod, &[strict]).unwrap();
+    let before = k.drops(POD4, "policy_deny");
+    for (src, port, want) in [(sleep, 8080, DROP), (outsider, 22, DROP), (sleep, 15008, PASS), (other, 15008, PASS), (outsider, 15008, DROP)] {
+        assert_eq!(k.run(&v4(src, POD4, TCP, &tcp(port))), want, "strict: {src} -> {port}");
+    }
+    assert_eq!(k.drops(POD4, "policy_deny"), before + 3);
+}
+
 #[test]
 fn odd_packets_get_the_documented_verdict() {
     if !need_root("odd_packets_get_the_documented_verdict") {
