@@ -107,17 +107,6 @@ pub enum View {
     Identity,
 }
 
-impl View {
-    /// The view the kernel applies on destination `port`.
-    pub fn of_port(port: u16) -> View {
-        if port == HBONE_PORT {
-            View::Identity
-        } else {
-            View::Plaintext
-        }
-    }
-}
-
 /// An operation: every non-empty field must match.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Operation {
