@@ -15,11 +15,14 @@
 //! # The kernel's part
 //! The kernel sees only the source address and destination port, so [`to_l4`] turns a
 //! policy into something the kernel may drop by without ever dropping what this
-//! evaluator allows: principals and namespaces become the addresses of the known
-//! workloads that hold them; a clause the kernel cannot express is left out of an
-//! ALLOW rule (it then matches more) and makes a DENY rule vanish (it matches less).
-//! HBONE (15008) carries the real port inside CONNECT: the compiler lets 15008 through
-//! from any source some rule allows on any port (see `l4policy`).
+//! evaluator allows. It carries two views of identity conditions (`l4policy::View`):
+//! on application ports the traffic is plaintext, so principals and namespaces never
+//! match and their not-forms always do, which is exact; on HBONE (15008) they become
+//! the addresses of the known workloads holding (or excluded by) them, a guess kept
+//! on the safe side. A clause the kernel cannot express is left out of an ALLOW rule
+//! (it then matches more) and makes a DENY rule vanish (it matches less). HBONE carries
+//! the real port inside CONNECT: the compiler lets 15008 through from any source some
+//! rule allows on any port (see `l4policy`).
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -317,6 +320,8 @@ enum Clause {
     Ports(Vec<l4policy::Operation>),
     /// Matches nothing (no `Match` at all).
     Never,
+    /// Matches anything (a `Match` without fields): no condition.
+    Always,
     /// Needs what the kernel cannot see (destination addresses, mixed fields).
     Opaque,
 }
@@ -350,6 +355,9 @@ fn classify(clause: &[Match], action: Action, workloads: &[Arc<Workload>]) -> Cl
     };
     let has_ports = |m: &Match| !(m.destination_ports.is_empty() && m.not_destination_ports.is_empty());
     let has_dst_ip = |m: &Match| !(m.destination_ips.is_empty() && m.not_destination_ips.is_empty());
+    if clause.iter().any(|m| !(has_source(m) || has_ports(m) || has_dst_ip(m))) {
+        return Clause::Always;
+    }
     if clause.iter().any(has_dst_ip) || clause.iter().any(|m| has_source(m) && has_ports(m)) {
         return Clause::Opaque;
     }
@@ -357,19 +365,20 @@ fn classify(clause: &[Match], action: Action, workloads: &[Arc<Workload>]) -> Cl
         let sources = clause
             .iter()
             .map(|m| {
-                let mut not_ip_blocks = m.not_source_ips.clone();
-                // Identity not-forms: a DENY drops only the addresses that surely are
-                // not excluded; an ALLOW ignores them (matches more).
-                if action == Action::Deny && !(m.not_principals.is_empty() && m.not_namespaces.is_empty()) {
-                    let excluded = hosts(workloads, |w| {
+                // The identity view (HBONE) of the not-forms: a DENY spares every
+                // address an excluded identity holds; an ALLOW ignores them (matches
+                // more). The plaintext view needs nothing: plaintext satisfies them.
+                let not_peers = if action == Action::Deny && !(m.not_principals.is_empty() && m.not_namespaces.is_empty()) {
+                    hosts(workloads, |w| {
                         (!m.not_principals.is_empty() && identity_matches(w, &m.not_principals, &[]))
                             || (!m.not_namespaces.is_empty() && identity_matches(w, &[], &m.not_namespaces))
-                    });
-                    not_ip_blocks.extend(excluded.into_iter().map(Prefix::host));
-                }
-                let principals = (!(m.principals.is_empty() && m.namespaces.is_empty()))
+                    })
+                } else {
+                    Vec::new()
+                };
+                let peers = (!(m.principals.is_empty() && m.namespaces.is_empty()))
                     .then(|| hosts(workloads, |w| identity_matches(w, &m.principals, &m.namespaces)));
-                l4policy::Source { ip_blocks: m.source_ips.clone(), not_ip_blocks, principals }
+                l4policy::Source { ip_blocks: m.source_ips.clone(), not_ip_blocks: m.not_source_ips.clone(), peers, not_peers }
             })
             .collect();
         return Clause::Sources(sources);
@@ -384,8 +393,9 @@ fn classify(clause: &[Match], action: Action, workloads: &[Arc<Workload>]) -> Cl
     Clause::Opaque
 }
 
-/// The kernel's form of one policy, given the workloads the agent knows (principals
-/// and namespaces resolve to their addresses). `None` for a dry-run policy.
+/// The kernel's form of one policy, given the workloads the agent knows (for the
+/// identity view, principals and namespaces resolve to their addresses). `None` for a
+/// dry-run policy.
 pub fn to_l4(p: &Policy, workloads: &[Arc<Workload>]) -> Option<L4Policy> {
     if p.dry_run {
         return None;
@@ -397,6 +407,7 @@ pub fn to_l4(p: &Policy, workloads: &[Arc<Workload>]) -> Option<L4Policy> {
         for c in &g.clauses {
             match classify(c, p.action, workloads) {
                 Clause::Never => continue 'group,
+                Clause::Always => {}
                 Clause::Sources(s) if !have_from => (rule.from, have_from) = (s, true),
                 Clause::Ports(o) if !have_to => (rule.to, have_to) = (o, true),
                 // A second clause of a kind, or one the kernel cannot judge: an ALLOW

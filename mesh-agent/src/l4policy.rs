@@ -4,10 +4,18 @@
 //! # Semantics (Istio's)
 //! Within a rule every field must match (AND); within a list any element (OR).
 //! `rules: [{}]` (one empty rule) matches everything; a policy with no rules matches
-//! nothing. A `Source` with no fields matches any source. `principals` are resolved
-//! by the caller to the addresses of the workloads that hold them; a principal that
-//! maps to no address makes its source match nothing. The caller passes only the
+//! nothing. A `Source` with no fields matches any source. The caller passes only the
 //! policies that select the pod and only their L4-expressible rules.
+//!
+//! # Two views: plaintext on application ports, identity on HBONE
+//! Traffic reaching the pod's interface on a port other than [`HBONE_PORT`] is
+//! plaintext (meshed traffic reaches the application over the pod's loopback), and
+//! plaintext carries no identity: there a source with identity conditions (`peers`)
+//! never matches and its not-forms (`not_peers`) always do, exactly as Istio judges
+//! plaintext. On [`HBONE_PORT`] the peer is authenticated later by the agent; the
+//! kernel can only guess it from the address, so there `peers` and `not_peers` are the
+//! addresses of the workloads the caller found holding (or excluded by) the identities.
+//! [`View`] names the two; a packet's port chooses it.
 //!
 //! # Precedence, as the kernel applies it
 //! 1. any DENY policy matches -> drop (`POLICY_DENY`);
@@ -18,7 +26,7 @@
 //! No policy at all: the pod has no kernel entry and everything passes.
 //!
 //! # How it is compiled
-//! Every prefix any rule names (ip_blocks, not_ip_blocks, principals as /32 or /128)
+//! Every prefix any rule names (ip_blocks, not_ip_blocks, peers as /32 or /128)
 //! plus `::/0` forms a set in which prefixes are nested or disjoint. For an address
 //! `a`, its longest matching prefix `L(a)` in that set determines whether `a` is in
 //! each named prefix (exactly the ancestors of `L(a)`), so the whole decision for `a`
@@ -32,10 +40,12 @@
 //!
 //! # HBONE
 //! Mesh traffic arrives on [`HBONE_PORT`] with the real destination port inside the
-//! CONNECT request, which the kernel cannot see. So port 15008 gets its own table: a
-//! source passes there when any port class allows it, and is dropped only when it is
-//! dropped on every port (the agent then judges the real port). A rule naming 15008
-//! itself has no meaning (the agent refuses CONNECT to its own port).
+//! CONNECT request, which the kernel cannot see. So port 15008 gets its own table,
+//! computed in the identity view: a source passes there when any port class allows
+//! it, and is dropped only when it is dropped on every port (the agent then judges the
+//! real port). The two views are computed apart only when some source has identity
+//! conditions; otherwise they agree. A rule naming 15008 itself has no meaning (the
+//! agent refuses CONNECT to its own port).
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -72,9 +82,29 @@ pub struct Rule {
 pub struct Source {
     pub ip_blocks: Vec<Prefix>,
     pub not_ip_blocks: Vec<Prefix>,
-    /// `None`: the field is absent. `Some(addresses)`: the principals, resolved to
-    /// the addresses of the workloads that hold them (empty: nobody, matches nothing).
-    pub principals: Option<Vec<IpAddr>>,
+    /// Identity conditions (`principals`, `namespaces`); `None` when there are none.
+    /// Plaintext: never matches. HBONE: matches from these addresses, those of the
+    /// workloads holding a matching identity (empty: nobody).
+    pub peers: Option<Vec<IpAddr>>,
+    /// Identity not-forms (`notPrincipals`, `notNamespaces`). Plaintext: always
+    /// matches. HBONE: does not match from these addresses, those of the workloads
+    /// the not-forms exclude.
+    pub not_peers: Vec<IpAddr>,
+}
+
+impl Source {
+    fn has_identity(&self) -> bool {
+        self.peers.is_some() || !self.not_peers.is_empty()
+    }
+}
+
+/// How a source's identity conditions are judged (see the module's documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// Application ports: no identity, so `peers` never match and `not_peers` always do.
+    Plaintext,
+    /// [`HBONE_PORT`]: `peers` and `not_peers` by the workloads' addresses.
+    Identity,
 }
 
 /// An operation: every non-empty field must match.
@@ -196,11 +226,12 @@ pub enum Decision {
     NoAllowMatch,
 }
 
-/// Evaluates `policies` for one packet directly (no table): the reference. On
-/// [`HBONE_PORT`]: allowed when allowed on any port, else as on a port no rule names.
+/// Evaluates `policies` for one packet directly (no table): the reference. Other
+/// ports than [`HBONE_PORT`] in the plaintext view; on [`HBONE_PORT`], in the identity
+/// view, allowed when allowed on any port, else as on a port no rule names.
 pub fn evaluate(policies: &[L4Policy], src: IpAddr, port: u16) -> Decision {
     if port != HBONE_PORT {
-        return evaluate_class(policies, src, Some(port));
+        return evaluate_class(policies, View::Plaintext, src, Some(port));
     }
     let named: BTreeSet<u16> = policies
         .iter()
@@ -210,17 +241,17 @@ pub fn evaluate(policies: &[L4Policy], src: IpAddr, port: u16) -> Decision {
         .filter(|p| *p != HBONE_PORT)
         .collect();
     let mut classes = std::iter::once(None).chain(named.into_iter().map(Some));
-    if classes.any(|c| evaluate_class(policies, src, c) == Decision::Allow) {
+    if classes.any(|c| evaluate_class(policies, View::Identity, src, c) == Decision::Allow) {
         Decision::Allow
     } else {
-        evaluate_class(policies, src, None)
+        evaluate_class(policies, View::Identity, src, None)
     }
 }
 
 /// The reference for one port class (`None`: a port no rule names).
-fn evaluate_class(policies: &[L4Policy], src: IpAddr, port: Option<u16>) -> Decision {
+fn evaluate_class(policies: &[L4Policy], view: View, src: IpAddr, port: Option<u16>) -> Decision {
     let src = addr_bits(src);
-    let matches = |(i, j): RuleId| rule_matches(&policies[i].rules[j], src, port);
+    let matches = |(i, j): RuleId| rule_matches(&policies[i].rules[j], view, src, port);
     match judge(policies, (0..policies.len()).flat_map(|i| rule_ids(policies, i)), &matches) {
         (verdict::DENY, i) => Decision::Deny(i),
         (verdict::ALLOW, _) => Decision::Allow,
@@ -284,12 +315,17 @@ fn to_matches(to: &[Operation], port: Option<u16>) -> bool {
 }
 
 /// The reference: a rule against one address, scanning the lists.
-fn rule_matches(rule: &Rule, src: u128, port: Option<u16>) -> bool {
+fn rule_matches(rule: &Rule, view: View, src: u128, port: Option<u16>) -> bool {
     let inside = |p: &Prefix| p.contains(src);
+    let is_src = |ip: &IpAddr| addr_bits(*ip) == src;
+    let identity = |s: &Source| match view {
+        View::Plaintext => s.peers.is_none(),
+        View::Identity => s.peers.as_ref().is_none_or(|ps| ps.iter().any(is_src)) && !s.not_peers.iter().any(is_src),
+    };
     let source = |s: &Source| {
         (s.ip_blocks.is_empty() || s.ip_blocks.iter().any(inside))
             && (s.not_ip_blocks.is_empty() || !s.not_ip_blocks.iter().any(inside))
-            && s.principals.as_ref().is_none_or(|ps| ps.iter().any(|ip| addr_bits(*ip) == src))
+            && identity(s)
     };
     (rule.from.is_empty() || rule.from.iter().any(source)) && to_matches(&rule.to, port)
 }
@@ -298,7 +334,12 @@ fn rule_matches(rule: &Rule, src: u128, port: Option<u16>) -> bool {
 struct SourceSets {
     ip_blocks: Option<HashSet<Prefix>>,
     not_ip_blocks: Option<HashSet<Prefix>>,
-    principals: Option<HashSet<Prefix>>,
+    peers: Option<HashSet<Prefix>>,
+    not_peers: Option<HashSet<Prefix>>,
+}
+
+fn hosts(ips: &[IpAddr]) -> HashSet<Prefix> {
+    ips.iter().map(|ip| Prefix::host(*ip)).collect()
 }
 
 impl SourceSets {
@@ -307,16 +348,19 @@ impl SourceSets {
         SourceSets {
             ip_blocks: set(&s.ip_blocks),
             not_ip_blocks: set(&s.not_ip_blocks),
-            principals: s.principals.as_ref().map(|ps| ps.iter().map(|ip| Prefix::host(*ip)).collect()),
+            peers: s.peers.as_deref().map(hosts),
+            not_peers: (!s.not_peers.is_empty()).then(|| hosts(&s.not_peers)),
         }
     }
 
     /// `held`: every named prefix that holds the address.
-    fn matches(&self, held: &[Prefix]) -> bool {
+    fn matches(&self, view: View, held: &[Prefix]) -> bool {
         let any = |set: &HashSet<Prefix>| held.iter().any(|q| set.contains(q));
-        self.ip_blocks.as_ref().is_none_or(any)
-            && self.not_ip_blocks.as_ref().is_none_or(|s| !any(s))
-            && self.principals.as_ref().is_none_or(any)
+        let identity = match view {
+            View::Plaintext => self.peers.is_none(),
+            View::Identity => self.peers.as_ref().is_none_or(any) && self.not_peers.as_ref().is_none_or(|s| !any(s)),
+        };
+        identity && self.ip_blocks.as_ref().is_none_or(any) && self.not_ip_blocks.as_ref().is_none_or(|s| !any(s))
     }
 }
 
@@ -330,7 +374,8 @@ fn anchors(rule: &Rule) -> Option<Vec<Prefix>> {
     for s in &rule.from {
         if !s.ip_blocks.is_empty() {
             out.extend(s.ip_blocks.iter().copied());
-        } else if let Some(ps) = &s.principals {
+        } else if let Some(ps) = &s.peers {
+            // Plaintext never matches such a source: its anchors only over-approximate.
             out.extend(ps.iter().map(|ip| Prefix::host(*ip)));
         } else {
             return None;
@@ -352,7 +397,7 @@ pub fn compile(policies: &[L4Policy]) -> Result<Compiled, CompileError> {
         for r in &p.rules {
             for s in &r.from {
                 prefixes.extend(s.ip_blocks.iter().chain(&s.not_ip_blocks).copied());
-                prefixes.extend(s.principals.iter().flatten().map(|ip| Prefix::host(*ip)));
+                prefixes.extend(s.peers.iter().flatten().chain(&s.not_peers).map(|ip| Prefix::host(*ip)));
             }
             for op in &r.to {
                 for &port in op.ports.iter().chain(&op.not_ports) {
@@ -386,8 +431,11 @@ pub fn compile(policies: &[L4Policy]) -> Result<Compiled, CompileError> {
         .collect();
     let lengths: BTreeSet<u8> = prefixes.iter().map(|p| p.len).collect();
     let mut classes: Vec<Option<u16>> = std::iter::once(None).chain(ports.iter().map(|p| Some(*p))).collect();
-    // Per class: (prefix, parent, verdict), pruned below.
-    let mut tables: Vec<Vec<Cell>> = vec![Vec::new(); classes.len()];
+    // Without identity conditions both views judge alike: compute one.
+    let identity = policies.iter().flat_map(|p| &p.rules).flat_map(|r| &r.from).any(Source::has_identity);
+    let views: &[View] = if identity { &[View::Plaintext, View::Identity] } else { &[View::Plaintext] };
+    // Per view, per class: (prefix, parent, verdict), pruned below.
+    let mut tables: Vec<Vec<Vec<Cell>>> = vec![vec![Vec::new(); classes.len()]; views.len()];
     let mut sorted: Vec<Prefix> = prefixes.iter().copied().collect();
     sorted.sort();
     for &n in &sorted {
@@ -405,20 +453,24 @@ pub fn compile(policies: &[L4Policy]) -> Result<Compiled, CompileError> {
         }
         cands.sort_unstable();
         cands.dedup();
-        let from: HashMap<RuleId, bool> = cands
-            .iter()
-            .map(|&(i, j)| {
-                let f = &sets[i][j];
-                ((i, j), f.is_empty() || f.iter().any(|s| s.matches(&ancestors)))
-            })
-            .collect();
-        for (c, class) in classes.iter().enumerate() {
-            let matches = |(i, j): RuleId| from[&(i, j)] && to_matches(&policies[i].rules[j].to, *class);
-            tables[c].push((n, parent, judge(policies, cands.iter().copied(), &matches)));
+        for (v, view) in views.iter().enumerate() {
+            let from: HashMap<RuleId, bool> = cands
+                .iter()
+                .map(|&(i, j)| {
+                    let f = &sets[i][j];
+                    ((i, j), f.is_empty() || f.iter().any(|s| s.matches(*view, &ancestors)))
+                })
+                .collect();
+            for (c, class) in classes.iter().enumerate() {
+                let matches = |(i, j): RuleId| from[&(i, j)] && to_matches(&policies[i].rules[j].to, *class);
+                tables[v][c].push((n, parent, judge(policies, cands.iter().copied(), &matches)));
+            }
         }
     }
     let has_allow = policies.iter().any(|p| p.action == Action::Allow);
-    let hbone = hbone_table(&tables, has_allow);
+    // Application ports from the plaintext view, 15008 from the identity view.
+    let hbone = hbone_table(tables.last().expect("one view at least"), has_allow);
+    let mut tables = tables.swap_remove(0);
     tables.push(hbone);
     classes.push(Some(HBONE_PORT));
     let mut pruned: Vec<Vec<Entry>> = Vec::with_capacity(classes.len());

@@ -116,12 +116,21 @@ fn eth(ethertype: u16) -> Vec<u8> {
     f
 }
 
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const FIN: u8 = 0x01;
+
+/// A TCP connection request (SYN) to `dport`.
 fn tcp(dport: u16) -> Vec<u8> {
+    tcp_segment(40000, dport, SYN)
+}
+
+fn tcp_segment(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     let mut h = vec![0u8; 20];
-    h[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
     h[2..4].copy_from_slice(&dport.to_be_bytes());
     h[12] = 5 << 4;
-    h[13] = 0x02; // SYN
+    h[13] = flags;
     h
 }
 
@@ -365,6 +374,72 @@ fn exact_port_before_wildcard() {
     assert_eq!(k.run(&v4("10.5.5.5", POD4, TCP, &tcp(22))), DROP);
     assert_eq!(k.run(&v4("10.6.1.1", POD4, TCP, &tcp(22))), PASS);
     assert_eq!(k.drops(POD4, "policy_deny"), 3);
+}
+
+/// Identity conditions in the real program: judged as absent on application ports
+/// (plaintext), by the holders' addresses on 15008 (HBONE).
+#[test]
+fn identity_conditions_by_view() {
+    if !need_root("identity_conditions_by_view") {
+        return;
+    }
+    let k = load();
+    let pod: IpAddr = POD4.parse().unwrap();
+    let (sleep, other, outsider) = ("10.1.0.5", "10.1.0.6", "172.16.0.1");
+    let ips = |v: &[&str]| -> Vec<IpAddr> { v.iter().map(|s| s.parse().unwrap()).collect() };
+    // ALLOW principals [sleep] to 8080: no plaintext passes, not even from sleep's
+    // address; 15008 passes from sleep's address only.
+    let allow_sleep = L4Policy {
+        name: "allow-sleep".into(),
+        action: Action::Allow,
+        rules: vec![Rule {
+            from: vec![Source { peers: Some(ips(&[sleep])), ..Default::default() }],
+            to: vec![Operation { ports: vec![8080], ..Default::default() }],
+        }],
+    };
+    k.set_policy(pod, &[allow_sleep]).unwrap();
+    for (src, port, want) in [(sleep, 8080, DROP), (outsider, 8080, DROP), (sleep, 15008, PASS), (other, 15008, DROP)] {
+        assert_eq!(k.run(&v4(src, POD4, TCP, &tcp(port))), want, "allow-sleep: {src} -> {port}");
+    }
+    // DENY notPrincipals ["*"] (STRICT), with sleep and other the mesh's workloads:
+    // all plaintext is dropped, 15008 from the mesh passes, from elsewhere not.
+    let strict = L4Policy {
+        name: "strict".into(),
+        action: Action::Deny,
+        rules: vec![Rule { from: vec![Source { not_peers: ips(&[sleep, other]), ..Default::default() }], to: vec![] }],
+    };
+    k.set_policy(pod, &[strict]).unwrap();
+    let before = k.drops(POD4, "policy_deny");
+    for (src, port, want) in [(sleep, 8080, DROP), (outsider, 22, DROP), (sleep, 15008, PASS), (other, 15008, PASS), (outsider, 15008, DROP)] {
+        assert_eq!(k.run(&v4(src, POD4, TCP, &tcp(port))), want, "strict: {src} -> {port}");
+    }
+    assert_eq!(k.drops(POD4, "policy_deny"), before + 3);
+}
+
+/// Only connection requests (SYN without ACK) are judged: the replies to the pod's own
+/// connections (here from a server's 15008 or 443 to an ephemeral port) pass a policy
+/// that drops every request from their source.
+#[test]
+fn only_connection_requests_are_judged() {
+    if !need_root("only_connection_requests_are_judged") {
+        return;
+    }
+    let k = load();
+    let pod: IpAddr = POD4.parse().unwrap();
+    k.set_policy(pod, &[deny(&["10.66.0.0/16"], &[]), allow(&["10.1.0.0/16"], &[8080])]).unwrap();
+    for src in ["10.66.0.1", "172.16.0.1"] {
+        assert_eq!(k.run(&v4(src, POD4, TCP, &tcp(41000))), DROP, "a request from {src}");
+        for (sport, flags) in [(15008, SYN | ACK), (443, ACK), (443, FIN | ACK), (15008, 0x18)] {
+            let reply = v4(src, POD4, TCP, &tcp_segment(sport, 41000, flags));
+            assert_eq!(k.run(&reply), PASS, "{src}:{sport} flags {flags:#04x}");
+        }
+    }
+    k.set_policy(POD6.parse().unwrap(), &[deny(&["fd00:9::/32"], &[])]).unwrap();
+    assert_eq!(k.run(&v6("fd00:9::1", POD6, TCP, &tcp(41000))), DROP);
+    assert_eq!(k.run(&v6("fd00:9::1", POD6, TCP, &tcp_segment(15008, 41000, SYN | ACK))), PASS);
+    assert_eq!((k.drops(POD4, "policy_deny"), k.drops(POD4, "policy_no_allow_match")), (1, 1));
+    // UDP has no requests to tell apart: every datagram is judged.
+    assert_eq!(k.run(&v4("10.66.0.1", POD4, UDP, &udp(41000))), DROP);
 }
 
 #[test]

@@ -16,7 +16,8 @@
 //! | IPv6 hop-by-hop, routing, destination options, fragment, AH headers | walked (at most 4); more than 4: drop, `MALFORMED` |
 //! | ICMP, ICMPv6 | pass (path MTU and neighbour discovery; Istio's L4 policy is about connections) |
 //! | other IP protocols (no ports) | judged by source with port "any other" (port 0) |
-//! | TCP, UDP | judged by source and destination port |
+//! | TCP segment other than a connection request (SYN without ACK) | pass: replies to the pod's own connections (a SYN-ACK from a server's port to an ephemeral one) and the rest of connections whose SYN was judged |
+//! | TCP connection request, UDP | judged by source and destination port |
 //!
 //! Allowed packets return `TCX_NEXT`, so programs after ours (a CNI's) still run.
 use aya_ebpf::macros::classifier;
@@ -46,6 +47,9 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AH: u8 = 51;
 const IPV6_DSTOPTS: u8 = 60;
 const MAX_IPV6_EXT: usize = 4;
+const TCP_FLAGS: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 /// Where a drop is counted when the destination is unknown (L3 header cut short).
 const UNKNOWN_POD: Addr = [0; 4];
 
@@ -188,7 +192,7 @@ fn judge_v6(ctx: &TcContext, l3: usize) -> Judged {
 enum PortOf {
     /// Destination port in network order; 0 for protocols without ports.
     Port(u16),
-    /// ICMP / ICMPv6: not judged.
+    /// ICMP / ICMPv6, TCP other than a connection request: not judged.
     Unjudged,
 }
 
@@ -202,6 +206,12 @@ fn dst_port(ctx: &TcContext, proto: u8, l4: usize, _pod: Addr) -> Option<PortOf>
         _ => return Some(PortOf::Port(0)),
     };
     ctx.load::<u8>(l4 + min - 1).ok()?;
+    if proto == IPPROTO_TCP {
+        let flags = ctx.load::<u8>(l4 + TCP_FLAGS).ok()?;
+        if flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+            return Some(PortOf::Unjudged);
+        }
+    }
     let ports = ctx.load::<[u8; 4]>(l4).ok()?;
     Some(PortOf::Port(u16::from_ne_bytes([ports[2], ports[3]])))
 }

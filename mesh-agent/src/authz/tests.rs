@@ -296,13 +296,20 @@ fn kernel_form_resolves_identities_to_addresses() {
     ];
     let p = policy("a", Action::Allow, vec![group(vec![from_principals(&[SLEEP]), to_ports(&[8080])])]);
     let l4 = to_l4(&p, &workloads).unwrap();
-    assert_eq!(l4.rules[0].from[0].principals, Some(vec![ip("10.0.0.5")]));
+    assert_eq!(l4.rules[0].from[0].peers, Some(vec![ip("10.0.0.5")]));
     assert_eq!(l4.rules[0].to[0].ports, vec![8080]);
     let p = policy("d", Action::Deny, vec![group(vec![from_ns(&["legacy"])])]);
-    assert_eq!(to_l4(&p, &workloads).unwrap().rules[0].from[0].principals, Some(vec![ip("10.0.0.7")]));
+    assert_eq!(to_l4(&p, &workloads).unwrap().rules[0].from[0].peers, Some(vec![ip("10.0.0.7")]));
     // A principal nobody holds: the source matches nothing.
     let p = policy("a", Action::Allow, vec![group(vec![from_principals(&["td/ns/x/sa/nobody"])])]);
-    assert_eq!(to_l4(&p, &workloads).unwrap().rules[0].from[0].principals, Some(vec![]));
+    assert_eq!(to_l4(&p, &workloads).unwrap().rules[0].from[0].peers, Some(vec![]));
+    // Not-forms: a DENY spares the excluded identities' addresses (on HBONE), an ALLOW
+    // ignores them; neither touches the address blocks.
+    let not_ns = vec![Match { not_namespaces: vec![exact("default")], ..Default::default() }];
+    let d = to_l4(&policy("d", Action::Deny, vec![group(vec![not_ns.clone()])]), &workloads).unwrap();
+    assert_eq!(d.rules[0].from[0], l4policy::Source { not_peers: vec![ip("10.0.0.5"), ip("10.0.0.6")], ..Default::default() });
+    let a = to_l4(&policy("a", Action::Allow, vec![group(vec![not_ns])]), &workloads).unwrap();
+    assert_eq!(a.rules[0].from[0], l4policy::Source::default());
     // A destination-IP clause: an ALLOW rule goes without it, a DENY rule is left out.
     let dst = vec![Match { destination_ips: vec![Prefix::parse("10.0.0.100").unwrap()], ..Default::default() }];
     let a = policy("a", Action::Allow, vec![group(vec![dst.clone(), to_ports(&[80])])]);
@@ -323,86 +330,218 @@ fn to_l4_ports(p: &[u16]) -> Vec<l4policy::Operation> {
     vec![l4policy::Operation { ports: p.to_vec(), not_ports: vec![] }]
 }
 
-/// Random policies and connections: whatever the evaluator allows over HBONE, the
-/// kernel lets through on 15008; whatever it allows in plaintext from an address no
-/// workload holds, the kernel lets through on the real port.
-#[test]
-fn kernel_never_drops_what_the_agent_allows() {
-    fastrand::seed(11);
-    let workloads = vec![
+fn mesh() -> Vec<Arc<Workload>> {
+    vec![
         workload("sleep", "default", "sleep", "10.0.0.5"),
         workload("other", "default", "other", "10.0.0.6"),
         workload("legacy", "legacy", "default", "10.1.0.7"),
+    ]
+}
+
+/// The kernel's verdicts for `policies` (compiled as the agent writes them): whether a
+/// packet from `src` to `port` passes.
+fn kernel(policies: &[Arc<Policy>], workloads: &[Arc<Workload>]) -> impl Fn(&str, u16) -> bool {
+    let l4: Vec<L4Policy> = policies.iter().filter_map(|p| to_l4(p, workloads)).collect();
+    let table = compile(&l4).unwrap();
+    move |src, port| l4.is_empty() || matches!(lookup(&table, ip(src), port), Some(L4::Allow))
+}
+
+/// Istio's `*` is presence; anything else here is exact.
+fn istio_str(s: &str) -> StrMatch {
+    if s == "*" {
+        StrMatch::Presence
+    } else {
+        exact(s)
+    }
+}
+
+fn not_principals(p: &[&str]) -> Vec<Match> {
+    vec![Match { not_principals: p.iter().map(|s| istio_str(s)).collect(), ..Default::default() }]
+}
+
+fn not_namespaces(n: &[&str]) -> Vec<Match> {
+    vec![Match { not_namespaces: n.iter().map(|s| exact(s)).collect(), ..Default::default() }]
+}
+
+/// The identity conditions under both views: app ports judge plaintext exactly as
+/// Istio does (no principal, no namespace), 15008 by the holders' addresses.
+#[test]
+fn kernel_judges_identity_exactly_on_app_ports_and_by_address_on_hbone() {
+    const H: u16 = HBONE_PORT;
+    let w = mesh();
+    let (sleep, other, legacy, outsider) = ("10.0.0.5", "10.0.0.6", "10.1.0.7", "192.168.3.3");
+    type Case = (&'static str, Vec<Arc<Policy>>, Vec<(&'static str, u16, bool)>);
+    let cases: Vec<Case> = vec![
+        (
+            "DENY principals [sleep] does not drop plaintext from sleep's address",
+            vec![policy("d", Action::Deny, vec![group(vec![from_principals(&[SLEEP])])])],
+            vec![(sleep, 8080, true), (sleep, 80, true), (outsider, 8080, true), (sleep, H, false), (other, H, true)],
+        ),
+        (
+            "DENY notPrincipals [*] (STRICT) drops all plaintext, never HBONE from the mesh",
+            vec![policy("d", Action::Deny, vec![group(vec![not_principals(&["*"])])])],
+            vec![(sleep, 8080, false), (outsider, 8080, false), (outsider, 22, false), (sleep, H, true), (legacy, H, true)],
+        ),
+        (
+            "DENY notPrincipals [*] on 8080 drops plaintext there only",
+            vec![policy("d", Action::Deny, vec![group(vec![not_principals(&["*"]), to_ports(&[8080])])])],
+            vec![(outsider, 8080, false), (sleep, 8080, false), (outsider, 9090, true), (sleep, H, true), (outsider, H, true)],
+        ),
+        (
+            "ALLOW principals [sleep] on 8080 drops plaintext to 8080, passes 15008 from sleep",
+            vec![policy("a", Action::Allow, vec![group(vec![from_principals(&[SLEEP]), to_ports(&[8080])])])],
+            vec![(sleep, 8080, false), (outsider, 8080, false), (sleep, 80, false), (sleep, H, true), (other, H, false)],
+        ),
+        (
+            "ALLOW namespaces [default] on 8080 likewise",
+            vec![policy("a", Action::Allow, vec![group(vec![from_ns(&["default"]), to_ports(&[8080])])])],
+            vec![(sleep, 8080, false), (other, 8080, false), (sleep, H, true), (other, H, true), (legacy, H, false)],
+        ),
+        (
+            "DENY notNamespaces [default] drops all plaintext, HBONE from default passes",
+            vec![policy("d", Action::Deny, vec![group(vec![not_namespaces(&["default"])])])],
+            vec![(sleep, 8080, false), (outsider, 80, false), (sleep, H, true), (other, H, true), (legacy, H, false), (outsider, H, false)],
+        ),
+        (
+            "ALLOW notNamespaces [legacy] allows plaintext (it has no namespace)",
+            vec![policy("a", Action::Allow, vec![group(vec![not_namespaces(&["legacy"])])])],
+            vec![(outsider, 8080, true), (legacy, 8080, true), (sleep, H, true), (legacy, H, true)],
+        ),
+        (
+            "ALLOW from an ipBlock or a principal: plaintext passes by the block only",
+            vec![policy("a", Action::Allow, vec![group(vec![[from_ips(&["192.168.0.0/16"]), from_principals(&[SLEEP])].concat()])])],
+            vec![(outsider, 80, true), (sleep, 80, false), (sleep, H, true), (other, H, false)],
+        ),
     ];
+    for (what, policies, probes) in cases {
+        let passes = kernel(&policies, &w);
+        for (src, port, want) in probes {
+            assert_eq!(passes(src, port), want, "{what}: {src} port {port}");
+            // The agent agrees on plaintext; on 15008 it allows no more than the kernel.
+            if port != H {
+                assert_eq!(decide(&policies, &plain(src, port)).is_allowed(), want, "{what}: the agent on {src}:{port}");
+            } else if let Some(w) = w.iter().find(|x| x.addresses.contains(&ip(src))) {
+                let agent = [80u16, 8080, 9090].iter().any(|p| decide(&policies, &hbone(src, w.identity(), *p)).is_allowed());
+                assert!(want || !agent, "{what}: the agent allows HBONE from {src}");
+            }
+        }
+    }
+}
+
+/// A random `Match` of one kind: identities (0), source addresses (1), destination
+/// ports (2), destination addresses (3).
+fn random_match(kind: usize) -> Match {
     let principals = [SLEEP, "td/ns/default/sa/other", "td/ns/legacy/sa/default", "*"];
     let namespaces = ["default", "legacy"];
     let blocks = ["10.0.0.0/8", "10.0.0.0/24", "10.0.0.5", "10.1.0.0/16", "192.168.0.0/16"];
     let ports = [80u16, 8080, 443];
     let pick = |n: usize, of: &[&str]| -> Vec<String> { (0..n).map(|_| of[fastrand::usize(..of.len())].to_string()).collect() };
-    let random_match = || {
-        let strs = |v: Vec<String>| v.iter().map(|s| if s == "*" { StrMatch::Presence } else { exact(s) }).collect();
-        let ips = |v: Vec<String>| v.iter().map(|s| Prefix::parse(s).unwrap()).collect();
-        let mut m = Match::default();
-        match fastrand::usize(..4) {
-            0 => {
-                m.principals = strs(pick(fastrand::usize(0..2), &principals));
-                m.not_principals = strs(pick(fastrand::usize(0..2), &principals));
-                m.namespaces = strs(pick(fastrand::usize(0..2), &namespaces));
-                m.not_namespaces = strs(pick(fastrand::usize(0..2), &namespaces));
+    let strs = |v: Vec<String>| v.iter().map(|s| istio_str(s)).collect();
+    let ips = |v: Vec<String>| v.iter().map(|s| Prefix::parse(s).unwrap()).collect();
+    let mut m = Match::default();
+    match kind {
+        0 => {
+            m.principals = strs(pick(fastrand::usize(0..2), &principals));
+            m.not_principals = strs(pick(fastrand::usize(0..2), &principals));
+            m.namespaces = strs(pick(fastrand::usize(0..2), &namespaces));
+            m.not_namespaces = strs(pick(fastrand::usize(0..2), &namespaces));
+            if fastrand::usize(..4) == 0 {
+                m.source_ips = ips(pick(1, &blocks));
             }
-            1 => {
-                m.source_ips = ips(pick(fastrand::usize(0..2), &blocks));
-                m.not_source_ips = ips(pick(fastrand::usize(0..2), &blocks));
-            }
-            2 => {
-                m.destination_ports = (0..fastrand::usize(0..3)).map(|_| ports[fastrand::usize(..3)]).collect();
-                m.not_destination_ports = (0..fastrand::usize(0..2)).map(|_| ports[fastrand::usize(..3)]).collect();
-            }
-            _ => m.destination_ips = ips(pick(1, &["10.0.0.100", "10.9.9.9"])),
         }
-        m
-    };
-    let conns: Vec<Attrs> = [
-        ("10.0.0.5", Some(id("default", "sleep"))),
-        ("10.0.0.6", Some(id("default", "other"))),
-        ("10.1.0.7", Some(id("legacy", "default"))),
-        ("10.0.0.9", None),
-        ("192.168.3.3", None),
-    ]
-    .iter()
-    .flat_map(|(src, who)| {
-        [80u16, 8080, 443, 9999].map(|port| Attrs { src_ip: ip(src), identity: who.clone(), dst_ip: ip("10.0.0.100"), dst_port: port })
-    })
-    .collect();
-    for round in 0..400 {
-        let policies: Vec<Arc<Policy>> = (0..fastrand::usize(1..4))
-            .map(|i| {
-                let groups = (0..fastrand::usize(0..3))
-                    .map(|_| group((0..fastrand::usize(0..3)).map(|_| (0..fastrand::usize(0..3)).map(|_| random_match()).collect()).collect()))
-                    .collect();
-                let action = if fastrand::bool() { Action::Allow } else { Action::Deny };
-                policy(&format!("p{i}"), action, groups)
-            })
-            .collect();
-        let l4: Vec<L4Policy> = policies.iter().filter_map(|p| to_l4(p, &workloads)).collect();
-        let table = compile(&l4).unwrap();
-        let kernel_passes = |src: IpAddr, port: u16| {
-            if l4.is_empty() {
-                return true;
+        1 => {
+            m.source_ips = ips(pick(fastrand::usize(0..2), &blocks));
+            m.not_source_ips = ips(pick(fastrand::usize(0..2), &blocks));
+        }
+        2 => {
+            m.destination_ports = (0..fastrand::usize(0..3)).map(|_| ports[fastrand::usize(..3)]).collect();
+            m.not_destination_ports = (0..fastrand::usize(0..2)).map(|_| ports[fastrand::usize(..3)]).collect();
+        }
+        _ => m.destination_ips = ips(pick(1, &["10.0.0.100", "10.9.9.9"])),
+    }
+    m
+}
+
+/// Random policies of 1-3 groups. `expressible`: each group holds at most one clause
+/// on sources and one on ports (as `from` and `to` give), no destination address, so
+/// the kernel's form is exact on plaintext; otherwise clauses are of any shape.
+fn random_policies(expressible: bool) -> Vec<Arc<Policy>> {
+    let clause = |kinds: &[usize]| -> Vec<Match> { (0..fastrand::usize(0..3)).map(|_| random_match(kinds[fastrand::usize(..kinds.len())])).collect() };
+    (0..fastrand::usize(1..4))
+        .map(|i| {
+            let groups = (0..fastrand::usize(0..3))
+                .map(|_| {
+                    let mut clauses: Vec<Vec<Match>> = if expressible {
+                        [fastrand::bool().then(|| clause(&[0, 1])), fastrand::bool().then(|| clause(&[2]))].into_iter().flatten().collect()
+                    } else {
+                        (0..fastrand::usize(0..3)).map(|_| clause(&[0, 1, 2, 3])).collect()
+                    };
+                    fastrand::shuffle(&mut clauses);
+                    group(clauses)
+                })
+                .collect();
+            let action = if fastrand::bool() { Action::Allow } else { Action::Deny };
+            policy(&format!("p{i}"), action, groups)
+        })
+        .collect()
+}
+
+const SOURCES: [(&str, Option<(&str, &str)>); 5] = [
+    ("10.0.0.5", Some(("default", "sleep"))),
+    ("10.0.0.6", Some(("default", "other"))),
+    ("10.1.0.7", Some(("legacy", "default"))),
+    ("10.0.0.9", None),
+    ("192.168.3.3", None),
+];
+const APP_PORTS: [u16; 4] = [80, 8080, 443, 9999];
+
+/// Random policies and connections: whatever the evaluator allows over HBONE, the
+/// kernel lets through on 15008 from the workload's address; whatever it allows in
+/// plaintext, from any address (a workload's too), the kernel lets through on the port.
+#[test]
+fn kernel_never_drops_what_the_agent_allows() {
+    fastrand::seed(11);
+    let workloads = mesh();
+    for round in 0..600 {
+        let policies = random_policies(false);
+        let passes = kernel(&policies, &workloads);
+        for (src, who) in SOURCES {
+            for port in APP_PORTS {
+                if decide(&policies, &plain(src, port)).is_allowed() {
+                    assert!(passes(src, port), "round {round}: plaintext {src}:{port} allowed by the agent, dropped\n{policies:#?}");
+                }
+                let Some((ns, sa)) = who else { continue };
+                if decide(&policies, &hbone(src, id(ns, sa), port)).is_allowed() {
+                    assert!(passes(src, HBONE_PORT), "round {round}: HBONE {src} to {port} allowed by the agent, dropped\n{policies:#?}");
+                }
             }
-            matches!(lookup(&table, src, port), Some(L4::Allow))
-        };
-        for c in &conns {
-            if !decide(&policies, c).is_allowed() {
-                continue;
-            }
-            let port = if c.identity.is_some() { HBONE_PORT } else { c.dst_port };
-            assert!(
-                kernel_passes(c.src_ip, port),
-                "round {round}: the agent allows {c:?} but the kernel drops it on port {port}\n{policies:#?}\n{l4:#?}"
-            );
         }
     }
+}
+
+/// The converse where it holds: for policies the kernel can express, the kernel drops
+/// plaintext on an application port exactly when the evaluator denies it.
+#[test]
+fn kernel_drops_plaintext_exactly_when_the_agent_denies_it() {
+    fastrand::seed(12);
+    let workloads = mesh();
+    let (mut dropped, mut passed) = (0, 0);
+    for round in 0..600 {
+        let policies = random_policies(true);
+        let passes = kernel(&policies, &workloads);
+        for (src, _) in SOURCES {
+            for port in APP_PORTS {
+                let agent = decide(&policies, &plain(src, port));
+                assert_eq!(passes(src, port), agent.is_allowed(), "round {round}: plaintext {src}:{port}, agent: {agent:?}\n{policies:#?}");
+                if agent.is_allowed() {
+                    passed += 1;
+                } else {
+                    dropped += 1;
+                }
+            }
+        }
+    }
+    assert!(dropped > 1000 && passed > 1000, "the random policies should both drop and pass: {dropped} dropped, {passed} passed");
 }
 
 #[tokio::test]

@@ -201,19 +201,72 @@ fn ipv4_and_ipv6_are_separate_even_with_zero_prefixes() {
     check(&p, &[("2001:db8:1::1", 443, Deny(0)), ("2001:db9::1", 443, Allow), ("32.1.13.184", 443, Allow)]);
 }
 
+fn peers(ips: &[&str]) -> Option<Vec<IpAddr>> {
+    Some(ips.iter().map(|s| ip(s)).collect())
+}
+
+fn not_peers(ips: &[&str]) -> Source {
+    Source { not_peers: ips.iter().map(|s| ip(s)).collect(), ..Default::default() }
+}
+
+const H: u16 = HBONE_PORT;
+
+/// Identity conditions: on application ports plaintext has no identity (`peers` never
+/// match, `not_peers` always do); on 15008 they are judged by the holders' addresses.
 #[test]
-fn principals_resolved_to_addresses() {
-    let known = Source { principals: Some(vec![ip("10.0.0.7"), ip("fd00::7")]), ..Default::default() };
-    let unknown = Source { principals: Some(vec![]), ..Default::default() };
+fn peers_match_by_address_on_hbone_only() {
+    let known = Source { peers: peers(&["10.0.0.7", "fd00::7"]), ..Default::default() };
+    let unknown = Source { peers: peers(&[]), ..Default::default() };
     let p = [policy("a", Action::Allow, vec![rule(vec![known], vec![ports(&[8080])]), rule(vec![unknown], vec![])])];
     check(
         &p,
-        &[("10.0.0.7", 8080, Allow), ("fd00::7", 8080, Allow), ("10.0.0.8", 8080, NoAllowMatch), ("10.0.0.7", 80, NoAllowMatch)],
+        &[
+            ("10.0.0.7", 8080, NoAllowMatch),
+            ("fd00::7", 8080, NoAllowMatch),
+            ("10.0.0.7", H, Allow),
+            ("fd00::7", H, Allow),
+            ("10.0.0.8", H, NoAllowMatch),
+        ],
     );
-    // ip_blocks AND principals within one source.
-    let both = Source { ip_blocks: vec![pfx("10.0.0.0/24")], principals: Some(vec![ip("10.0.0.7"), ip("10.9.0.7")]), ..Default::default() };
+    // ip_blocks AND peers within one source: on 15008 both must hold.
+    let both = Source { ip_blocks: vec![pfx("10.0.0.0/24")], peers: peers(&["10.0.0.7", "10.9.0.7"]), ..Default::default() };
     let p = [policy("a", Action::Allow, vec![rule(vec![both], vec![])])];
-    check(&p, &[("10.0.0.7", 1, Allow), ("10.9.0.7", 1, NoAllowMatch), ("10.0.0.8", 1, NoAllowMatch)]);
+    check(&p, &[("10.0.0.7", H, Allow), ("10.9.0.7", H, NoAllowMatch), ("10.0.0.8", H, NoAllowMatch), ("10.0.0.7", 1, NoAllowMatch)]);
+    // A DENY by peer drops nothing on application ports, and its address on 15008.
+    let p = [policy("d", Action::Deny, vec![rule(vec![Source { peers: peers(&["10.0.0.7"]), ..Default::default() }], vec![])])];
+    check(&p, &[("10.0.0.7", 80, Allow), ("10.0.0.7", H, Deny(0)), ("10.0.0.8", H, Allow)]);
+    assert!(compile(&p).unwrap().entries.iter().all(|e| e.port == H || e.verdict != verdict::DENY));
+}
+
+#[test]
+fn not_peers_always_match_plaintext_and_spare_their_addresses_on_hbone() {
+    // A DENY for every identity but the listed ones (how STRICT reads): all plaintext
+    // is dropped, on 15008 only the addresses of no listed workload.
+    let p = [policy("d", Action::Deny, vec![rule(vec![not_peers(&["10.0.0.7", "fd00::7"])], vec![])])];
+    check(
+        &p,
+        &[
+            ("10.0.0.7", 80, Deny(0)),
+            ("10.0.0.8", 80, Deny(0)),
+            ("fd00::7", 443, Deny(0)),
+            ("10.0.0.7", H, Allow),
+            ("fd00::7", H, Allow),
+            ("10.0.0.8", H, Deny(0)),
+        ],
+    );
+    // With not_ip_blocks in the same source: plaintext from the block is spared.
+    let src = Source { not_ip_blocks: vec![pfx("192.168.0.0/16")], ..not_peers(&["10.0.0.7"]) };
+    let p = [policy("d", Action::Deny, vec![rule(vec![src], vec![ports(&[8080])])])];
+    check(
+        &p,
+        &[
+            ("192.168.1.1", 8080, Allow),
+            ("10.0.0.7", 8080, Deny(0)),
+            ("10.0.0.7", 9090, Allow),
+            ("10.0.0.7", H, Allow),
+            ("10.0.0.8", H, Allow),
+        ],
+    );
 }
 
 #[test]
@@ -273,7 +326,8 @@ fn compiled_table_agrees_with_reference_on_random_policies() {
                     .map(|_| Source {
                         ip_blocks: pick(fastrand::usize(0..3)),
                         not_ip_blocks: pick(fastrand::usize(0..2)),
-                        principals: fastrand::bool().then(|| (0..fastrand::usize(0..2)).map(|_| ip(addrs[fastrand::usize(..addrs.len())])).collect()),
+                        peers: fastrand::bool().then(|| (0..fastrand::usize(0..2)).map(|_| ip(addrs[fastrand::usize(..addrs.len())])).collect()),
+                        not_peers: (0..fastrand::usize(0..2)).map(|_| ip(addrs[fastrand::usize(..addrs.len())])).collect(),
                     })
                     .collect();
                 let to = (0..fastrand::usize(0..2))
@@ -300,7 +354,6 @@ fn compiled_table_agrees_with_reference_on_random_policies() {
 /// any source some rule allows on some port, and drops it only where every port drops.
 #[test]
 fn hbone_port_passes_whatever_any_port_would_allow() {
-    const H: u16 = HBONE_PORT;
     // ALLOW from 10.1/16 to 8080 only: 10.1/16 may reach 15008 (the agent checks
     // 8080), everyone else is dropped on 15008 too.
     let p = [policy("allow-8080", Action::Allow, vec![rule(vec![from_blocks(&["10.1.0.0/16"])], vec![ports(&[8080])])])];
@@ -317,8 +370,8 @@ fn hbone_port_passes_whatever_any_port_would_allow() {
         policy("deny-not-443", Action::Deny, vec![rule(vec![from_blocks(&["10.6.0.0/16"])], vec![not_ports(&[443])])]),
     ];
     check(&p, &[("10.6.1.1", H, Allow), ("10.6.1.1", 443, Allow), ("10.6.1.1", 80, Deny(1)), ("10.7.1.1", H, Allow)]);
-    // ALLOW principals (as addresses) on 8080; DENY by namespace-wide ipBlock on 9090.
-    let principal = Source { principals: Some(vec![ip("10.0.0.5")]), ..Default::default() };
+    // ALLOW a peer (by address) on 8080.
+    let principal = Source { peers: peers(&["10.0.0.5"]), ..Default::default() };
     let p = [policy("allow-sa", Action::Allow, vec![rule(vec![principal], vec![ports(&[8080])])])];
     check(&p, &[("10.0.0.5", H, Allow), ("10.0.0.6", H, NoAllowMatch), ("10.0.0.5", 9090, NoAllowMatch)]);
     // An ALLOW with no rules drops 15008 from everyone; a rule naming 15008 itself
