@@ -20,6 +20,18 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use super::folder::Metadata;
+
+pub mod convert;
+
+/// A PeerAuthentication object as read from the folder.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct PeerAuthentication {
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: Spec,
+}
+
 /// `spec.mtls.mode`.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
