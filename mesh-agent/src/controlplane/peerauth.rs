@@ -1,5 +1,6 @@
 //! PeerAuthentication (`security.istio.io` v1 / v1beta1): validation and the mTLS mode
-//! each workload ends up with, by Istio's precedence (pure, table-tested below).
+//! each workload ends up with, by Istio's precedence (pure, table-tested below);
+//! [`convert`] turns the result into the workload API's DENY policies.
 //!
 //! # Precedence
 //! - A policy in the root namespace without a selector is mesh-wide; one in any
