@@ -102,7 +102,7 @@ fn converted_policies_give_each_workload_its_mode() {
 fn names_and_scopes_follow_istiod() {
     let scope = |c: &Converted, k: &str| sec::Scope::try_from(c.policies[k].scope).unwrap();
     let mesh_strict = pa(ROOT, "default", 0, "mtls: {mode: STRICT}");
-    let c = run(&[mesh_strict.clone()]);
+    let c = run(std::slice::from_ref(&mesh_strict));
     let key = format!("{ROOT}/{STATIC_STRICT}");
     assert_eq!(c.policies.keys().collect::<Vec<_>>(), vec![&key]);
     assert_eq!(scope(&c, &key), sec::Scope::Global, "nobody relaxes it");
@@ -119,7 +119,7 @@ fn names_and_scopes_follow_istiod() {
     // A namespace STRICT that nobody relaxes is NAMESPACE-scoped; a workload's port
     // exception becomes its own policy and the namespace's falls back to listing.
     let ns = pa("shop", "tight", 1, "mtls: {mode: STRICT}");
-    let c = run(&[ns.clone()]);
+    let c = run(std::slice::from_ref(&ns));
     assert_eq!(scope(&c, "shop/converted_peer_authentication_tight"), sec::Scope::Namespace);
     let cart = pa("shop", "cart", 2, "selector: {matchLabels: {app: cart}}\nportLevelMtls: {8080: {mode: PERMISSIVE}}");
     let c = run(&[ns, cart]);
