@@ -2,10 +2,10 @@
 //! Istio traffic annotations that exempt ports from capture. Pure: parsed from the
 //! enrollment event, turned into kernel rules by `kernel`, read by the proxy.
 //!
-//! Where the mode comes from: for now, the enrollment event's `peer_authentication`
-//! and `port_level_mtls` fields, set by whoever enrolls the pod (the CNI hook, the
-//! test bed). Computing them from PeerAuthentication resources is the control plane's
-//! job and arrives with the identity issue; nothing here pretends to read them.
+//! Where the mode comes from: the enrollment event's `peer_authentication` and
+//! `port_level_mtls` fields, set by whoever enrolls the pod (the CNI hook, the test
+//! bed), made stricter by the PeerAuthentication the control plane sends in its DENY
+//! form ([`StrictPorts`], derived in `authz::enforce`): per port, STRICT wins.
 use std::collections::{BTreeMap, BTreeSet};
 
 use mesh_common::inbound_mode;
@@ -126,6 +126,68 @@ impl InboundConfig {
     }
 }
 
+/// The ports on which policy requires mTLS (PeerAuthentication STRICT as the
+/// workload API carries it: a DENY of connections without a peer identity).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StrictPorts {
+    #[default]
+    None,
+    /// These ports.
+    Only(BTreeSet<u16>),
+    /// Every port but these.
+    AllBut(BTreeSet<u16>),
+}
+
+impl StrictPorts {
+    pub fn contains(&self, port: u16) -> bool {
+        match self {
+            StrictPorts::None => false,
+            StrictPorts::Only(p) => p.contains(&port),
+            StrictPorts::AllBut(p) => !p.contains(&port),
+        }
+    }
+
+    /// STRICT where either is.
+    pub fn union(self, other: StrictPorts) -> StrictPorts {
+        use StrictPorts::*;
+        match (self, other) {
+            (None, x) | (x, None) => x,
+            (Only(a), Only(b)) => Only(a.union(&b).copied().collect()),
+            (AllBut(e), Only(d)) | (Only(d), AllBut(e)) => AllBut(e.difference(&d).copied().collect()),
+            (AllBut(a), AllBut(b)) => AllBut(a.intersection(&b).copied().collect()),
+        }
+    }
+
+    /// The ports named (to tell apart from the rest).
+    fn named(&self) -> impl Iterator<Item = u16> + '_ {
+        match self {
+            StrictPorts::None => None,
+            StrictPorts::Only(p) | StrictPorts::AllBut(p) => Some(p.iter().copied()),
+        }
+        .into_iter()
+        .flatten()
+    }
+}
+
+impl InboundConfig {
+    /// This (the enrollment's) configuration with STRICT wherever `strict` says:
+    /// per port the stricter of the two. Exclusions stay: an excluded port never
+    /// reaches the mesh, so no mode applies to it (as with Istio's sidecars).
+    pub fn stricter(&self, strict: &StrictPorts) -> InboundConfig {
+        let mode = if matches!(strict, StrictPorts::AllBut(_)) { MtlsMode::Strict } else { self.mode };
+        let of = |p: u16| if strict.contains(p) { MtlsMode::Strict } else { self.port_modes.get(&p).copied().unwrap_or(self.mode) };
+        let port_modes = self
+            .port_modes
+            .keys()
+            .copied()
+            .chain(strict.named())
+            .map(|p| (p, of(p)))
+            .filter(|(_, m)| *m != mode)
+            .collect();
+        InboundConfig { mode, port_modes, excluded_ports: self.excluded_ports.clone() }
+    }
+}
+
 fn kernel_mode(m: MtlsMode) -> u32 {
     match m {
         MtlsMode::Permissive => inbound_mode::PERMISSIVE,
@@ -202,6 +264,54 @@ mod tests {
         }
         let ok = PodCapture::from_pod(None, &BTreeMap::new(), &ann(&[(EXCLUDE_INBOUND_PORTS, " ")])).unwrap();
         assert!(ok.inbound.excluded_ports.is_empty());
+    }
+
+    #[test]
+    fn policy_strict_ports_combine_with_the_enrollment_by_port() {
+        let set = |p: &[u16]| p.iter().copied().collect::<BTreeSet<u16>>();
+        let cni = |mode, ports: &[(u16, MtlsMode)], excluded: &[u16]| InboundConfig {
+            mode,
+            port_modes: ports.iter().copied().collect(),
+            excluded_ports: set(excluded),
+        };
+        use MtlsMode::{Disable, Permissive, Strict};
+        use StrictPorts::{AllBut, Only};
+        type Case = (&'static str, InboundConfig, StrictPorts, InboundConfig);
+        let cases: Vec<Case> = vec![
+            ("nothing from policy", cni(Permissive, &[(80, Strict)], &[]), StrictPorts::None, cni(Permissive, &[(80, Strict)], &[])),
+            ("policy STRICT everywhere", cni(Permissive, &[(80, Disable)], &[]), AllBut(set(&[])), cni(Strict, &[], &[])),
+            ("policy exception, enrollment PERMISSIVE", cni(Permissive, &[], &[]), AllBut(set(&[8080])), cni(Strict, &[(8080, Permissive)], &[])),
+            ("policy exception, enrollment STRICT", cni(Strict, &[], &[]), AllBut(set(&[8080])), cni(Strict, &[], &[])),
+            ("policy exception, enrollment port STRICT", cni(Disable, &[(8080, Strict)], &[]), AllBut(set(&[8080, 9090])), cni(Strict, &[(9090, Disable)], &[])),
+            ("policy ports only", cni(Permissive, &[], &[]), Only(set(&[9090])), cni(Permissive, &[(9090, Strict)], &[])),
+            ("policy ports, enrollment STRICT with an open port", cni(Strict, &[(9090, Permissive)], &[]), Only(set(&[9090])), cni(Strict, &[], &[])),
+            ("exclusions stay", cni(Permissive, &[], &[15020]), AllBut(set(&[])), cni(Strict, &[], &[15020])),
+        ];
+        for (what, cni, strict, want) in cases {
+            let got = cni.stricter(&strict);
+            assert_eq!(got, want, "{what}");
+            for port in [80, 8080, 9090, 15020, 1] {
+                let strict_here = strict.contains(port) || cni.action(port) == PortAction::Mode(Strict);
+                let excluded = cni.excluded_ports.contains(&port);
+                let got = got.action(port);
+                assert_eq!(got == PortAction::Mode(Strict), strict_here && !excluded, "{what}: port {port}: {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn strict_port_sets_union() {
+        let set = |p: &[u16]| p.iter().copied().collect::<BTreeSet<u16>>();
+        use StrictPorts::{AllBut, None, Only};
+        let all = [None, Only(set(&[1, 2])), Only(set(&[3])), AllBut(set(&[])), AllBut(set(&[1, 3])), AllBut(set(&[2, 3]))];
+        for a in &all {
+            for b in &all {
+                let u = a.clone().union(b.clone());
+                for port in 0..5 {
+                    assert_eq!(u.contains(port), a.contains(port) || b.contains(port), "{a:?} + {b:?} at {port}: {u:?}");
+                }
+            }
+        }
     }
 
     #[test]

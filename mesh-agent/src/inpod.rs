@@ -7,9 +7,9 @@
 //!
 //! Besides identity and addresses, an event carries what the pod asks of the data
 //! path (see `capture`): `annotations` (Istio's `traffic.sidecar.istio.io/exclude*Ports`)
-//! and, until PeerAuthentication comes from the control plane, an explicit
-//! `peer_authentication` mode (`PERMISSIVE`, `STRICT`, `DISABLE`) and
-//! `port_level_mtls` (`{"8080": "STRICT"}`).
+//! and an explicit `peer_authentication` mode (`PERMISSIVE`, `STRICT`, `DISABLE`) and
+//! `port_level_mtls` (`{"8080": "STRICT"}`); the kernel gets the stricter of these and
+//! the PeerAuthentication the control plane sends (`authz::enforce`).
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -189,8 +189,14 @@ impl PodManager {
         }
     }
 
+    /// Enrolls the pod in the kernel with its inbound mode made stricter by the
+    /// PeerAuthentication policies that apply to it, and lets the enforcer keep that
+    /// mode in step with later policy changes.
     fn attach(&self, pod: &PodEvent, proxy: &PodProxy, capture: &PodCapture) -> Result<(), crate::kernel::Error> {
         let (inbound_v4, inbound_v6) = proxy.plaintext_listeners();
+        let authz = &self.inputs.authz;
+        let mut kernel_capture = capture.clone();
+        kernel_capture.inbound = authz.kernel_inbound(&self.inputs.state, &pod.namespace, pod.ips[0], &capture.inbound);
         let attach = PodAttach {
             uid: &pod.uid,
             netns_cookie: proxy.netns_cookie(),
@@ -199,9 +205,11 @@ impl PodManager {
             ips: &pod.ips,
             inbound_v4,
             inbound_v6,
-            capture,
+            capture: &kernel_capture,
         };
-        self.kernel.enroll(&attach)
+        self.kernel.enroll(&attach)?;
+        authz.pod_enrolled(&pod.uid, &capture.inbound);
+        Ok(())
     }
 
     async fn enroll(&self, pod: PodEvent, sockets: Option<PodSockets>) -> Result<(), Error> {
@@ -250,6 +258,7 @@ impl PodManager {
     /// Removes a pod; returns whether it was enrolled.
     pub async fn delete(&self, uid: &str) -> bool {
         let removed = self.pods.lock().unwrap().remove(uid);
+        self.inputs.authz.pod_forgotten(uid);
         self.kernel.unenroll(uid);
         match removed {
             Some(e) => {

@@ -1,7 +1,13 @@
 //! Enforcement on the node: the pods whose inbound listeners run here, their live
 //! inbound connections, and the loop that keeps the kernel's tables and those
 //! connections in step with policy and workloads.
-use std::collections::HashMap;
+//!
+//! PeerAuthentication arrives as DENY policies of one shape (see [`strict_ports`]).
+//! The kernel does not get them as L4 policy (`policy_ingress` would drop by address,
+//! and the kubelet's probes with it); they make the pod's inbound mode STRICT on their
+//! ports instead (`steer_inbound` drops plaintext as `strict_plaintext`), combined with
+//! the enrollment's mode by taking the stricter.
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,7 +15,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use super::{decide, to_l4, Attrs, Decision};
+use super::{decide, to_l4, Action, Attrs, Decision, Match, Policy, StrMatch};
+use crate::capture::{InboundConfig, StrictPorts};
 use crate::kernel::Kernel;
 use crate::l4policy::L4Policy;
 use crate::state::State;
@@ -37,6 +44,11 @@ pub struct Enforcer {
     synced: AtomicBool,
     pods: Mutex<HashMap<String, PodRef>>,
     live: Mutex<HashMap<u64, Live>>,
+    /// Each enrolled pod's inbound configuration from its enrollment, by uid, with a
+    /// generation that changes at each enrollment (the kernel's entry was rewritten).
+    /// Held while writing the kernel's inbound entries, so that a pod forgotten (and
+    /// then unenrolled) never gets entries written back.
+    enrolled: Mutex<HashMap<String, (u64, InboundConfig)>>,
     next: AtomicU64,
     changed: watch::Sender<u64>,
 }
@@ -48,6 +60,7 @@ impl Default for Enforcer {
             synced: AtomicBool::new(true),
             pods: Mutex::default(),
             live: Mutex::default(),
+            enrolled: Mutex::default(),
             next: AtomicU64::new(1),
             changed: watch::channel(0).0,
         }
@@ -102,6 +115,29 @@ impl Enforcer {
         if self.pods.lock().unwrap().remove(uid).is_some() {
             self.changed.send_modify(|v| *v += 1);
         }
+    }
+
+    /// The kernel now holds the pod's enrollment (`inbound` as the CNI gave it): its
+    /// inbound mode is written again from policy.
+    pub fn pod_enrolled(&self, uid: &str, inbound: &InboundConfig) {
+        let generation = self.next.fetch_add(1, Ordering::Relaxed);
+        self.enrolled.lock().unwrap().insert(uid.to_string(), (generation, inbound.clone()));
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// The pod is about to leave the kernel: its inbound entries are not written again.
+    pub fn pod_forgotten(&self, uid: &str) {
+        self.enrolled.lock().unwrap().remove(uid);
+    }
+
+    /// The inbound configuration the kernel should hold for a pod at `ip` in
+    /// `namespace` enrolled with `cni`: the stricter of it and the policies' STRICT
+    /// ports. Before the control plane's policies arrive: `cni` as it is.
+    pub fn kernel_inbound(&self, state: &State, namespace: &str, ip: IpAddr, cni: &InboundConfig) -> InboundConfig {
+        if !self.synced.load(Ordering::Acquire) {
+            return cni.clone();
+        }
+        cni.stricter(&policy_strict(&state.policies_for(namespace, ip)))
     }
 
     /// Decides a new inbound connection to a pod in `namespace`.
@@ -159,8 +195,10 @@ impl Enforcer {
         let mut state_rx = state.subscribe();
         let mut pods_rx = self.changed.subscribe();
         let mut written: HashMap<IpAddr, (u64, Vec<L4Policy>)> = HashMap::new();
+        let mut modes: HashMap<IpAddr, (u64, InboundConfig)> = HashMap::new();
         loop {
             self.reconcile(&kernel, &state, &mut written);
+            self.reconcile_modes(&kernel, &state, &mut modes);
             self.recheck(&state);
             tokio::select! {
                 r = state_rx.changed() => if r.is_err() { return },
@@ -175,8 +213,12 @@ impl Enforcer {
         written.retain(|ip, _| pods.iter().any(|p| p.ips.contains(ip)));
         for pod in &pods {
             for ip in &pod.ips {
-                let l4: Vec<L4Policy> =
-                    state.policies_for(&pod.namespace, *ip).iter().filter_map(|p| to_l4(p, &workloads)).collect();
+                let l4: Vec<L4Policy> = state
+                    .policies_for(&pod.namespace, *ip)
+                    .iter()
+                    .filter(|p| strict_ports(p).is_none())
+                    .filter_map(|p| to_l4(p, &workloads))
+                    .collect();
                 if written.get(ip).is_some_and(|(g, w)| *g == pod.generation && *w == l4) {
                     continue;
                 }
@@ -193,3 +235,72 @@ impl Enforcer {
         }
     }
 }
+
+impl Enforcer {
+    /// Keeps each served pod's kernel inbound mode (`INBOUND`, `INBOUND_PORTS`) the
+    /// stricter of its enrollment's and its policies' STRICT ports.
+    fn reconcile_modes(&self, kernel: &Kernel, state: &State, written: &mut HashMap<IpAddr, (u64, InboundConfig)>) {
+        let pods: Vec<(String, PodRef)> = self.pods.lock().unwrap().iter().map(|(u, p)| (u.clone(), p.clone())).collect();
+        let enrolled = self.enrolled.lock().unwrap();
+        written.retain(|ip, _| pods.iter().any(|(_, p)| p.ips.contains(ip)));
+        for (uid, pod) in &pods {
+            let Some((generation, cni)) = enrolled.get(uid) else { continue };
+            for ip in &pod.ips {
+                let want = self.kernel_inbound(state, &pod.namespace, *ip, cni);
+                if written.get(ip).is_some_and(|(g, w)| g == generation && *w == want) {
+                    continue;
+                }
+                match kernel.set_inbound(&[*ip], &want) {
+                    Ok(()) => {
+                        info!(pod = %ip, mode = ?want.mode, ports = ?want.port_modes, "kernel inbound mode updated");
+                        written.insert(*ip, (*generation, want));
+                    }
+                    Err(e) => warn!(pod = %ip, "kernel inbound mode not updated, the pod keeps its previous one: {}",
+                        crate::error_chain(&e)),
+                }
+            }
+        }
+    }
+}
+
+/// The STRICT ports of the policies applying to a pod.
+fn policy_strict(policies: &[Arc<Policy>]) -> StrictPorts {
+    policies.iter().filter_map(|p| strict_ports(p)).fold(StrictPorts::None, StrictPorts::union)
+}
+
+/// PeerAuthentication STRICT as the workload API carries it: a DENY policy (not dry
+/// run) each of whose rules is exactly "no peer identity" (`not_principals:
+/// [presence]`), optionally on `destination_ports` / `not_destination_ports`. Gives
+/// the ports where it denies plaintext; `None` for any other policy. Such a policy
+/// denies exactly the plaintext the kernel's STRICT mode drops on those ports.
+pub fn strict_ports(p: &Policy) -> Option<StrictPorts> {
+    if p.dry_run || p.action != Action::Deny || p.groups.is_empty() {
+        return None;
+    }
+    let mut out = StrictPorts::None;
+    for g in &p.groups {
+        let [clause] = g.clauses.as_slice() else { return None };
+        let [m] = clause.as_slice() else { return None };
+        let shape = Match {
+            not_principals: vec![StrMatch::Presence],
+            destination_ports: m.destination_ports.clone(),
+            not_destination_ports: m.not_destination_ports.clone(),
+            ..Default::default()
+        };
+        if *m != shape {
+            return None;
+        }
+        let not: BTreeSet<u16> = m.not_destination_ports.iter().copied().collect();
+        let piece = if m.destination_ports.is_empty() {
+            StrictPorts::AllBut(not)
+        } else {
+            let only: BTreeSet<u16> = m.destination_ports.iter().copied().filter(|p| !not.contains(p)).collect();
+            if only.is_empty() { StrictPorts::None } else { StrictPorts::Only(only) }
+        };
+        out = out.union(piece);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;

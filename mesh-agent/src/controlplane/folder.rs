@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 pub use super::authorization::AuthorizationPolicy;
+pub use super::peerauth::PeerAuthentication;
 
 /// A document that could not be used; the message is meant for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,9 @@ pub struct Metadata {
     pub uid: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// RFC 3339; decides which of two PeerAuthentications at one level wins.
+    #[serde(default, rename = "creationTimestamp")]
+    pub creation_timestamp: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -180,6 +184,7 @@ pub enum Object {
     Service(Service),
     Pod(Pod),
     AuthorizationPolicy(AuthorizationPolicy),
+    PeerAuthentication(PeerAuthentication),
 }
 
 /// Everything the folder holds now, by kind.
@@ -190,10 +195,13 @@ pub struct Objects {
     pub services: BTreeMap<(String, String), Service>,
     pub pods: BTreeMap<(String, String), Pod>,
     pub authorization_policies: BTreeMap<(String, String), AuthorizationPolicy>,
+    /// With the order they were read in (file, then document): the tie-break of
+    /// PeerAuthentications of one age.
+    pub peer_authentications: BTreeMap<(String, String), (usize, PeerAuthentication)>,
 }
 
 impl Objects {
-    fn insert(&mut self, key: &ObjectKey, o: Object) {
+    fn insert(&mut self, key: &ObjectKey, order: usize, o: Object) {
         let nn = (key.namespace.clone(), key.name.clone());
         match o {
             Object::Namespace(n) => drop(self.namespaces.insert(key.name.clone(), n)),
@@ -201,6 +209,7 @@ impl Objects {
             Object::Service(s) => drop(self.services.insert(nn, s)),
             Object::Pod(p) => drop(self.pods.insert(nn, p)),
             Object::AuthorizationPolicy(p) => drop(self.authorization_policies.insert(nn, p)),
+            Object::PeerAuthentication(p) => drop(self.peer_authentications.insert(nn, (order, p))),
         }
     }
 }
@@ -298,19 +307,29 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
         "ServiceAccount" => typed(doc.text).map(Object::ServiceAccount),
         "Service" => typed(doc.text).map(Object::Service),
         "Pod" => typed(doc.text).map(Object::Pod),
-        "AuthorizationPolicy" => {
+        "AuthorizationPolicy" | "PeerAuthentication" => {
             let api = api_version.unwrap_or_default();
             if !matches!(api.as_str(), "security.istio.io/v1" | "security.istio.io/v1beta1") {
                 return Parsed::Bad(key, Error::Object {
                     file: file.into(),
                     line: doc.first_line,
                     message: format!(
-                        "AuthorizationPolicy with apiVersion {api:?}: expected security.istio.io/v1 or v1beta1; \
+                        "{kind} with apiVersion {api:?}: expected security.istio.io/v1 or v1beta1; \
                          this document is ignored and the last good version of its object keeps serving"
                     ),
                 });
             }
-            typed(doc.text).map(Object::AuthorizationPolicy)
+            if kind == "AuthorizationPolicy" {
+                typed(doc.text).map(Object::AuthorizationPolicy)
+            } else {
+                match typed::<PeerAuthentication>(doc.text) {
+                    Ok(pa) => match pa.spec.validate() {
+                        Ok(()) => Ok(Object::PeerAuthentication(pa)),
+                        Err(e) => return Parsed::Bad(key, invalid_field(file, doc, &kind, &e)),
+                    },
+                    Err(e) => Err(e),
+                }
+            }
         }
         other => return Parsed::Skipped(other.to_string()),
     };
@@ -329,6 +348,15 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
             Parsed::Bad(key, Error::Field { file: file.into(), line, kind, path, message: strip_location(e.inner()) })
         }
     }
+}
+
+/// A semantic check's `"<path>: <message>"` as a field error, on the line of the
+/// path's last named key in the document (its first line if not found).
+fn invalid_field(file: &str, doc: &Doc<'_>, kind: &str, e: &str) -> Error {
+    let (path, message) = e.split_once(": ").unwrap_or(("spec", e));
+    let last = path.rsplit('.').find(|s| s.chars().next().is_some_and(char::is_alphabetic)).unwrap_or("spec");
+    let offset = doc.text.lines().position(|l| l.contains(last)).unwrap_or(0);
+    Error::Field { file: file.into(), line: doc.first_line + offset, kind: kind.into(), path: path.into(), message: message.into() }
 }
 
 /// serde_yaml appends " at line L column C"; we report the file line ourselves.
@@ -417,8 +445,11 @@ impl Folder {
         }
         self.last_good = next;
         let mut objects = Objects::default();
-        for (key, (_, obj)) in &self.last_good {
-            objects.insert(key, obj.clone());
+        let mut origins: Vec<&Origin> = self.last_good.values().map(|(o, _)| o).collect();
+        origins.sort();
+        for (key, (origin, obj)) in &self.last_good {
+            let order = origins.binary_search(&origin).unwrap_or_default();
+            objects.insert(key, order, obj.clone());
         }
         (objects, errors)
     }
@@ -595,6 +626,41 @@ metadata: {name: vs, namespace: demo}
         let (o, errors) = folder.apply(vec![(PathBuf::from("a.yaml"), Err(err))]);
         assert_eq!(errors.len(), 1);
         assert_eq!(o, first);
+    }
+
+    #[test]
+    fn peer_authentication_is_read_validated_and_kept_when_broken() {
+        let doc = |api: &str, name: &str, spec: &str| {
+            format!("apiVersion: {api}\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: shop, creationTimestamp: '2024-01-01T00:00:00Z'}}\nspec:\n{spec}")
+        };
+        let good = [
+            doc("security.istio.io/v1", "a", "  mtls: {mode: STRICT}\n"),
+            doc("security.istio.io/v1beta1", "b", "  selector: {matchLabels: {app: cart}}\n  portLevelMtls:\n    8080: {mode: PERMISSIVE}\n"),
+        ]
+        .join("---\n");
+        let mut folder = Folder::default();
+        let (o, errors) = apply(&mut folder, &[("pa.yaml", &good)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let (order_a, a) = &o.peer_authentications[&("shop".into(), "a".into())];
+        let (order_b, b) = &o.peer_authentications[&("shop".into(), "b".into())];
+        assert!(order_a < order_b, "reading order");
+        assert_eq!(a.metadata.creation_timestamp.as_deref(), Some("2024-01-01T00:00:00Z"));
+        assert_eq!(b.spec.port_level_mtls[&8080].mode, super::super::peerauth::Mode::Permissive);
+
+        // b loses its selector (portLevelMtls then fails validation): rejected with
+        // file, line and field; its last good version serves; a's edit applies.
+        let bad = good.replace("  selector: {matchLabels: {app: cart}}\n", "").replace("STRICT", "PERMISSIVE");
+        let (o2, errors) = apply(&mut folder, &[("pa.yaml", &bad)]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("pa.yaml:11: PeerAuthentication field `spec.portLevelMtls`"), "{}", errors[0]);
+        assert!(errors[0].contains("only allowed with a non-empty spec.selector"), "{}", errors[0]);
+        assert_eq!(o2.peer_authentications[&("shop".into(), "b".into())], o.peer_authentications[&("shop".into(), "b".into())]);
+        assert_eq!(o2.peer_authentications[&("shop".into(), "a".into())].1.spec.mtls.as_ref().unwrap().mode, super::super::peerauth::Mode::Permissive);
+
+        let (_, errors) = apply(&mut folder, &[("pa.yaml", &doc("security.istio.io/v2", "c", "  mtls: {mode: STRICT}\n"))]);
+        assert!(errors[0].contains("PeerAuthentication with apiVersion \"security.istio.io/v2\""), "{}", errors[0]);
+        let (_, errors) = apply(&mut folder, &[("pa.yaml", &doc("security.istio.io/v1", "c", "  mtls: {mode: STRIKT}\n"))]);
+        assert!(errors[0].starts_with("pa.yaml:5: PeerAuthentication field `spec.mtls.mode`"), "{}", errors[0]);
     }
 
     #[test]

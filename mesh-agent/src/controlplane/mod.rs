@@ -3,6 +3,7 @@
 //!
 //! - [`folder`]: parse and watch the config folder (last good config per object).
 //! - [`authorization`]: AuthorizationPolicy, checked and converted for the workload API.
+//! - [`peerauth`]: PeerAuthentication: precedence, and its DENY form for the workload API.
 //! - [`model`]: objects -> xDS resources, and which identities run on which node.
 //! - [`xds_server`]: per-agent delta streams.
 //! - [`ca`]: the root and the certificate service.
@@ -29,7 +30,7 @@ use crate::proto::discovery::aggregated_discovery_service_server::AggregatedDisc
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct ControlPlaneArgs {
     /// Folder of Kubernetes YAML (Namespace, ServiceAccount, Service, Pod,
-    /// AuthorizationPolicy), watched for changes.
+    /// AuthorizationPolicy, PeerAuthentication), watched for changes.
     #[arg(long, env = "MESH_CONFIG_DIR")]
     pub config_dir: PathBuf,
     /// gRPC address for xDS and the CA.
@@ -191,6 +192,9 @@ fn load(source: &mut folder::Folder, args: &ControlPlaneArgs) -> std::io::Result
     let (objects, errors) = source.load(&args.config_dir)?;
     for e in &errors {
         tracing::warn!("config: {e}");
+    }
+    for (loser, winner) in peerauth::shadowed(&model::peer_authentication_policies(&objects), authorization::ROOT_NAMESPACE) {
+        tracing::warn!(policy = %loser, "config: PeerAuthentication {loser} is ignored: {winner} is older and applies to the same workloads");
     }
     let snap = model::build(&objects, &args.trust_domain);
     tracing::info!(

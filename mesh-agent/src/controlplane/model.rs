@@ -1,10 +1,12 @@
 //! From folder objects to xDS resources, as istiod's ambient index computes them: one
 //! `istio.workload.Address` per pod (Workload) and per Kubernetes Service, one
-//! `istio.security.Authorization` per ALLOW or DENY AuthorizationPolicy.
+//! `istio.security.Authorization` per ALLOW or DENY AuthorizationPolicy, and the DENY
+//! policies PeerAuthentication STRICT becomes (`peerauth::convert`).
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::authorization;
+use super::authorization::{self, ROOT_NAMESPACE};
+use super::peerauth;
 use super::folder::{Objects, Pod};
 use crate::proto::workload as wl;
 use crate::state::Identity;
@@ -26,7 +28,8 @@ pub struct Resource {
 pub struct Snapshot {
     /// By xDS resource name: workload uid or `<namespace>/<hostname>`.
     pub resources: BTreeMap<String, Resource>,
-    /// `istio.security.Authorization` by resource name `<namespace>/<name>`.
+    /// `istio.security.Authorization` by resource name `<namespace>/<name>`, both
+    /// AuthorizationPolicies and converted PeerAuthentications.
     pub authorizations: BTreeMap<String, Resource>,
     /// Which identities run on which node: the CA issues only these.
     pub identities: BTreeSet<(String, Identity)>,
@@ -93,6 +96,15 @@ pub fn build(objects: &Objects, trust_domain: &str) -> Snapshot {
             let r = resource(crate::proto::AUTHORIZATION_TYPE_URL, &authz);
             snap.authorizations.insert(format!("{ns}/{name}"), r);
         }
+    }
+    let converted = peer_authentications(objects);
+    for (key, authz) in &converted.policies {
+        if snap.authorizations.contains_key(key) {
+            tracing::warn!(policy = %key, "an AuthorizationPolicy uses the name of a converted PeerAuthentication \
+                (names starting with istio_converted_ or converted_peer_authentication_ are reserved); \
+                the PeerAuthentication's is served");
+        }
+        snap.authorizations.insert(key.clone(), resource(crate::proto::AUTHORIZATION_TYPE_URL, authz));
     }
     // Services first: their ports and selectors give each pod's `services` map.
     let mut services: Vec<(String, &BTreeMap<String, String>, Vec<wl::Port>)> = Vec::new();
@@ -163,13 +175,18 @@ pub fn build(objects: &Objects, trust_domain: &str) -> Snapshot {
             .unwrap_or_else(|| "latest".into());
         let tunnel = if in_mesh(objects, pod) { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None };
         let uid = workload_uid(ns, name);
-        let authorization_policies = objects
+        let mut authorization_policies: Vec<String> = objects
             .authorization_policies
             .iter()
             .filter(|((pns, _), p)| authorization::selects(pns, &p.spec, ns, labels))
             .filter(|((pns, pname), _)| snap.authorizations.contains_key(&format!("{pns}/{pname}")))
             .map(|((pns, pname), _)| format!("{pns}/{pname}"))
             .collect();
+        for key in converted.selected.get(&(ns.clone(), name.clone())).into_iter().flatten() {
+            if !authorization_policies.contains(key) {
+                authorization_policies.push(key.clone());
+            }
+        }
         let proto = wl::Workload {
             uid: uid.clone(),
             name: name.clone(),
@@ -191,6 +208,31 @@ pub fn build(objects: &Objects, trust_domain: &str) -> Snapshot {
         snap.resources.insert(uid, address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(proto)) }));
     }
     snap
+}
+
+/// The folder's PeerAuthentications as the precedence rules take them.
+pub fn peer_authentication_policies(objects: &Objects) -> Vec<peerauth::Policy> {
+    objects
+        .peer_authentications
+        .iter()
+        .map(|((ns, name), (order, pa))| peerauth::Policy {
+            namespace: ns.clone(),
+            name: name.clone(),
+            created: pa.metadata.creation_timestamp.clone(),
+            order: *order,
+            spec: pa.spec.clone(),
+        })
+        .collect()
+}
+
+fn peer_authentications(objects: &Objects) -> peerauth::convert::Converted {
+    let policies = peer_authentication_policies(objects);
+    let pods: Vec<peerauth::convert::Pod> = objects
+        .pods
+        .iter()
+        .map(|((ns, name), p)| peerauth::convert::Pod { namespace: ns, name, labels: &p.metadata.labels })
+        .collect();
+    peerauth::convert::convert(&policies, ROOT_NAMESPACE, &pods)
 }
 
 #[cfg(test)]
@@ -279,6 +321,27 @@ spec:
             assert_eq!(workload(&s, uid).services[key].ports, ports, "{uid}");
         }
         assert!(workload(&s, "Kubernetes//Pod/plain/c").services.is_empty(), "other namespace");
+    }
+
+    #[test]
+    fn peer_authentication_strict_is_served_and_listed() {
+        let pa = "
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: open, namespace: plain}
+spec: {mtls: {mode: PERMISSIVE}}
+";
+        let s = build(&objects(&format!("{YAML}{pa}")), "td");
+        let key = "istio-system/istio_converted_static_strict";
+        assert!(s.authorizations.contains_key(key), "{:?}", s.authorizations.keys());
+        assert!(workload(&s, "Kubernetes//Pod/mesh/a").authorization_policies.contains(&key.to_string()));
+        assert!(workload(&s, "Kubernetes//Pod/plain/c").authorization_policies.is_empty(), "PERMISSIVE namespace");
     }
 
     #[test]

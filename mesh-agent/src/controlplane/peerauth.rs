@@ -1,5 +1,6 @@
 //! PeerAuthentication (`security.istio.io` v1 / v1beta1): validation and the mTLS mode
-//! each workload ends up with, by Istio's precedence (pure, table-tested below).
+//! each workload ends up with, by Istio's precedence (pure, table-tested below);
+//! [`convert`] turns the result into the workload API's DENY policies.
 //!
 //! # Precedence
 //! - A policy in the root namespace without a selector is mesh-wide; one in any
@@ -19,6 +20,18 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
+
+use super::folder::Metadata;
+
+pub mod convert;
+
+/// A PeerAuthentication object as read from the folder.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct PeerAuthentication {
+    pub metadata: Metadata,
+    #[serde(default)]
+    pub spec: Spec,
+}
 
 /// `spec.mtls.mode`.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
