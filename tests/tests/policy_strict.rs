@@ -1,7 +1,8 @@
 //! A DENY `notPrincipals: ["*"]` (how Istio reads STRICT) over the whole namespace:
-//! the kernel drops all plaintext to its pods (the outsider's, to echo-1 and to the
-//! client), while the mesh keeps working both ways: the client's calls to echo-1 go
-//! out over HBONE and their replies come back through the client's own table.
+//! the agent recognises the shape and the kernel drops all plaintext to its pods as
+//! STRICT (the outsider's, to echo-1 and to the client), while the mesh keeps working
+//! both ways: the client's calls to echo-1 go out over HBONE and their replies come
+//! back in.
 
 use std::time::Duration;
 
@@ -31,13 +32,13 @@ fn strict_drops_plaintext_and_keeps_the_mesh_working() -> anyhow::Result<()> {
     assert_eq!(curl_ok(&outsider, &url, 3)?.trim(), "hello from echo-1", "before any policy");
 
     bed.write_config("strict.yaml", STRICT)?;
-    // Both pods get the table: the outsider's plaintext is dropped as policy_deny at
-    // echo-1 and at the client (nothing listens there; without the table: refused).
+    // Both pods become STRICT: the outsider's plaintext is dropped as strict_plaintext
+    // at echo-1 and at the client (nothing listens there; otherwise: refused).
     for (pod, target) in [(&echo1, url.clone()), (&client, format!("http://{}:8080/", client.ip))] {
         wait_until(&format!("the kernel to drop plaintext to {}", pod.name), Duration::from_secs(15), || {
-            let before = bed.drops("node1", &pod.ip, "policy_deny")?;
+            let before = bed.drops("node1", &pod.ip, "strict_plaintext")?;
             outsider.curl(&target)?;
-            Ok((bed.drops("node1", &pod.ip, "policy_deny")? > before).then_some(()))
+            Ok((bed.drops("node1", &pod.ip, "strict_plaintext")? > before).then_some(()))
         })?;
     }
     assert_eq!(outsider.curl(&url)?.0, 0, "plaintext got through STRICT");

@@ -48,8 +48,9 @@ fn a_failed_hand_over_leaves_the_running_agent_serving() -> Result<()> {
         no_ca.contains("not taking over from the running agent, which keeps serving") && no_ca.contains("no certificate for"),
         "unclear error without a CA:\n{no_ca}"
     );
-    let log = scene.bed.agent_log("node1");
-    ensure!(log.matches("hand-over failed:").count() == 2, "the running agent did not log both failures");
+    mesh_tests::wait_until("the running agent to log both failures", Duration::from_secs(10), || {
+        Ok((scene.bed.agent_log("node1").matches("hand-over failed:").count() == 2).then_some(()))
+    })?;
     mesh_tests::wait_until("the running agent restoring its attachments", Duration::from_secs(10), || {
         Ok(scene.bed.agent_log("node1").contains("kernel attachments restored after the failed hand-over").then_some(()))
     })?;

@@ -257,7 +257,18 @@ impl Kernel {
     /// program to its network namespace, then marks the namespace as enrolled.
     /// Idempotent for the same uid; on failure nothing of the pod is left behind.
     pub fn enroll(&self, pod: &PodAttach<'_>) -> Result<(), Error> {
-        self.unenroll(pod.uid);
+        // Enrolled again in the same namespace (a replayed CNI event, a failed
+        // hand-over): everything is replaced in place, the new links before the old ones
+        // go, and the live connections' entries stay. Another namespace: start afresh.
+        let previous = self.pods.lock().unwrap().get(pod.uid).map(|e| (e.netns_cookie, e.addrs.clone()));
+        let stale_addrs = match previous {
+            Some((cookie, _)) if cookie != pod.netns_cookie => {
+                self.unenroll(pod.uid);
+                Vec::new()
+            }
+            Some((_, addrs)) => addrs.into_iter().filter(|a| !pod.ips.iter().any(|ip| addr_from_ip(*ip) == *a)).collect(),
+            None => Vec::new(),
+        };
         let cg = File::open(pod.cgroup).map_err(|source| Error::Cgroup { path: pod.cgroup.into(), source })?;
         let ns = File::open(pod.netns).map_err(|source| Error::Netns { path: pod.netns.into(), source })?;
         let dir = pins::pod_dir(&self.bpffs, pod.netns_cookie);
@@ -299,13 +310,34 @@ impl Kernel {
         if result.is_err() {
             self.unenroll(pod.uid);
         }
+        self.forget_addrs(&stale_addrs);
         result
+    }
+
+    /// Removes the inbound and policy entries of addresses a pod no longer has.
+    fn forget_addrs(&self, addrs: &[Addr]) {
+        if addrs.is_empty() {
+            return;
+        }
+        for a in addrs {
+            self.policy.lock().unwrap().remove(*a);
+        }
+        remove_where(&mut self.inbound_ports.lock().unwrap(), |k: &DestKey| addrs.contains(&k.addr));
+        let mut inbound = self.inbound.lock().unwrap();
+        let mut listeners = self.inbound_listeners.lock().unwrap();
+        for a in addrs {
+            let _ = inbound.remove(a);
+            let _ = listeners.remove(a);
+        }
     }
 
     fn enroll_rest(&self, pod: &PodAttach<'_>, ns: &File) -> Result<(), Error> {
         {
             let err = |source| Error::Map { name: MAP_OUTBOUND_EXCLUDED_PORTS, source };
             let mut map = self.outbound_excluded.lock().unwrap();
+            let cookie = pod.netns_cookie;
+            let keep = &pod.capture.outbound.excluded_ports;
+            remove_where(&mut map, |k: &NetnsPortKey| k.netns_cookie == cookie && !keep.contains(&u16::from_be(k.port_be)));
             for p in &pod.capture.outbound.excluded_ports {
                 let key = NetnsPortKey { netns_cookie: pod.netns_cookie, port_be: p.to_be(), _pad: [0; 6] };
                 map.insert(key, 1u32, 0).map_err(err)?;
@@ -381,21 +413,12 @@ impl Kernel {
         let Some(entry) = self.pods.lock().unwrap().remove(uid) else { return false };
         pins::release_pod(&pins::pod_dir(&self.bpffs, entry.netns_cookie));
         self.detach_policy(uid);
-        for a in &entry.addrs {
-            self.policy.lock().unwrap().remove(*a);
-        }
         let _ = self.pod_map.lock().unwrap().remove(&entry.netns_cookie);
         let cookie = entry.netns_cookie;
         self.fast.forget_pod(cookie);
         remove_where(&mut self.orig_dst.lock().unwrap(), |k: &SockKey| k.netns_cookie == cookie);
         remove_where(&mut self.outbound_excluded.lock().unwrap(), |k: &NetnsPortKey| k.netns_cookie == cookie);
-        remove_where(&mut self.inbound_ports.lock().unwrap(), |k: &DestKey| entry.addrs.contains(&k.addr));
-        let mut inbound = self.inbound.lock().unwrap();
-        let mut listeners = self.inbound_listeners.lock().unwrap();
-        for a in &entry.addrs {
-            let _ = inbound.remove(a);
-            let _ = listeners.remove(a);
-        }
+        self.forget_addrs(&entry.addrs);
         debug!(uid, "pod detached");
         true
     }

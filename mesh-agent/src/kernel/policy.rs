@@ -19,7 +19,7 @@
 //! anyone else's is replaced, and closing the link (detach, agent exit) removes ours.
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
@@ -340,7 +340,16 @@ impl Kernel {
     /// agent is away. A link an earlier agent pinned there is released only after the
     /// new one is attached (no gap). Idempotent per uid. Returns the interface names.
     pub fn attach_policy(&self, uid: &str, netns: &Path) -> Result<Vec<String>, PolicyError> {
-        self.detach_policy(uid);
+        // Attached again by this agent (re-enrollment, a failed hand-over): tcx refuses
+        // the same program twice on a hook, and ours is already there, pinned; keep it
+        // (the pod is never without it). Pins that went missing (a successor released
+        // them) are attached anew. An earlier agent's links (another program) are
+        // replaced at commit, after the new ones are in.
+        if let Some(paths) = self.policy_links.lock().unwrap().get(uid) {
+            if !paths.is_empty() && paths.iter().all(|p| p.exists()) {
+                return Ok(paths.iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect());
+            }
+        }
         let ns = netns.display().to_string();
         let mut ebpf = self.ebpf.lock().unwrap();
         let prog: &mut SchedClassifier = program(&mut ebpf, POLICY_PROG).map_err(not_loaded)?;
@@ -387,8 +396,12 @@ impl Kernel {
         for name in &pinned {
             super::pins::commit(&dir, name).map_err(PolicyError::Pin)?;
         }
-        let paths = pinned.iter().map(|n| dir.join(n)).collect();
-        self.policy_links.lock().unwrap().insert(uid.to_string(), paths);
+        let paths: Vec<PathBuf> = pinned.iter().map(|n| dir.join(n)).collect();
+        let old = self.policy_links.lock().unwrap().insert(uid.to_string(), paths.clone());
+        // Links of interfaces (or a namespace) the pod no longer has.
+        for p in old.into_iter().flatten().filter(|p| !paths.contains(p)) {
+            super::pins::release(&p);
+        }
         info!(uid, netns = %ns, ifaces = ?names, "L4 policy program attached (tcx ingress, pinned)");
         Ok(names)
     }
