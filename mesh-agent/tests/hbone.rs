@@ -43,8 +43,11 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Issues workload certificates for any identity from a test CA.
+/// Issues workload certificates for any identity from a test CA: a root and an
+/// intermediate under it that signs (as with a plugged-in `ca-cert.pem`), so every
+/// handshake here also proves that chains with an intermediate verify.
 struct TestCa {
+    root: rcgen::Certificate,
     cert: rcgen::Certificate,
     key: KeyPair,
     issued: Mutex<HashMap<Identity, Arc<WorkloadCert>>>,
@@ -52,12 +55,18 @@ struct TestCa {
 
 impl TestCa {
     fn new() -> Self {
+        let ca_params = |cn: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+            p
+        };
+        let root_key = KeyPair::generate().unwrap();
+        let root = ca_params("mesh hbone test root").self_signed(&root_key).unwrap();
         let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, "mesh hbone test root");
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        TestCa { cert: p.self_signed(&key).unwrap(), key, issued: Default::default() }
+        let cert = ca_params("mesh hbone test intermediate").signed_by(&key, &root, &root_key).unwrap();
+        TestCa { root, cert, key, issued: Default::default() }
     }
 
     fn issue(&self, id: &Identity) -> Arc<WorkloadCert> {
@@ -73,9 +82,9 @@ impl TestCa {
                 let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
                 Arc::new(WorkloadCert {
                     identity: id.clone(),
-                    cert_chain: vec![cert.der().clone()],
+                    cert_chain: vec![cert.der().clone(), self.cert.der().clone()],
                     private_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-                    roots: vec![self.cert.der().clone()],
+                    roots: vec![self.root.der().clone()],
                     not_after: SystemTime::now() + Duration::from_secs(3600),
                 })
             })

@@ -1,5 +1,7 @@
-//! The CA: a self-generated root persisted in the state directory, and the
-//! `IstioCertificateService` that signs workload CSRs for identities running on the caller's node.
+//! The CA: a self-generated root persisted in the state directory, or the user's own
+//! signing certificate (a root or an intermediate) in Istio's `cacerts` layout; and the
+//! `IstioCertificateService` that signs workload CSRs for identities running on the
+//! caller's node, answering leaf, intermediates, root.
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +33,15 @@ pub enum Error {
     Generate(#[source] rcgen::Error),
     #[error("cannot sign a certificate: {0}")]
     Sign(#[source] rcgen::Error),
+    #[error("the CA certificates in {dir} are unusable: {why}")]
+    Plugged { dir: PathBuf, why: String },
 }
+
+/// Istio's plugged-in CA files (the `cacerts` secret): the signing certificate and its
+/// key, the root, and the chain from the signing certificate up to the root.
+const CA_CERT: &str = "ca-cert.pem";
+const CA_KEY: &str = "ca-key.pem";
+const CERT_CHAIN: &str = "cert-chain.pem";
 
 /// Why a CSR was refused; the text goes back to the agent in the gRPC status.
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -63,11 +73,16 @@ pub fn validate_csr(pem: &str, trust_domain: &str) -> Result<(Identity, rcgen::P
     Ok((id, csr.public_key))
 }
 
-/// The CA's root key and certificate.
+/// The CA's signing key and certificate, and what it hands out with each leaf.
 pub struct Ca {
     key: KeyPair,
     issuer: rcgen::Certificate,
+    /// Certificates between the signing one and the root, the signing one first
+    /// (empty when the root signs).
+    intermediates: Vec<String>,
     root_pem: String,
+    /// The signing certificate's expiry: no leaf outlives it.
+    not_after: Option<SystemTime>,
     ttl: Duration,
 }
 
@@ -89,7 +104,7 @@ impl Ca {
             // the original root PEM, which is what agents verify against.
             let issuer = params.self_signed(&key).map_err(root("re-reading the certificate"))?;
             tracing::info!(dir = %dir.display(), "ca: using the existing root");
-            return Ok(Self { key, issuer, root_pem, ttl });
+            return Ok(Self { key, issuer, intermediates: Vec::new(), root_pem, not_after: None, ttl });
         }
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(Error::Generate)?;
@@ -107,7 +122,49 @@ impl Ca {
         write_file(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io("write", &key_path))?;
         write_file(&cert_path, root_pem.as_bytes(), 0o644).map_err(io("write", &cert_path))?;
         tracing::info!(dir = %dir.display(), "ca: generated a new root");
-        Ok(Self { key, issuer, root_pem, ttl })
+        Ok(Self { key, issuer, intermediates: Vec::new(), root_pem, not_after: None, ttl })
+    }
+
+    /// Loads the user's CA from `dir` in Istio's `cacerts` layout: `ca-cert.pem` (the
+    /// signing certificate: the root itself or an intermediate), `ca-key.pem`,
+    /// `root-cert.pem`, and `cert-chain.pem` (from `ca-cert.pem` up to the root;
+    /// optional when the root signs). Checks that the key is the certificate's, that
+    /// it is a CA, and that the chain verifies up to the root.
+    pub fn from_files(dir: &Path, ttl: Duration) -> Result<Self, Error> {
+        let bad = |why: String| Error::Plugged { dir: dir.to_path_buf(), why };
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).map_err(|e| bad(format!("reading {name}: {e}")))
+        };
+        let (ca_pem, key_pem, root_pem) = (read(CA_CERT)?, read(CA_KEY)?, read(ROOT_CERT)?);
+        let chain_pem = if dir.join(CERT_CHAIN).exists() { read(CERT_CHAIN)? } else { ca_pem.clone() };
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(format!("{CA_KEY}: {e}")))?;
+        let certs = |name: &str, pem: &str| -> Result<Vec<(String, Vec<u8>)>, Error> {
+            let v = cert_blocks(pem).map_err(|e| bad(format!("{name}: {e}")))?;
+            if v.is_empty() {
+                return Err(bad(format!("{name}: no certificate in it")));
+            }
+            Ok(v)
+        };
+        let ca = certs(CA_CERT, &ca_pem)?.remove(0);
+        let root = certs(ROOT_CERT, &root_pem)?.remove(0);
+        let mut chain = certs(CERT_CHAIN, &chain_pem)?;
+        chain.retain(|c| c.1 != root.1);
+        if ca.1 != root.1 && chain.first().map(|c| &c.1) != Some(&ca.1) {
+            return Err(bad(format!("{CERT_CHAIN} must start with {CA_CERT}")));
+        }
+        let ders: Vec<&[u8]> = chain.iter().map(|c| c.1.as_slice()).collect();
+        let not_after = check_chain(&ca.1, &ders, &root.1, &key).map_err(bad)?;
+        let params = CertificateParams::from_ca_cert_pem(&ca.0).map_err(|e| bad(format!("{CA_CERT}: {e}")))?;
+        let issuer = params.self_signed(&key).map_err(|e| bad(format!("{CA_CERT}: {e}")))?;
+        let intermediates: Vec<String> = chain.into_iter().map(|c| c.0).collect();
+        let root_pem = root.0;
+        tracing::info!(dir = %dir.display(), intermediates = intermediates.len(), "ca: using the plugged-in CA certificates");
+        Ok(Self { key, issuer, intermediates, root_pem, not_after: Some(not_after), ttl })
+    }
+
+    /// What the CA answers for one signed leaf: leaf, intermediates, root.
+    pub fn chain_for(&self, leaf: String) -> Vec<String> {
+        std::iter::once(leaf).chain(self.intermediates.iter().cloned()).chain([self.root_pem.clone()]).collect()
     }
 
     pub fn root_pem(&self) -> &str {
@@ -126,7 +183,8 @@ impl Ca {
         params.use_authority_key_identifier_extension = true;
         let now = SystemTime::now();
         params.not_before = (now - Duration::from_secs(300)).into();
-        params.not_after = (now + ttl.min(self.ttl)).into();
+        let until = now + ttl.min(self.ttl);
+        params.not_after = self.not_after.map_or(until, |ca| until.min(ca)).into();
         let mut serial = [0u8; 16];
         serial.iter_mut().for_each(|b| *b = fastrand::u8(..));
         serial[0] &= 0x7f;
@@ -134,6 +192,57 @@ impl Ca {
         let cert = params.signed_by(public_key, &self.issuer, &self.key).map_err(Error::Sign)?;
         Ok(cert.pem())
     }
+}
+
+/// Checks the plugged-in chain: `key` is `ca`'s, `ca` may sign certificates, each
+/// certificate of `chain` (`ca` first) is signed by the next and the last by `root`,
+/// and all are valid now. Returns `ca`'s expiry.
+fn check_chain(ca: &[u8], chain: &[&[u8]], root: &[u8], key: &KeyPair) -> Result<SystemTime, String> {
+    use x509_parser::prelude::*;
+    fn parse<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, String> {
+        X509Certificate::from_der(der).map(|(_, c)| c).map_err(|e| format!("{what}: cannot parse: {e}"))
+    }
+    let ca_cert = parse(ca, CA_CERT)?;
+    if ca_cert.public_key().raw != key.public_key_der().as_slice() {
+        return Err(format!("{CA_KEY} is not the key of {CA_CERT}"));
+    }
+    if !ca_cert.is_ca() {
+        return Err(format!("{CA_CERT} is not a CA certificate (basicConstraints CA:TRUE)"));
+    }
+    let mut links: Vec<&[u8]> = if chain.is_empty() { vec![ca] } else { chain.to_vec() };
+    links.push(root);
+    for (i, pair) in links.windows(2).enumerate() {
+        let (child, parent) = (parse(pair[0], CERT_CHAIN)?, parse(pair[1], ROOT_CERT)?);
+        child.verify_signature(Some(parent.public_key())).map_err(|e| {
+            format!("certificate {i} of the chain ({}) is not signed by the next ({}): {e}", child.subject(), parent.subject())
+        })?;
+    }
+    let root_cert = parse(root, ROOT_CERT)?;
+    root_cert.verify_signature(None).map_err(|e| format!("{ROOT_CERT} is not self-signed: {e}"))?;
+    for (what, c) in [(CA_CERT, &ca_cert), (ROOT_CERT, &root_cert)] {
+        if !c.validity().is_valid() {
+            return Err(format!("{what} is not valid now (valid {} to {})", c.validity().not_before, c.validity().not_after));
+        }
+    }
+    let secs = ca_cert.validity().not_after.timestamp().max(0) as u64;
+    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// The certificates of a PEM text, each as its own PEM block and its DER.
+fn cert_blocks(pem: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+    use rustls_pki_types::{pem::PemObject as _, CertificateDer};
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = pem;
+    while let Some(begin) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let tail = &rest[begin..];
+        let end = tail.find(END).ok_or("a certificate without its END line")? + END.len();
+        let block = format!("{}\n", &tail[..end]);
+        let der = CertificateDer::from_pem_slice(block.as_bytes()).map_err(|e| format!("bad PEM: {e:?}"))?;
+        out.push((block, der.to_vec()));
+        rest = &tail[end..];
+    }
+    Ok(out)
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
@@ -189,7 +298,7 @@ impl IstioCertificateService for CaService {
         };
         let leaf = self.ca.sign(&id, &public_key, ttl).map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(node, identity = %id, "ca: issued a certificate");
-        Ok(Response::new(IstioCertificateResponse { cert_chain: vec![leaf, self.ca.root_pem.clone()] }))
+        Ok(Response::new(IstioCertificateResponse { cert_chain: self.ca.chain_for(leaf) }))
     }
 }
 
@@ -245,21 +354,89 @@ mod tests {
         verify(&leaf, a.root_pem());
     }
 
-    pub(crate) fn verify(leaf_pem: &str, root_pem: &str) {
+    /// A CA certificate named `cn`, signed by `parent` (self-signed without one).
+    fn ca_cert(cn: &str, parent: Option<(&rcgen::Certificate, &KeyPair)>, is_ca: bool) -> (rcgen::Certificate, KeyPair) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = if is_ca { IsCa::Ca(BasicConstraints::Unconstrained) } else { IsCa::ExplicitNoCa };
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let now = SystemTime::now();
+        params.not_before = (now - Duration::from_secs(3600)).into();
+        params.not_after = (now + Duration::from_secs(30 * 24 * 3600)).into();
+        let cert = match parent {
+            Some((p, pk)) => params.signed_by(&key, p, pk).unwrap(),
+            None => params.self_signed(&key).unwrap(),
+        };
+        (cert, key)
+    }
+
+    /// Writes Istio's cacerts files; `chain` is cert-chain.pem's content.
+    fn cacerts(ca: &rcgen::Certificate, key: &KeyPair, root: &rcgen::Certificate, chain: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CA_CERT), ca.pem()).unwrap();
+        std::fs::write(dir.path().join(CA_KEY), key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join(ROOT_CERT), root.pem()).unwrap();
+        std::fs::write(dir.path().join(CERT_CHAIN), chain).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_plugged_in_intermediate_signs_and_the_chain_verifies_to_the_root() {
+        let (root, root_key) = ca_cert("corp root", None, true);
+        let (inter, inter_key) = ca_cert("mesh intermediate", Some((&root, &root_key)), true);
+        let dir = cacerts(&inter, &inter_key, &root, &format!("{}{}", inter.pem(), root.pem()));
+        let ca = Ca::from_files(dir.path(), Duration::from_secs(3600)).unwrap();
+        let (id, pk) = validate_csr(&csr(vec![uri("spiffe://td/ns/a/sa/b")]), "td").unwrap();
+        let chain = ca.chain_for(ca.sign(&id, &pk, Duration::from_secs(60)).unwrap());
+        assert_eq!(chain.len(), 3, "leaf, intermediate, root");
+        assert_eq!(chain[2], ca.root_pem());
+        verify_chain(&chain[0], &chain[1..2], &chain[2]);
+        // The root alone as the signing certificate (no cert-chain.pem needed).
+        let dir = cacerts(&root, &root_key, &root, &root.pem());
+        std::fs::remove_file(dir.path().join(CERT_CHAIN)).unwrap();
+        let ca = Ca::from_files(dir.path(), Duration::from_secs(3600)).unwrap();
+        let chain = ca.chain_for(ca.sign(&id, &pk, Duration::from_secs(60)).unwrap());
+        assert_eq!(chain.len(), 2);
+        verify(&chain[0], &chain[1]);
+    }
+
+    #[test]
+    fn unusable_plugged_in_certificates_are_refused_with_the_reason() {
+        let (root, root_key) = ca_cert("corp root", None, true);
+        let (other_root, other_key) = ca_cert("other root", None, true);
+        let (inter, inter_key) = ca_cert("mesh intermediate", Some((&root, &root_key)), true);
+        let (leafish, leafish_key) = ca_cert("not a ca", Some((&root, &root_key)), false);
+        let (stranger, stranger_key) = ca_cert("stranger", Some((&other_root, &other_key)), true);
+        let cases: Vec<(&str, tempfile::TempDir, &str)> = vec![
+            ("key of another certificate", cacerts(&inter, &root_key, &root, &inter.pem()), "is not the key of ca-cert.pem"),
+            ("not a CA", cacerts(&leafish, &leafish_key, &root, &leafish.pem()), "is not a CA certificate"),
+            ("signed under another root", cacerts(&stranger, &stranger_key, &root, &stranger.pem()), "is not signed by the next"),
+            ("chain of another certificate", cacerts(&inter, &inter_key, &root, &stranger.pem()), "must start with ca-cert.pem"),
+            ("garbage", cacerts(&inter, &inter_key, &root, "nothing here"), "no certificate in it"),
+        ];
+        for (what, dir, want) in cases {
+            let err = Ca::from_files(dir.path(), Duration::from_secs(3600)).err().unwrap_or_else(|| panic!("{what}: accepted"));
+            assert!(err.to_string().contains(want), "{what}: {err}");
+        }
+        let empty = tempfile::tempdir().unwrap();
+        let err = Ca::from_files(empty.path(), Duration::from_secs(3600)).err().expect("an empty folder");
+        assert!(err.to_string().contains("reading ca-cert.pem"), "{err}");
+    }
+
+    /// `leaf` verifies to `root` through `intermediates`.
+    fn verify_chain(leaf_pem: &str, intermediates: &[String], root_pem: &str) {
         use rustls_pki_types::{pem::PemObject as _, CertificateDer, UnixTime};
         let leaf = CertificateDer::from_pem_slice(leaf_pem.as_bytes()).unwrap();
         let root = CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap();
+        let inter: Vec<CertificateDer> = intermediates.iter().map(|p| CertificateDer::from_pem_slice(p.as_bytes()).unwrap()).collect();
         let anchor = webpki::anchor_from_trusted_cert(&root).unwrap();
         let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &[anchor],
-            &[],
-            UnixTime::now(),
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .unwrap();
+        ee.verify_for_usage(webpki::ALL_VERIFICATION_ALGS, &[anchor], &inter, UnixTime::now(), webpki::KeyUsage::client_auth(), None, None)
+            .unwrap();
+    }
+
+    pub(crate) fn verify(leaf_pem: &str, root_pem: &str) {
+        verify_chain(leaf_pem, &[], root_pem);
     }
 }

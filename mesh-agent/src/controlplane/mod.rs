@@ -51,6 +51,11 @@ pub struct ControlPlaneArgs {
     /// Lifetime of issued workload certificates.
     #[arg(long, env = "MESH_CERT_TTL_HOURS", default_value_t = 24)]
     pub cert_ttl_hours: u64,
+    /// Sign with your own CA instead of a generated root: a folder in Istio's
+    /// `cacerts` layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem), where
+    /// ca-cert.pem may be an intermediate under your root.
+    #[arg(long, env = "MESH_CA_CERT_DIR")]
+    pub ca_cert_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +104,11 @@ pub async fn serve(listener: TcpListener, args: ControlPlaneArgs, shutdown: impl
     args.validate()?;
     tracing::info!(config = ?args, "control plane: starting");
     let ttl = Duration::from_secs(args.cert_ttl_hours * 3600);
-    let ca = Arc::new(ca::Ca::load_or_create(&args.state_dir, ttl)?);
+    let ca = match &args.ca_cert_dir {
+        Some(dir) => ca::Ca::from_files(dir, ttl)?,
+        None => ca::Ca::load_or_create(&args.state_dir, ttl)?,
+    };
+    let ca = Arc::new(ca);
 
     // Watch before the first read so that no change slips between the two.
     let (watcher, mut changes) = folder::watch(

@@ -58,6 +58,7 @@ async fn start(files: &[(&str, &str)]) -> Running {
         debounce_ms: 50,
         debounce_max_ms: 500,
         cert_ttl_hours: 1,
+        ca_cert_dir: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
