@@ -38,11 +38,6 @@ fn ip(args: &[&str]) {
     assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Issues workload certificates for any identity from a test CA: a root and an
 /// intermediate under it that signs (as with a plugged-in `ca-cert.pem`), so every
 /// handshake here also proves that chains with an intermediate verify.
@@ -172,9 +167,7 @@ async fn round_trip(ns: &std::path::Path, addr: SocketAddr, msg: &[u8]) -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hbone_between_two_pods() {
-    if !is_root() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "this test needs root (network namespaces)");
-        eprintln!("hbone_between_two_pods: NOT RUN: needs root (network namespaces)");
+    if !mesh_tests::require_root("hbone_between_two_pods") {
         return;
     }
     let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();

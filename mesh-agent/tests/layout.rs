@@ -13,17 +13,7 @@ use mesh_agent::kernel::layout::{self, Layout};
 use mesh_agent::kernel::Kernel;
 use mesh_common::{Addr, MAP_INBOUND_EXEMPT_SRC, MAP_MESH_DESTS, MAP_ORIG_DST};
 
-fn need_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test} needs root (bpffs, eBPF maps)");
-    }
-    eprintln!("{test}: not root, did nothing");
-    false
-}
+use mesh_tests::require_root as need_root;
 
 /// A bpffs folder of this test, removed when dropped.
 struct Folder(PathBuf);

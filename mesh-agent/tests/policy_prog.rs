@@ -16,23 +16,7 @@ use std::time::Duration;
 use mesh_agent::kernel::policy::{PolicyError, VERDICT_DROP, VERDICT_PASS};
 use mesh_agent::kernel::{dump, Kernel};
 use mesh_agent::l4policy::{Action, L4Policy, Operation, Prefix, Rule, Source};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// `true` when the test may go on; panics in CI without root.
-fn need_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test} needs root (eBPF, bpffs, network namespaces)");
-    }
-    eprintln!("{test}: not root, did nothing");
-    false
-}
+use mesh_tests::require_root as need_root;
 
 /// A loaded kernel with its own bpffs folder, removed when dropped.
 struct Loaded {
