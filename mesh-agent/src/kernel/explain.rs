@@ -95,7 +95,7 @@ impl Explanation {
 
 /// Replays the kernel's decisions for a TCP connection `src` -> `dst:port`.
 pub fn explain(view: &impl View, src: IpAddr, dst: IpAddr, port: u16) -> Explanation {
-    let (pod, from) = (addr_from_ip(dst.to_canonical()), addr_from_ip(src.to_canonical()));
+    let pod = addr_from_ip(dst.to_canonical());
     let mut steps = Vec::new();
     let mut step = |program, finding: String| steps.push(Step { program, finding });
     let dropped = if src.to_canonical() == dst.to_canonical() {
@@ -111,7 +111,7 @@ pub fn explain(view: &impl View, src: IpAddr, dst: IpAddr, port: u16) -> Explana
         step("steer_inbound", format!("{dst} is not in INBOUND: no enrolled pod has it, nothing is steered"));
         return Explanation { steps, outcome: Outcome::NotEnrolled };
     };
-    let outcome = steer(view, &mut step, pod, pod_mode, from, src, dst, port);
+    let outcome = steer(view, &mut step, pod_mode, src, dst, port);
     Explanation { steps, outcome }
 }
 
@@ -153,19 +153,17 @@ fn policy(view: &impl View, step: &mut impl FnMut(&'static str, String), pod: Ad
     }
 }
 
-/// `steer_inbound`.
-#[allow(clippy::too_many_arguments)]
+/// `steer_inbound`, for a pod (at `dst`) whose mode is `pod_mode`.
 fn steer(
     view: &impl View,
     step: &mut impl FnMut(&'static str, String),
-    pod: Addr,
     pod_mode: u32,
-    from: Addr,
     src: IpAddr,
     dst: IpAddr,
     port: u16,
 ) -> Outcome {
     let s = "steer_inbound";
+    let (pod, from) = (addr_from_ip(dst.to_canonical()), addr_from_ip(src.to_canonical()));
     let passes = if src.to_canonical() == dst.to_canonical() {
         Some("the pod calling itself (or the agent's forward inside it)".to_string())
     } else if [HBONE_PORT, OUTBOUND_PORT, INBOUND_PORT].contains(&port) {
