@@ -308,14 +308,17 @@ async fn take_over(
     }
     let offer = handover::receive(ch, &args.node, &args.bpffs).await?;
     info!(pods = offer.pods.len(), "hand-over: received the running agent's pods and listeners");
-    let ids: std::collections::BTreeSet<String> =
-        offer.pods.iter().map(|p| format!("{}/{}", p.event.namespace, p.event.service_account)).collect();
-    for p in &offer.pods {
-        let id = Identity {
+    // Each identity once, however many pods share it.
+    let ids: std::collections::BTreeSet<Identity> = offer
+        .pods
+        .iter()
+        .map(|p| Identity {
             trust_domain: args.trust_domain.clone(),
             namespace: p.event.namespace.clone(),
             service_account: p.event.service_account.clone(),
-        };
+        })
+        .collect();
+    for id in &ids {
         match tokio::time::timeout(TAKE_OVER_WAIT, certs.fetch(&id)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(Error::TakeOver(format!("no certificate for {id}: {}", crate::error_chain(&e)))),
