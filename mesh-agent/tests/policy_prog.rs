@@ -43,15 +43,29 @@ impl std::ops::Deref for Loaded {
     }
 }
 
+/// Removes the folder and every pinned link and map in it: the tables hold up to a
+/// million entries, which would otherwise stay in kernel memory after the test.
 impl Drop for Loaded {
     fn drop(&mut self) {
         if let Some(k) = self.kernel.take() {
             k.shutdown();
         }
+        if !self.bpffs.as_os_str().is_empty() {
+            let _ = Kernel::uninstall(&self.bpffs);
+        }
     }
 }
 
 impl Loaded {
+    /// Stops this agent as a restart does: its pins stay for the next one, whose
+    /// `Loaded` then owns (and removes) the folder.
+    fn stop_keeping_pins(mut self) -> PathBuf {
+        if let Some(k) = self.kernel.take() {
+            k.shutdown();
+        }
+        std::mem::take(&mut self.bpffs)
+    }
+
     /// Summed drop count for `pod` and `reason` (a `drop_reason::name`).
     fn drops(&self, pod: &str, reason: &str) -> u64 {
         let pod: IpAddr = pod.parse().unwrap();
@@ -619,8 +633,7 @@ fn a_new_agent_adopts_the_policy_tables() {
     let pod: IpAddr = POD4.parse().unwrap();
     let old = first.set_policy(pod, &[deny(&["10.1.1.1"], &[])]).unwrap().unwrap();
     assert_eq!(first.run(&v4("10.1.1.1", POD4, TCP, &tcp(80))), DROP);
-    let bpffs = first.bpffs.clone();
-    drop(first);
+    let bpffs = first.stop_keeping_pins();
     let second = Loaded { kernel: Some(Kernel::load(&bpffs).unwrap()), bpffs };
     assert_eq!(second.run(&v4("10.1.1.1", POD4, TCP, &tcp(80))), DROP, "the old table must keep deciding");
     assert_eq!(second.run(&v4("10.2.2.2", POD4, TCP, &tcp(80))), PASS);

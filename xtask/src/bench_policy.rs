@@ -65,6 +65,8 @@ pub fn run(repeat: u32) -> Result<()> {
     let kernel = Kernel::load(&bpffs).map_err(|e| anyhow::anyhow!(mesh_agent::error_chain(&e)))?;
     let result = measure(&kernel, repeat);
     kernel.shutdown();
+    // The tables hold up to a million entries: free them with the folder.
+    let _ = Kernel::uninstall(&bpffs);
     let rows = result?;
     let table = render(&rows, repeat);
     println!("{table}");
