@@ -67,7 +67,7 @@ fn attach_foreign(cgroup: &Path, netns: &Path) -> anyhow::Result<Foreign> {
     let lookup: &mut SkLookup = ebpf.program_mut("steer_inbound").unwrap().try_into()?;
     lookup.load()?;
     let id = lookup.attach(std::fs::File::open(netns)?)?;
-    keep(FdLink::try_from(lookup.take_link(id)?)?)?;
+    keep(FdLink::from(lookup.take_link(id)?))?;
     let tc: &mut SchedClassifier = ebpf.program_mut("policy_ingress").unwrap().try_into()?;
     tc.load()?;
     let tc_link = mesh_agent::netns::run_in(netns, || {
