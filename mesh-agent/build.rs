@@ -8,14 +8,20 @@ fn main() -> anyhow::Result<()> {
         "../proto/istio_ca.proto",
         "../proto/istio_authorization.proto",
     ];
-    for p in protos {
+    // Our own extension is compiled on its own: `istio.security` refers to it by the
+    // module path `proto::mesh_security` (the packages are flat modules there).
+    let ours = "../proto/mesh_authorization.proto";
+    for p in protos.iter().chain([&ours]) {
         println!("cargo::rerun-if-changed={p}");
     }
+    let hint = "compiling proto/ (is protoc installed? run scripts/setup.sh)";
+    tonic_build::configure().compile_protos(&[ours], &["../proto"]).context(hint)?;
     tonic_build::configure()
         .build_server(true)
         .build_client(true)
+        .extern_path(".mesh.security", "crate::proto::mesh_security")
         .compile_protos(&protos, &["../proto"])
-        .context("compiling proto/ (is protoc installed? run scripts/setup.sh)")?;
+        .context(hint)?;
 
     // AYA_BUILD_SKIP=1 (host-only checks while the eBPF crate is being edited) leaves
     // an empty object; the agent then refuses to start with a clear message.

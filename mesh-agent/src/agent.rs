@@ -61,6 +61,13 @@ pub struct AgentArgs {
     /// the loopback TCP stack. `auto` is the measured default (docs/benchmarks.md).
     #[arg(long, env = "MESH_FAST_PATH", value_enum, default_value = "auto")]
     pub fast_path: crate::kernel::fastpath::Mode,
+
+    /// How request paths are normalized before AuthorizationPolicy judges them, as
+    /// Istio's meshConfig.pathNormalization: none, base, merge-slashes or
+    /// decode-and-merge-slashes (closes the `%2F`, `//`, `..` bypasses). The
+    /// application receives the normalized path.
+    #[arg(long, env = "MESH_PATH_NORMALIZATION", default_value = "decode-and-merge-slashes")]
+    pub path_normalization: crate::authz::http::Normalization,
 }
 
 /// `500ms`, `30s`, `2m`, or plain seconds.
@@ -214,6 +221,7 @@ async fn serve(
         orig_dst: kernel.clone(),
         node: args.node.clone(),
         authz: authz.clone(),
+        path_normalization: args.path_normalization,
     });
     let pods = Arc::new(PodManager::new(kernel.clone(), inputs, args.trust_domain.clone()));
     // MESH_DESTS is written from a synced state only: an agent that has not heard
@@ -319,7 +327,7 @@ async fn take_over(
         })
         .collect();
     for id in &ids {
-        match tokio::time::timeout(TAKE_OVER_WAIT, certs.fetch(&id)).await {
+        match tokio::time::timeout(TAKE_OVER_WAIT, certs.fetch(id)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(Error::TakeOver(format!("no certificate for {id}: {}", crate::error_chain(&e)))),
             Err(_) => return Err(Error::TakeOver(format!("no certificate for {id} within {TAKE_OVER_WAIT:?}; is the CA reachable?"))),

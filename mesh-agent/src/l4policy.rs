@@ -90,11 +90,14 @@ pub struct Source {
     /// matches. HBONE: does not match from these addresses, those of the workloads
     /// the not-forms exclude.
     pub not_peers: Vec<IpAddr>,
+    /// Plaintext never matches (an ALLOW's not-forms admit no caller without
+    /// identity); HBONE: no condition.
+    pub needs_identity: bool,
 }
 
 impl Source {
     fn has_identity(&self) -> bool {
-        self.peers.is_some() || !self.not_peers.is_empty()
+        self.peers.is_some() || !self.not_peers.is_empty() || self.needs_identity
     }
 }
 
@@ -319,7 +322,7 @@ fn rule_matches(rule: &Rule, view: View, src: u128, port: Option<u16>) -> bool {
     let inside = |p: &Prefix| p.contains(src);
     let is_src = |ip: &IpAddr| addr_bits(*ip) == src;
     let identity = |s: &Source| match view {
-        View::Plaintext => s.peers.is_none(),
+        View::Plaintext => s.peers.is_none() && !s.needs_identity,
         View::Identity => s.peers.as_ref().is_none_or(|ps| ps.iter().any(is_src)) && !s.not_peers.iter().any(is_src),
     };
     let source = |s: &Source| {
@@ -336,6 +339,7 @@ struct SourceSets {
     not_ip_blocks: Option<HashSet<Prefix>>,
     peers: Option<HashSet<Prefix>>,
     not_peers: Option<HashSet<Prefix>>,
+    needs_identity: bool,
 }
 
 fn hosts(ips: &[IpAddr]) -> HashSet<Prefix> {
@@ -350,6 +354,7 @@ impl SourceSets {
             not_ip_blocks: set(&s.not_ip_blocks),
             peers: s.peers.as_deref().map(hosts),
             not_peers: (!s.not_peers.is_empty()).then(|| hosts(&s.not_peers)),
+            needs_identity: s.needs_identity,
         }
     }
 
@@ -357,7 +362,7 @@ impl SourceSets {
     fn matches(&self, view: View, held: &[Prefix]) -> bool {
         let any = |set: &HashSet<Prefix>| held.iter().any(|q| set.contains(q));
         let identity = match view {
-            View::Plaintext => self.peers.is_none(),
+            View::Plaintext => self.peers.is_none() && !self.needs_identity,
             View::Identity => self.peers.as_ref().is_none_or(any) && self.not_peers.as_ref().is_none_or(|s| !any(s)),
         };
         identity && self.ip_blocks.as_ref().is_none_or(any) && self.not_ip_blocks.as_ref().is_none_or(|s| !any(s))

@@ -26,6 +26,7 @@ pub mod controlplane;
 pub mod identity;
 pub mod handover;
 pub mod inpod;
+pub mod jwt;
 pub mod kernel;
 pub mod metrics;
 pub mod l4policy;

@@ -21,8 +21,16 @@ pub mod security {
     tonic::include_proto!("istio.security");
 }
 
+/// mesh's extension of [`security::Authorization`] (`mesh.security`): rules as written.
+pub mod mesh_security {
+    tonic::include_proto!("mesh.security");
+}
+
 /// The xDS type URL of [`security::Authorization`].
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
+
+/// The xDS type URL of [`mesh_security::RequestAuthentication`] (ours, not Istio's).
+pub const REQUEST_AUTHENTICATION_TYPE_URL: &str = "type.googleapis.com/mesh.security.RequestAuthentication";
 
 /// The xDS type URL of [`workload::Address`].
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";

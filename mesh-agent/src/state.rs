@@ -111,6 +111,30 @@ struct Stores {
     policies: HashMap<String, Arc<Policy>>,
     /// Workload uid -> the WORKLOAD_SELECTOR policies that select it (`namespace/name`).
     workload_policies: HashMap<String, Vec<String>>,
+    /// RequestAuthentications by resource name `namespace/name`.
+    request_authns: HashMap<String, Arc<RequestAuthn>>,
+    /// The merged, compiled rules of each set of RequestAuthentications that applies
+    /// to some pod (emptied when any changes).
+    compiled_authns: HashMap<Vec<String>, Arc<crate::jwt::Compiled>>,
+}
+
+/// One RequestAuthentication as the agent holds it.
+#[derive(Debug)]
+pub struct RequestAuthn {
+    pub name: String,
+    pub namespace: String,
+    /// Applies in every namespace (root namespace).
+    pub mesh_wide: bool,
+    /// With a selector: the workload uids it selects; `None`: every workload in scope.
+    pub workloads: Option<Vec<String>>,
+    pub rules: Vec<crate::jwt::Rule>,
+}
+
+impl RequestAuthn {
+    fn applies(&self, namespace: &str, uid: Option<&str>) -> bool {
+        (self.mesh_wide || self.namespace == namespace)
+            && self.workloads.as_ref().is_none_or(|w| uid.is_some_and(|u| w.iter().any(|x| x == u)))
+    }
 }
 
 /// The agent's view of the mesh, shared by the proxy, the kernel sync and the admin API.
@@ -217,6 +241,85 @@ impl State {
         removed
     }
 
+    /// Adds or replaces a RequestAuthentication (by `namespace/name`).
+    pub fn upsert_request_authn(&self, r: RequestAuthn) {
+        let mut s = self.inner.write().unwrap();
+        s.request_authns.insert(format!("{}/{}", r.namespace, r.name), Arc::new(r));
+        s.compiled_authns.clear();
+        drop(s);
+        self.bump();
+    }
+
+    /// Removes a RequestAuthentication by `namespace/name`.
+    pub fn remove_request_authn(&self, name: &str) {
+        let mut s = self.inner.write().unwrap();
+        if s.request_authns.remove(name).is_some() {
+            s.compiled_authns.clear();
+            drop(s);
+            self.bump();
+        }
+    }
+
+    /// The names of the RequestAuthentications that apply to the pod at `ip` in
+    /// `namespace`, sorted.
+    fn request_authns_for(s: &Stores, namespace: &str, ip: IpAddr) -> Vec<String> {
+        let uid = s.by_ip.get(&ip).map(String::as_str);
+        let mut v: Vec<String> =
+            s.request_authns.iter().filter(|(_, r)| r.applies(namespace, uid)).map(|(k, _)| k.clone()).collect();
+        v.sort();
+        v
+    }
+
+    /// Whether a RequestAuthentication applies to the pod at `ip` in `namespace` (its
+    /// inbound connections are then served as HTTP).
+    pub fn has_request_authentication(&self, namespace: &str, ip: IpAddr) -> bool {
+        !Self::request_authns_for(&self.inner.read().unwrap(), namespace, ip).is_empty()
+    }
+
+    /// Validates the request's token against the RequestAuthentications that apply
+    /// to the pod at `ip` in `namespace` (Istio merges their rules), rewriting its
+    /// headers as they say. `Ok(None)`: no token (or none applies); `Err`: the reason
+    /// for a 401.
+    pub fn authenticate(
+        &self,
+        namespace: &str,
+        ip: IpAddr,
+        req: &mut http::request::Parts,
+    ) -> Result<Option<crate::authz::RequestAuth>, String> {
+        let compiled = {
+            let s = self.inner.read().unwrap();
+            let names = Self::request_authns_for(&s, namespace, ip);
+            if names.is_empty() {
+                return Ok(None);
+            }
+            match s.compiled_authns.get(&names) {
+                Some(c) => c.clone(),
+                None => {
+                    let rules = names.iter().flat_map(|n| s.request_authns[n].rules.iter().cloned()).collect();
+                    drop(s);
+                    let (c, errors) = crate::jwt::Compiled::new(rules);
+                    for e in errors {
+                        tracing::warn!(pod_namespace = namespace, %ip, "RequestAuthentication: {e}; that issuer's tokens are rejected");
+                    }
+                    let c = Arc::new(c);
+                    self.inner.write().unwrap().compiled_authns.insert(names, c.clone());
+                    c
+                }
+            }
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        match compiled.authenticate(req, now) {
+            crate::jwt::Outcome::Anonymous => Ok(None),
+            crate::jwt::Outcome::Rejected(why) => Err(why.to_string()),
+            crate::jwt::Outcome::Authenticated(c) => Ok(Some(crate::authz::RequestAuth {
+                principal: c.principal(),
+                audiences: c.audiences.clone(),
+                presenter: c.presenter.clone(),
+                claims: c.raw.clone(),
+            })),
+        }
+    }
+
     /// Every policy, sorted by name (admin dump).
     pub fn policies(&self) -> Vec<Arc<Policy>> {
         let mut v: Vec<_> = self.inner.read().unwrap().policies.values().cloned().collect();
@@ -231,6 +334,10 @@ impl State {
         let none = Vec::new();
         let listed = s.by_ip.get(&ip).and_then(|uid| s.workload_policies.get(uid)).unwrap_or(&none);
         let mut v: Vec<_> = s.policies.values().filter(|p| p.selects(namespace, listed)).cloned().collect();
+        // A policy the workload names that has not arrived denies until it does.
+        for name in listed.iter().filter(|n| !s.policies.contains_key(*n)) {
+            v.push(Arc::new(Policy::unusable(name, "the workload names it but it has not been received".into())));
+        }
         v.sort_by_key(|p| p.key());
         v
     }

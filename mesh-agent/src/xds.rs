@@ -14,7 +14,7 @@ use crate::proto::discovery::{
     DeltaDiscoveryResponse, Node, Resource, Status as RpcStatus,
 };
 use crate::proto::workload as wl;
-use crate::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use crate::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL};
 use crate::state::{self, State, TunnelProtocol};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,8 @@ pub enum ConvertError {
     BadPort(String, u32),
     #[error("{0}: not an istio.security.Authorization: {1}")]
     DecodeAuthorization(String, String),
+    #[error("{0}: not a mesh.security.RequestAuthentication: {1}")]
+    DecodeRequestAuthn(String, String),
     #[error(transparent)]
     Authorization(#[from] crate::authz::ConvertError),
 }
@@ -141,6 +143,43 @@ pub fn decode_authorization(r: &Resource) -> Result<crate::authz::Policy, Conver
     Ok(crate::authz::convert(&r.name, &a)?)
 }
 
+/// Decodes one RequestAuthentication resource. Pure.
+pub fn decode_request_authn(r: &Resource) -> Result<state::RequestAuthn, ConvertError> {
+    use crate::proto::mesh_security::RequestAuthentication;
+    let bad = |e: String| ConvertError::DecodeRequestAuthn(r.name.clone(), e);
+    let any = r.resource.as_ref().ok_or_else(|| bad("resource without a body".into()))?;
+    if any.type_url != REQUEST_AUTHENTICATION_TYPE_URL {
+        return Err(bad(format!("type {}", any.type_url)));
+    }
+    let ra = RequestAuthentication::decode(any.value.as_slice()).map_err(|e| bad(e.to_string()))?;
+    let rules = ra
+        .rules
+        .into_iter()
+        .map(|j| crate::jwt::Rule {
+            issuer: j.issuer,
+            audiences: j.audiences,
+            jwks: (!j.jwks.is_empty()).then_some(j.jwks),
+            from_headers: j.from_headers.into_iter().map(|h| crate::jwt::FromHeader { name: h.name, prefix: h.prefix }).collect(),
+            from_params: j.from_params,
+            from_cookies: j.from_cookies,
+            forward_original_token: j.forward_original_token,
+            output_payload_to_header: (!j.output_payload_to_header.is_empty()).then_some(j.output_payload_to_header),
+            output_claim_to_headers: j
+                .output_claim_to_headers
+                .into_iter()
+                .map(|c| crate::jwt::ClaimToHeader { header: c.header, claim: c.claim })
+                .collect(),
+        })
+        .collect();
+    Ok(state::RequestAuthn {
+        name: ra.name,
+        namespace: ra.namespace,
+        mesh_wide: ra.mesh_wide,
+        workloads: (!ra.selector.is_empty()).then_some(ra.workloads),
+        rules,
+    })
+}
+
 /// What the client holds, to compute service endpoints and to resume after a reconnect.
 #[derive(Default)]
 pub struct Cache {
@@ -148,6 +187,8 @@ pub struct Cache {
     versions: HashMap<String, String>,
     /// name -> version of every Authorization resource applied.
     authz_versions: HashMap<String, String>,
+    /// name -> version of every RequestAuthentication resource applied.
+    authn_versions: HashMap<String, String>,
     /// workload uid -> services it backs.
     backs: HashMap<String, BTreeMap<String, BTreeMap<u16, u16>>>,
     /// service name -> service (endpoints filled on upsert).
@@ -160,6 +201,9 @@ impl Cache {
     pub fn apply(&mut self, resp: &DeltaDiscoveryResponse, state: &State) -> Vec<ConvertError> {
         if resp.type_url == AUTHORIZATION_TYPE_URL {
             return self.apply_authorizations(resp, state);
+        }
+        if resp.type_url == REQUEST_AUTHENTICATION_TYPE_URL {
+            return self.apply_request_authns(resp, state);
         }
         let mut errors = Vec::new();
         let mut touched: BTreeSet<String> = BTreeSet::new();
@@ -211,7 +255,13 @@ impl Cache {
                     state.upsert_policy(p);
                     self.authz_versions.insert(r.name.clone(), r.version.clone());
                 }
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    // No good version to keep: the policy denies until one arrives.
+                    if !self.authz_versions.contains_key(&r.name) {
+                        state.upsert_policy(crate::authz::Policy::unusable(&r.name, format!("it failed to load: {e}")));
+                    }
+                    errors.push(e);
+                }
             }
         }
         for name in &resp.removed_resources {
@@ -221,12 +271,30 @@ impl Cache {
         errors
     }
 
+    fn apply_request_authns(&mut self, resp: &DeltaDiscoveryResponse, state: &State) -> Vec<ConvertError> {
+        let mut errors = Vec::new();
+        for r in &resp.resources {
+            match decode_request_authn(r) {
+                Ok(ra) => {
+                    state.upsert_request_authn(ra);
+                    self.authn_versions.insert(r.name.clone(), r.version.clone());
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        for name in &resp.removed_resources {
+            self.authn_versions.remove(name);
+            state.remove_request_authn(name);
+        }
+        errors
+    }
+
     /// What the client holds of `type_url` (name -> version).
     pub fn versions_of(&self, type_url: &str) -> &HashMap<String, String> {
-        if type_url == AUTHORIZATION_TYPE_URL {
-            &self.authz_versions
-        } else {
-            &self.versions
+        match type_url {
+            AUTHORIZATION_TYPE_URL => &self.authz_versions,
+            REQUEST_AUTHENTICATION_TYPE_URL => &self.authn_versions,
+            _ => &self.versions,
         }
     }
 
@@ -244,7 +312,7 @@ pub(crate) fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, String>
 }
 
 /// The types the agent subscribes to.
-const TYPES: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+const TYPES: [&str; 3] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL];
 
 /// Runs the client until dropped or aborted. `synced` turns true once the first
 /// response of every type is applied.
@@ -444,5 +512,51 @@ mod tests {
         let resp = DeltaDiscoveryResponse { removed_resources: vec![svc.into()], ..Default::default() };
         cache.apply(&resp, &state);
         assert!(state.services().is_empty() && cache.versions().is_empty());
+    }
+
+    fn authz_res(name: &str, a: &crate::proto::security::Authorization) -> Resource {
+        Resource {
+            version: crate::controlplane::model::version_of(&a.encode_to_vec()),
+            resource: Some(prost_types::Any { type_url: AUTHORIZATION_TYPE_URL.into(), value: a.encode_to_vec() }),
+            name: name.into(),
+            aliases: vec![],
+        }
+    }
+
+    #[test]
+    fn unusable_policies_deny_until_a_good_version_arrives() {
+        use crate::authz::{decide, Attrs, Decision};
+        let state = State::default();
+        let mut cache = Cache::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let attrs = Attrs { src_ip: "10.9.9.9".parse().unwrap(), identity: None, dst_ip: ip, dst_port: 80 };
+        let mut bad = authz_res("ns/p", &Default::default());
+        bad.resource.as_mut().unwrap().value = vec![0xff];
+        // A new policy that cannot be decoded: the namespace is denied, and the NACK says why.
+        let errors = cache.apply(&DeltaDiscoveryResponse { type_url: AUTHORIZATION_TYPE_URL.into(), resources: vec![bad.clone()], ..Default::default() }, &state);
+        assert_eq!(errors.len(), 1);
+        let d = decide(&state.policies_for("ns", ip), &attrs, None);
+        assert!(matches!(&d, Decision::Unusable(why) if why.starts_with("ns/p: it failed to load")), "{d:?}");
+        assert_eq!(decide(&state.policies_for("other", ip), &attrs, None), Decision::Allow, "another namespace");
+        // A good version replaces the stand-in; a later bad one keeps the good one.
+        let good = crate::proto::security::Authorization {
+            name: "p".into(),
+            namespace: "ns".into(),
+            scope: crate::proto::security::Scope::Namespace as i32,
+            action: crate::proto::security::Action::Deny as i32,
+            ..Default::default()
+        };
+        let ok = cache.apply(&DeltaDiscoveryResponse { type_url: AUTHORIZATION_TYPE_URL.into(), resources: vec![authz_res("ns/p", &good)], ..Default::default() }, &state);
+        assert!(ok.is_empty());
+        assert_eq!(decide(&state.policies_for("ns", ip), &attrs, None), Decision::Allow, "a DENY without rules denies nothing");
+        cache.apply(&DeltaDiscoveryResponse { type_url: AUTHORIZATION_TYPE_URL.into(), resources: vec![bad], ..Default::default() }, &state);
+        assert_eq!(decide(&state.policies_for("ns", ip), &attrs, None), Decision::Allow, "the last good version keeps serving");
+        // A workload naming a policy that has not arrived: denied until it does.
+        let resp = DeltaDiscoveryResponse { resources: vec![res("u1", &workload_addr("u1", &[]))], ..Default::default() };
+        cache.apply(&resp, &state);
+        let w = state.find_workload("u1").unwrap();
+        state.upsert_workload_with_policies((*w).clone(), vec!["ns/later".into()]);
+        let d = decide(&state.policies_for("ns", ip), &attrs, None);
+        assert!(matches!(&d, Decision::Unusable(why) if why.contains("has not been received")), "{d:?}");
     }
 }

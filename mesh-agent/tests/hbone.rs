@@ -214,6 +214,7 @@ async fn hbone_between_two_pods() {
         orig_dst: Arc::new(AlwaysTo(echo_addr)),
         node: "node1".into(),
         authz: Default::default(),
+        path_normalization: Default::default(),
     });
     let (pod_a, pod_b) = (pod("a", ip_a, &na), pod("b", ip_b, &nb));
     let proxy_a = PodProxy::start(inputs.clone(), pod_a.clone()).await.expect("starting pod a's proxy");
@@ -240,6 +241,7 @@ async fn hbone_between_two_pods() {
         orig_dst: Arc::new(AlwaysTo(echo_addr)),
         node: "node1".into(),
         authz: Default::default(),
+        path_normalization: Default::default(),
     });
     let proxy_a = PodProxy::start(inputs_wrong, pod_a.clone()).await.expect("restarting pod a's proxy");
     let got = round_trip(&pod_a.netns, outbound, b"should not arrive").await;

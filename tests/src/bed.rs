@@ -93,10 +93,15 @@ impl Pod {
 
     /// `curl` from this pod; returns (HTTP status, body). Status 0: no response.
     pub fn curl(&self, url: &str) -> Result<(u16, String)> {
-        let out = self.run_timeout(
-            &["curl", "-sS", "--max-time", "5", "-o", "-", "-w", "\n%{http_code}", url],
-            Duration::from_secs(10),
-        )?;
+        self.curl_with(&[url])
+    }
+
+    /// `curl` with more arguments (`-H ...`, `-X POST`, `--path-as-is`, the URL);
+    /// returns (HTTP status, body), or (0, curl's error) when nothing answered.
+    pub fn curl_with(&self, args: &[&str]) -> Result<(u16, String)> {
+        let mut all = vec!["curl", "-sS", "--max-time", "5", "-o", "-", "-w", "\n%{http_code}"];
+        all.extend_from_slice(args);
+        let out = self.run_timeout(&all, Duration::from_secs(10))?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
         let code = code.trim().parse().unwrap_or(0);

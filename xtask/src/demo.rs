@@ -62,7 +62,7 @@ pub fn run() -> Result<()> {
 
     title("what the echo servers saw");
     for (name, _) in &scene.servers {
-        for line in scene.server_output(name).lines() {
+        for line in scene.server_output(name).lines().filter(|l| !l.starts_with("  >")) {
             println!("  {name:<9} {line}");
         }
     }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
-use super::{decide, to_l4, Action, Attrs, Decision, Match, Policy, StrMatch};
+use super::{decide, to_l4, Action, Attrs, Decision, Match, Policy, Request, StrMatch};
 use crate::capture::{InboundConfig, StrictPorts};
 use crate::kernel::Kernel;
 use crate::l4policy::L4Policy;
@@ -34,6 +34,9 @@ struct Live {
     pod_namespace: String,
     pod_name: String,
     attrs: Attrs,
+    /// Served as HTTP: each request is judged, so only a verdict that denies the
+    /// connection whatever it asks closes it.
+    http: bool,
     close: oneshot::Sender<String>,
 }
 
@@ -140,19 +143,21 @@ impl Enforcer {
         cni.stricter(&policy_strict(&state.policies_for(namespace, ip)))
     }
 
-    /// Decides a new inbound connection to a pod in `namespace`.
-    pub fn check(&self, state: &State, namespace: &str, attrs: &Attrs) -> Decision {
+    /// Decides a new inbound connection to a pod in `namespace`, or (with `req`) one
+    /// of its HTTP requests.
+    pub fn check(&self, state: &State, namespace: &str, attrs: &Attrs, req: Option<&Request>) -> Decision {
         if !self.synced.load(Ordering::Acquire) {
             return Decision::NotSynced;
         }
-        decide(&state.policies_for(namespace, attrs.dst_ip), attrs)
+        decide(&state.policies_for(namespace, attrs.dst_ip), attrs, req)
     }
 
-    /// Records an allowed connection so that a later policy change can close it.
-    pub fn register(self: &Arc<Self>, namespace: &str, name: &str, attrs: Attrs) -> Registration {
+    /// Records an admitted connection so that a later policy change can close it;
+    /// `http`: it is served as HTTP, each request judged.
+    pub fn register(self: &Arc<Self>, namespace: &str, name: &str, attrs: Attrs, http: bool) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let live = Live { pod_namespace: namespace.to_string(), pod_name: name.to_string(), attrs, close: tx };
+        let live = Live { pod_namespace: namespace.to_string(), pod_name: name.to_string(), attrs, http, close: tx };
         self.live.lock().unwrap().insert(id, live);
         Registration { enforcer: self.clone(), id, close: Some(rx) }
     }
@@ -168,8 +173,9 @@ impl Enforcer {
         let denied: Vec<(u64, Decision)> = live
             .iter()
             .filter_map(|(id, l)| {
-                let d = decide(&state.policies_for(&l.pod_namespace, l.attrs.dst_ip), &l.attrs);
-                (!d.is_allowed()).then_some((*id, d))
+                let d = decide(&state.policies_for(&l.pod_namespace, l.attrs.dst_ip), &l.attrs, None);
+                let keep = d.is_allowed() || l.http && matches!(d, Decision::Pending(_));
+                (!keep).then_some((*id, d))
             })
             .collect();
         for (id, d) in &denied {
@@ -274,7 +280,7 @@ fn policy_strict(policies: &[Arc<Policy>]) -> StrictPorts {
 /// the ports where it denies plaintext; `None` for any other policy. Such a policy
 /// denies exactly the plaintext the kernel's STRICT mode drops on those ports.
 pub fn strict_ports(p: &Policy) -> Option<StrictPorts> {
-    if p.dry_run || p.action != Action::Deny || p.groups.is_empty() {
+    if p.dry_run || p.unusable.is_some() || p.action != Action::Deny || p.groups.is_empty() {
         return None;
     }
     let mut out = StrictPorts::None;

@@ -17,7 +17,7 @@ fn exact(s: &str) -> StrMatch {
 }
 
 fn policy(name: &str, action: Action, groups: Vec<Group>) -> Arc<Policy> {
-    Arc::new(Policy { name: name.into(), namespace: "ns".into(), scope: Scope::Namespace, action, groups, dry_run: false })
+    Arc::new(Policy { name: name.into(), namespace: "ns".into(), scope: Scope::Namespace, action, groups, dry_run: false, unusable: None })
 }
 
 /// A group of clauses, each a list of matches.
@@ -217,7 +217,7 @@ fn evaluator_follows_istio_semantics() {
         ),
     ];
     for (what, policies, attrs, want) in cases {
-        assert_eq!(decide(&policies, &attrs), want, "{what}");
+        assert_eq!(decide(&policies, &attrs, None), want, "{what}");
     }
 }
 
@@ -225,7 +225,7 @@ fn evaluator_follows_istio_semantics() {
 fn dry_run_policies_never_decide() {
     let mut p = (*policy("d", Action::Deny, vec![group(vec![])])).clone();
     p.dry_run = true;
-    assert_eq!(decide(&[Arc::new(p)], &plain("1.1.1.1", 80)), Decision::Allow);
+    assert_eq!(decide(&[Arc::new(p)], &plain("1.1.1.1", 80), None), Decision::Allow);
 }
 
 #[test]
@@ -255,6 +255,7 @@ fn proto_conversion_checks_values() {
         action: sec::Action::Deny as i32,
         groups: vec![sec::Group { rules: vec![sec::Rules { matches: vec![m.clone()] }] }],
         dry_run: false,
+        mesh_rules: None,
     };
     let p = convert("ns/p", &a).unwrap();
     assert_eq!((p.scope, p.action, p.key()), (Scope::WorkloadSelector, Action::Deny, "ns/p".to_string()));
@@ -304,12 +305,12 @@ fn kernel_form_resolves_identities_to_addresses() {
     let p = policy("a", Action::Allow, vec![group(vec![from_principals(&["td/ns/x/sa/nobody"])])]);
     assert_eq!(to_l4(&p, &workloads).unwrap().rules[0].from[0].peers, Some(vec![]));
     // Not-forms: a DENY spares the excluded identities' addresses (on HBONE), an ALLOW
-    // ignores them; neither touches the address blocks.
+    // ignores them there but admits no plaintext; neither touches the address blocks.
     let not_ns = vec![Match { not_namespaces: vec![exact("default")], ..Default::default() }];
     let d = to_l4(&policy("d", Action::Deny, vec![group(vec![not_ns.clone()])]), &workloads).unwrap();
     assert_eq!(d.rules[0].from[0], l4policy::Source { not_peers: vec![ip("10.0.0.5"), ip("10.0.0.6")], ..Default::default() });
     let a = to_l4(&policy("a", Action::Allow, vec![group(vec![not_ns])]), &workloads).unwrap();
-    assert_eq!(a.rules[0].from[0], l4policy::Source::default());
+    assert_eq!(a.rules[0].from[0], l4policy::Source { needs_identity: true, ..Default::default() });
     // A destination-IP clause: an ALLOW rule goes without it, a DENY rule is left out.
     let dst = vec![Match { destination_ips: vec![Prefix::parse("10.0.0.100").unwrap()], ..Default::default() }];
     let a = policy("a", Action::Allow, vec![group(vec![dst.clone(), to_ports(&[80])])]);
@@ -403,9 +404,9 @@ fn kernel_judges_identity_exactly_on_app_ports_and_by_address_on_hbone() {
             vec![(sleep, 8080, false), (outsider, 80, false), (sleep, H, true), (other, H, true), (legacy, H, false), (outsider, H, false)],
         ),
         (
-            "ALLOW notNamespaces [legacy] allows plaintext (it has no namespace)",
+            "ALLOW notNamespaces [legacy] admits no plaintext (a negative matcher is no consent)",
             vec![policy("a", Action::Allow, vec![group(vec![not_namespaces(&["legacy"])])])],
-            vec![(outsider, 8080, true), (legacy, 8080, true), (sleep, H, true), (legacy, H, true)],
+            vec![(outsider, 8080, false), (legacy, 8080, false), (sleep, H, true), (legacy, H, true)],
         ),
         (
             "ALLOW from an ipBlock or a principal: plaintext passes by the block only",
@@ -419,9 +420,9 @@ fn kernel_judges_identity_exactly_on_app_ports_and_by_address_on_hbone() {
             assert_eq!(passes(src, port), want, "{what}: {src} port {port}");
             // The agent agrees on plaintext; on 15008 it allows no more than the kernel.
             if port != H {
-                assert_eq!(decide(&policies, &plain(src, port)).is_allowed(), want, "{what}: the agent on {src}:{port}");
+                assert_eq!(decide(&policies, &plain(src, port), None).is_allowed(), want, "{what}: the agent on {src}:{port}");
             } else if let Some(w) = w.iter().find(|x| x.addresses.contains(&ip(src))) {
-                let agent = [80u16, 8080, 9090].iter().any(|p| decide(&policies, &hbone(src, w.identity(), *p)).is_allowed());
+                let agent = [80u16, 8080, 9090].iter().any(|p| decide(&policies, &hbone(src, w.identity(), *p), None).is_allowed());
                 assert!(want || !agent, "{what}: the agent allows HBONE from {src}");
             }
         }
@@ -507,11 +508,11 @@ fn kernel_never_drops_what_the_agent_allows() {
         let passes = kernel(&policies, &workloads);
         for (src, who) in SOURCES {
             for port in APP_PORTS {
-                if decide(&policies, &plain(src, port)).is_allowed() {
+                if decide(&policies, &plain(src, port), None).is_allowed() {
                     assert!(passes(src, port), "round {round}: plaintext {src}:{port} allowed by the agent, dropped\n{policies:#?}");
                 }
                 let Some((ns, sa)) = who else { continue };
-                if decide(&policies, &hbone(src, id(ns, sa), port)).is_allowed() {
+                if decide(&policies, &hbone(src, id(ns, sa), port), None).is_allowed() {
                     assert!(passes(src, HBONE_PORT), "round {round}: HBONE {src} to {port} allowed by the agent, dropped\n{policies:#?}");
                 }
             }
@@ -531,7 +532,7 @@ fn kernel_drops_plaintext_exactly_when_the_agent_denies_it() {
         let passes = kernel(&policies, &workloads);
         for (src, _) in SOURCES {
             for port in APP_PORTS {
-                let agent = decide(&policies, &plain(src, port));
+                let agent = decide(&policies, &plain(src, port), None);
                 assert_eq!(passes(src, port), agent.is_allowed(), "round {round}: plaintext {src}:{port}, agent: {agent:?}\n{policies:#?}");
                 if agent.is_allowed() {
                     passed += 1;
@@ -550,9 +551,9 @@ async fn a_policy_change_revokes_live_connections_it_now_denies() {
     let state = crate::state::State::default();
     let enforcer = Arc::new(Enforcer::default());
     let doomed = plain("10.1.1.1", 8080);
-    assert_eq!(enforcer.check(&state, "ns", &doomed), Decision::Allow);
-    let mut revoked = enforcer.register("ns", "echo", doomed);
-    let kept = enforcer.register("ns", "echo", plain("10.2.2.2", 8080));
+    assert_eq!(enforcer.check(&state, "ns", &doomed, None), Decision::Allow);
+    let mut revoked = enforcer.register("ns", "echo", doomed, false);
+    let kept = enforcer.register("ns", "echo", plain("10.2.2.2", 8080), false);
     assert_eq!(enforcer.recheck(&state), 0);
     state.upsert_policy((*policy("d", Action::Deny, vec![group(vec![from_ips(&["10.1.0.0/16"])])])).clone());
     assert_eq!(enforcer.recheck(&state), 1);
@@ -562,8 +563,10 @@ async fn a_policy_change_revokes_live_connections_it_now_denies() {
     drop(kept);
     assert_eq!(enforcer.live_count(), 0, "a finished connection leaves the registry");
     // Another namespace's pods are not selected by a NAMESPACE policy of "ns".
-    assert_eq!(enforcer.check(&state, "other", &plain("10.1.1.1", 8080)), Decision::Allow);
+    assert_eq!(enforcer.check(&state, "other", &plain("10.1.1.1", 8080), None), Decision::Allow);
     // Before the first xDS update everything is refused.
     let waiting = Enforcer::waiting_for_sync();
-    assert_eq!(waiting.check(&state, "other", &plain("10.9.9.9", 80)), Decision::NotSynced);
+    assert_eq!(waiting.check(&state, "other", &plain("10.9.9.9", 80), None), Decision::NotSynced);
 }
+
+mod l7;

@@ -2,12 +2,14 @@
 //! checked while parsing (so an error names file, line and field), and its conversion
 //! into the workload API's `istio.security.Authorization`, as istiod does for ambient.
 //!
-//! # What this layer can enforce
-//! Node agents see L4 only: principals, namespaces, ipBlocks, ports. A rule that needs
-//! L7 (methods, paths, hosts, requestPrincipals, remoteIpBlocks, `when` on `request.*`)
-//! is converted so that it fails closed, and a warning names the policy:
-//! - in an ALLOW policy the rule matches nothing (it cannot be proven at L4);
-//! - in a DENY policy its L7 parts are dropped, so the rule denies more.
+//! # Two forms in one resource
+//! Istio's node proxies (ztunnel) see L4 only, so istiod converts a rule that needs L7
+//! (methods, paths, hosts, requestPrincipals, `when` on `request.*`) to fail closed:
+//! in an ALLOW policy the rule matches nothing, in a DENY policy its L7 parts are
+//! dropped so it denies more. `groups` carries that form, for any Istio-compatible
+//! agent. Our agent parses HTTP where a policy needs it, so the resource also carries
+//! every rule as written in `mesh_rules` (our extension field, which ztunnel skips);
+//! our agent judges by that.
 //!
 //! AUDIT policies are accepted and never served (they never decide); CUSTOM (ext-authz)
 //! is rejected at load.
@@ -17,6 +19,7 @@ use serde::Deserialize;
 
 use super::folder::Metadata;
 use crate::l4policy::Prefix;
+use crate::proto::mesh_security as mesh;
 use crate::proto::security as sec;
 
 /// Istio's root namespace: a policy there without a selector applies mesh-wide.
@@ -129,15 +132,15 @@ pub struct Source {
     pub ip_blocks: Vec<IpBlock>,
     #[serde(default)]
     pub not_ip_blocks: Vec<IpBlock>,
-    // L7 at this layer:
+    // L7 for Istio's node proxies:
     #[serde(default)]
     pub request_principals: Vec<String>,
     #[serde(default)]
     pub not_request_principals: Vec<String>,
     #[serde(default)]
-    pub remote_ip_blocks: Vec<String>,
+    pub remote_ip_blocks: Vec<IpBlock>,
     #[serde(default)]
-    pub not_remote_ip_blocks: Vec<String>,
+    pub not_remote_ip_blocks: Vec<IpBlock>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -147,7 +150,7 @@ pub struct Operation {
     pub ports: Vec<Port>,
     #[serde(default)]
     pub not_ports: Vec<Port>,
-    // L7 at this layer:
+    // L7 for Istio's node proxies:
     #[serde(default)]
     pub hosts: Vec<String>,
     #[serde(default)]
@@ -156,10 +159,19 @@ pub struct Operation {
     pub methods: Vec<String>,
     #[serde(default)]
     pub not_methods: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "path_patterns")]
     pub paths: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "path_patterns")]
     pub not_paths: Vec<String>,
+}
+
+/// `paths` / `notPaths`: each must be a pattern the agent can judge.
+fn path_patterns<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    for p in &v {
+        crate::authz::http::PathPattern::parse(p).map_err(|e| serde::de::Error::custom(format!("path {p:?}: {e}")))?;
+    }
+    Ok(v)
 }
 
 /// An `ipBlocks` entry: an address or address/length.
@@ -204,8 +216,17 @@ pub enum Key {
     SourcePrincipal,
     DestinationIp,
     DestinationPort,
-    /// `request.*`, `remote.ip`, `connection.sni`, `experimental.*`: L7 here.
+    /// `remote.ip`: the client's address, which is the source address here (no
+    /// trusted proxies in front of a pod).
+    RemoteIp,
+    /// `request.headers[..]`, `request.auth.*`, `connection.sni`: judged by the agent,
+    /// L7 for Istio's node proxies.
     L7,
+}
+
+/// Whether `key` is a `when` key of Istio's that the agent judges (see `authz::CondKey`).
+fn l7_key(key: &str) -> Result<(), String> {
+    crate::authz::CondKey::parse(key).map(|_| ())
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -236,21 +257,18 @@ impl<'de> Deserialize<'de> for Condition {
             "source.principal" => Key::SourcePrincipal,
             "destination.ip" => Key::DestinationIp,
             "destination.port" => Key::DestinationPort,
-            k if k.starts_with("request.")
-                || k.starts_with("experimental.")
-                || k == "remote.ip"
-                || k == "connection.sni" =>
-            {
-                Key::L7
-            }
-            k => return Err(D::Error::custom(format!("unknown condition key {k:?}"))),
+            "remote.ip" => Key::RemoteIp,
+            k => match l7_key(k) {
+                Ok(()) => Key::L7,
+                Err(why) => return Err(D::Error::custom(why)),
+            },
         };
         if raw.values.is_empty() && raw.not_values.is_empty() {
             return Err(D::Error::custom(format!("condition {:?} needs `values` or `notValues`", raw.key)));
         }
         for v in raw.values.iter().chain(&raw.not_values) {
             let bad = match key {
-                Key::SourceIp | Key::DestinationIp => Prefix::parse(v).err().map(|e| e.to_string()),
+                Key::SourceIp | Key::DestinationIp | Key::RemoteIp => Prefix::parse(v).err().map(|e| e.to_string()),
                 Key::DestinationPort => port_from(v).err(),
                 _ => None,
             };
@@ -286,21 +304,19 @@ impl Rule {
     fn has_l7(&self) -> bool {
         self.from.iter().any(|f| f.source.has_l7())
             || self.to.iter().any(|t| t.operation.has_l7())
-            || self.when.iter().any(|c| c.key == Key::L7)
+            || self.when.iter().any(|c| matches!(c.key, Key::L7 | Key::RemoteIp))
     }
 }
 
 /// Istio's string match: `*` any value present, `*x` suffix, `x*` prefix, else exact.
 pub fn string_match(s: &str) -> sec::StringMatch {
+    use crate::authz::StrMatch;
     use sec::string_match::MatchType;
-    let t = if s == "*" {
-        MatchType::Presence(true)
-    } else if let Some(x) = s.strip_prefix('*') {
-        MatchType::Suffix(x.to_string())
-    } else if let Some(x) = s.strip_suffix('*') {
-        MatchType::Prefix(x.to_string())
-    } else {
-        MatchType::Exact(s.to_string())
+    let t = match crate::authz::written(s) {
+        StrMatch::Presence => MatchType::Presence(true),
+        StrMatch::Suffix(x) => MatchType::Suffix(x),
+        StrMatch::Prefix(x) => MatchType::Prefix(x),
+        StrMatch::Exact(x) => MatchType::Exact(x),
     };
     sec::StringMatch { match_type: Some(t) }
 }
@@ -349,7 +365,7 @@ fn condition_match(c: &Condition) -> sec::Match {
         Key::DestinationPort => {
             (m.destination_ports, m.not_destination_ports) = (ports(&c.values), ports(&c.not_values))
         }
-        Key::L7 => {}
+        Key::RemoteIp | Key::L7 => {}
     }
     m
 }
@@ -372,10 +388,79 @@ fn group(rule: &Rule) -> sec::Group {
             .collect();
         rules.push(sec::Rules { matches });
     }
-    for c in rule.when.iter().filter(|c| c.key != Key::L7) {
+    for c in rule.when.iter().filter(|c| !matches!(c.key, Key::L7 | Key::RemoteIp)) {
         rules.push(sec::Rules { matches: vec![condition_match(c)] });
     }
     sec::Group { rules }
+}
+
+fn written_ips(v: &[IpBlock]) -> Vec<String> {
+    v.iter().map(|b| b.0.to_string()).collect()
+}
+
+/// One rule as written: a `from`, a `to` and each `when` become one clause each.
+fn mesh_group(rule: &Rule) -> mesh::HttpGroup {
+    let mut clauses = Vec::new();
+    if !rule.from.is_empty() {
+        let matches = rule
+            .from
+            .iter()
+            .map(|f| {
+                let s = &f.source;
+                mesh::HttpMatch {
+                    namespaces: s.namespaces.clone(),
+                    not_namespaces: s.not_namespaces.clone(),
+                    principals: s.principals.clone(),
+                    not_principals: s.not_principals.clone(),
+                    source_ips: written_ips(&s.ip_blocks),
+                    not_source_ips: written_ips(&s.not_ip_blocks),
+                    request_principals: s.request_principals.clone(),
+                    not_request_principals: s.not_request_principals.clone(),
+                    remote_ips: written_ips(&s.remote_ip_blocks),
+                    not_remote_ips: written_ips(&s.not_remote_ip_blocks),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        clauses.push(mesh::HttpClause { matches });
+    }
+    if !rule.to.is_empty() {
+        let matches = rule
+            .to
+            .iter()
+            .map(|t| {
+                let o = &t.operation;
+                mesh::HttpMatch {
+                    destination_ports: ports(&o.ports),
+                    not_destination_ports: ports(&o.not_ports),
+                    hosts: o.hosts.clone(),
+                    not_hosts: o.not_hosts.clone(),
+                    methods: o.methods.clone(),
+                    not_methods: o.not_methods.clone(),
+                    paths: o.paths.clone(),
+                    not_paths: o.not_paths.clone(),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        clauses.push(mesh::HttpClause { matches });
+    }
+    for c in &rule.when {
+        let (v, n) = (c.values.clone(), c.not_values.clone());
+        let ports = |v: &[String]| v.iter().filter_map(|s| port_from(s).ok()).map(u32::from).collect();
+        let mut m = mesh::HttpMatch::default();
+        match c.key {
+            Key::SourceIp => (m.source_ips, m.not_source_ips) = (v, n),
+            Key::SourceNamespace => (m.namespaces, m.not_namespaces) = (v, n),
+            Key::SourcePrincipal => (m.principals, m.not_principals) = (v, n),
+            Key::DestinationIp => (m.destination_ips, m.not_destination_ips) = (v, n),
+            Key::DestinationPort => (m.destination_ports, m.not_destination_ports) = (ports(&v), ports(&n)),
+            Key::RemoteIp => (m.remote_ips, m.not_remote_ips) = (v, n),
+            Key::L7 => m.conditions.push(mesh::Condition { key: c.name.clone(), values: v, not_values: n }),
+        }
+        clauses.push(mesh::HttpClause { matches: vec![m] });
+    }
+    mesh::HttpGroup { clauses }
 }
 
 /// The served form of one policy, or `None` for AUDIT. Rules needing L7 are converted
@@ -392,21 +477,8 @@ pub fn convert(namespace: &str, name: &str, p: &PolicySpec) -> Option<sec::Autho
         (true, None) => sec::Scope::Global,
         (false, None) => sec::Scope::Namespace,
     };
-    let mut groups = Vec::new();
-    for (i, rule) in p.rules.iter().enumerate() {
-        if rule.has_l7() {
-            let what = if action == sec::Action::Allow {
-                "it matches nothing here (L7 attributes need a waypoint); traffic it would allow is denied"
-            } else {
-                "its L7 parts are ignored here (they need a waypoint), so it denies more"
-            };
-            tracing::warn!(policy = %format!("{namespace}/{name}"), rule = i, "AuthorizationPolicy rule uses L7 attributes: {what}");
-            if action == sec::Action::Allow {
-                continue;
-            }
-        }
-        groups.push(group(rule));
-    }
+    // The L4 form for Istio's node proxies (see the module docs).
+    let groups = p.rules.iter().filter(|r| action == sec::Action::Deny || !r.has_l7()).map(group).collect();
     Some(sec::Authorization {
         name: name.to_string(),
         namespace: namespace.to_string(),
@@ -414,7 +486,29 @@ pub fn convert(namespace: &str, name: &str, p: &PolicySpec) -> Option<sec::Autho
         action: action as i32,
         groups,
         dry_run: false,
+        mesh_rules: Some(mesh::HttpRules { groups: p.rules.iter().map(mesh_group).collect() }),
     })
+}
+
+/// The policy with every principal (sources and `source.principal` conditions)
+/// expanded over the trust domain and its aliases ([`TrustDomains::expand`]).
+pub fn aliased(spec: &PolicySpec, tds: &super::model::TrustDomains) -> PolicySpec {
+    if tds.aliases.is_empty() && tds.own == "cluster.local" {
+        return spec.clone();
+    }
+    let expand = |v: &[String]| v.iter().flat_map(|p| tds.expand(p)).collect::<Vec<_>>();
+    let mut out = spec.clone();
+    for r in &mut out.rules {
+        for f in &mut r.from {
+            f.source.principals = expand(&f.source.principals);
+            f.source.not_principals = expand(&f.source.not_principals);
+        }
+        for c in r.when.iter_mut().filter(|c| c.key == Key::SourcePrincipal) {
+            c.values = expand(&c.values);
+            c.not_values = expand(&c.not_values);
+        }
+    }
+    out
 }
 
 /// Whether the policy's selector picks a pod with these labels in `pod_namespace`.

@@ -185,6 +185,7 @@ pub enum Object {
     Pod(Pod),
     AuthorizationPolicy(AuthorizationPolicy),
     PeerAuthentication(PeerAuthentication),
+    RequestAuthentication(super::requestauth::RequestAuthentication),
 }
 
 /// Everything the folder holds now, by kind.
@@ -198,6 +199,7 @@ pub struct Objects {
     /// With the order they were read in (file, then document): the tie-break of
     /// PeerAuthentications of one age.
     pub peer_authentications: BTreeMap<(String, String), (usize, PeerAuthentication)>,
+    pub request_authentications: BTreeMap<(String, String), super::requestauth::RequestAuthentication>,
 }
 
 impl Objects {
@@ -210,6 +212,7 @@ impl Objects {
             Object::Pod(p) => drop(self.pods.insert(nn, p)),
             Object::AuthorizationPolicy(p) => drop(self.authorization_policies.insert(nn, p)),
             Object::PeerAuthentication(p) => drop(self.peer_authentications.insert(nn, (order, p))),
+            Object::RequestAuthentication(r) => drop(self.request_authentications.insert(nn, r)),
         }
     }
 }
@@ -307,7 +310,7 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
         "ServiceAccount" => typed(doc.text).map(Object::ServiceAccount),
         "Service" => typed(doc.text).map(Object::Service),
         "Pod" => typed(doc.text).map(Object::Pod),
-        "AuthorizationPolicy" | "PeerAuthentication" => {
+        "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication" => {
             let api = api_version.unwrap_or_default();
             if !matches!(api.as_str(), "security.istio.io/v1" | "security.istio.io/v1beta1") {
                 return Parsed::Bad(key, Error::Object {
@@ -321,6 +324,14 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
             }
             if kind == "AuthorizationPolicy" {
                 typed(doc.text).map(Object::AuthorizationPolicy)
+            } else if kind == "RequestAuthentication" {
+                match typed::<super::requestauth::RequestAuthentication>(doc.text) {
+                    Ok(ra) => match ra.spec.validate() {
+                        Ok(()) => Ok(Object::RequestAuthentication(ra)),
+                        Err(e) => return Parsed::Bad(key, invalid_field(file, doc, &kind, &e)),
+                    },
+                    Err(e) => Err(e),
+                }
             } else {
                 match typed::<PeerAuthentication>(doc.text) {
                     Ok(pa) => match pa.spec.validate() {

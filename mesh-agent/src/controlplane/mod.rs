@@ -21,6 +21,7 @@ pub mod ca;
 pub mod folder;
 pub mod model;
 pub mod peerauth;
+pub mod requestauth;
 pub mod xds_server;
 
 use crate::proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
@@ -56,6 +57,19 @@ pub struct ControlPlaneArgs {
     /// ca-cert.pem may be an intermediate under your root.
     #[arg(long, env = "MESH_CA_CERT_DIR")]
     pub ca_cert_dir: Option<PathBuf>,
+    /// Other trust domains this mesh's identities are also known by (Istio's
+    /// meshConfig.trustDomainAliases): a policy principal in any of them, or in this
+    /// trust domain, matches the same workloads. Repeatable.
+    #[arg(long = "trust-domain-alias", env = "MESH_TRUST_DOMAIN_ALIASES", value_delimiter = ',')]
+    pub trust_domain_aliases: Vec<String>,
+    /// How often RequestAuthentication keys named by `jwksUri` are fetched again
+    /// (Istio's PILOT_JWT_PUB_KEY_REFRESH_INTERVAL), in seconds.
+    #[arg(long, env = "MESH_JWKS_REFRESH_SECS", default_value_t = 1200)]
+    pub jwks_refresh_secs: u64,
+    /// PEM roots that `https://` jwksUri servers are verified with (default: the
+    /// system's bundle, /etc/ssl/certs/ca-certificates.crt).
+    #[arg(long, env = "MESH_JWKS_CA_CERT")]
+    pub jwks_ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,28 +131,45 @@ pub async fn serve(listener: TcpListener, args: ControlPlaneArgs, shutdown: impl
         Duration::from_millis(args.debounce_max_ms),
     )?;
     let mut source = folder::Folder::default();
-    let first = load(&mut source, &args).map_err(|source| Error::ConfigDir { dir: args.config_dir.clone(), source })?;
-    let (snap_tx, snap_rx) = watch::channel(Arc::new(first));
+    let jwks = Arc::new(crate::jwt::fetch::JwksCache::new(
+        Duration::from_secs(args.jwks_refresh_secs.max(1)),
+        jwks_tls(args.jwks_ca_cert.as_deref())?,
+    ));
+    let mut objects = read(&mut source, &args).map_err(|source| Error::ConfigDir { dir: args.config_dir.clone(), source })?;
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(build(&objects, &args, &jwks)));
 
     let reload_args = args.clone();
+    let mut keys_changed = jwks.changed();
     let reloader = tokio::spawn(async move {
         let _watcher = watcher;
-        while changes.recv().await.is_some() {
-            match load(&mut source, &reload_args) {
-                Ok(next) => {
-                    snap_tx.send_if_modified(|cur| {
-                        let changed = **cur != next;
-                        if changed {
-                            *cur = Arc::new(next);
+        loop {
+            tokio::select! {
+                c = changes.recv() => {
+                    if c.is_none() {
+                        return;
+                    }
+                    match read(&mut source, &reload_args) {
+                        Ok(next) => objects = next,
+                        Err(e) => {
+                            tracing::warn!(
+                                dir = %reload_args.config_dir.display(),
+                                "config: cannot list the config folder: {e}; keeping the last good config"
+                            );
+                            continue;
                         }
-                        changed
-                    });
+                    }
                 }
-                Err(e) => tracing::warn!(
-                    dir = %reload_args.config_dir.display(),
-                    "config: cannot list the config folder: {e}; keeping the last good config"
-                ),
+                // New keys for a jwksUri: the RequestAuthentications naming it change.
+                r = keys_changed.changed() => if r.is_err() { return },
             }
+            let next = build(&objects, &reload_args, &jwks);
+            snap_tx.send_if_modified(|cur| {
+                let changed = **cur != next;
+                if changed {
+                    *cur = Arc::new(next);
+                }
+                changed
+            });
         }
     });
 
@@ -197,7 +228,8 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Routes {
     }
 }
 
-fn load(source: &mut folder::Folder, args: &ControlPlaneArgs) -> std::io::Result<model::Snapshot> {
+/// Reads the folder, logging what it rejects.
+fn read(source: &mut folder::Folder, args: &ControlPlaneArgs) -> std::io::Result<folder::Objects> {
     let (objects, errors) = source.load(&args.config_dir)?;
     for e in &errors {
         tracing::warn!("config: {e}");
@@ -205,16 +237,48 @@ fn load(source: &mut folder::Folder, args: &ControlPlaneArgs) -> std::io::Result
     for (loser, winner) in peerauth::shadowed(&model::peer_authentication_policies(&objects), authorization::ROOT_NAMESPACE) {
         tracing::warn!(policy = %loser, "config: PeerAuthentication {loser} is ignored: {winner} is older and applies to the same workloads");
     }
-    let snap = model::build(&objects, &args.trust_domain);
+    tracing::info!(pods = objects.pods.len(), services = objects.services.len(), rejected = errors.len(), "config: loaded");
+    Ok(objects)
+}
+
+/// The snapshot of `objects`, with the JWKS fetched so far (and the fetcher told
+/// which URIs are still named).
+fn build(objects: &folder::Objects, args: &ControlPlaneArgs, jwks: &crate::jwt::fetch::JwksCache) -> model::Snapshot {
+    let uris = requestauth::jwks_uris(objects.request_authentications.values().map(|r| &r.spec));
+    jwks.forget_except(&uris);
+    let lookup = |uri: &str| jwks.get(uri).map(|k| k.as_str().to_owned());
+    let snap = model::build_with(objects, &model::TrustDomains::new(&args.trust_domain, &args.trust_domain_aliases), &lookup);
     tracing::info!(
         resources = snap.resources.len(),
         authorizations = snap.authorizations.len(),
-        pods = objects.pods.len(),
-        services = objects.services.len(),
-        rejected = errors.len(),
-        "config: loaded"
+        request_authentications = snap.request_authentications.len(),
+        "config: built"
     );
-    Ok(snap)
+    snap
+}
+
+/// TLS for `https://` jwksUri servers: `ca` or the system's roots.
+fn jwks_tls(ca: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, Error> {
+    use rustls_pki_types::pem::PemObject as _;
+    let path = ca.unwrap_or(std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"));
+    let mut roots = rustls::RootCertStore::empty();
+    match rustls_pki_types::CertificateDer::pem_file_iter(path) {
+        Ok(certs) => {
+            let (added, _) = roots.add_parsable_certificates(certs.flatten());
+            if added == 0 && ca.is_some() {
+                return Err(Error::Config(format!("--jwks-ca-cert {}: no PEM certificate in it", path.display())));
+            }
+        }
+        Err(e) if ca.is_some() => return Err(Error::Config(format!("--jwks-ca-cert {}: {e}", path.display()))),
+        Err(_) => tracing::warn!("no system CA bundle at {}: https:// jwksUri servers cannot be verified", path.display()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
 }
 
 #[cfg(test)]

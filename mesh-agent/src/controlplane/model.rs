@@ -31,6 +31,8 @@ pub struct Snapshot {
     /// `istio.security.Authorization` by resource name `<namespace>/<name>`, both
     /// AuthorizationPolicies and converted PeerAuthentications.
     pub authorizations: BTreeMap<String, Resource>,
+    /// `mesh.security.RequestAuthentication` by resource name `<namespace>/<name>`.
+    pub request_authentications: BTreeMap<String, Resource>,
     /// Which identities run on which node: the CA issues only these.
     pub identities: BTreeSet<(String, Identity)>,
 }
@@ -88,11 +90,48 @@ fn address_resource(addr: wl::Address) -> Resource {
     resource(crate::proto::ADDRESS_TYPE_URL, &addr)
 }
 
-/// Builds the Address resources and the node/identity index.
+/// The mesh's trust domain and its aliases (Istio's meshConfig.trustDomainAliases).
+#[derive(Clone, Debug, Default)]
+pub struct TrustDomains {
+    pub own: String,
+    pub aliases: Vec<String>,
+}
+
+impl TrustDomains {
+    pub fn new(own: &str, aliases: &[String]) -> Self {
+        TrustDomains { own: own.to_string(), aliases: aliases.iter().filter(|a| *a != own).cloned().collect() }
+    }
+
+    /// A policy principal as the workloads it means may present it: one naming this
+    /// trust domain, an alias, or `cluster.local` (which Istio reads as "this mesh")
+    /// stands for the same account in every one of them. Others are kept as written.
+    pub fn expand(&self, principal: &str) -> Vec<String> {
+        let Some((td, rest)) = principal.split_once("/ns/") else { return vec![principal.to_string()] };
+        let ours = td == self.own || td == "cluster.local" || self.aliases.iter().any(|a| a == td);
+        if !ours || td.contains('*') {
+            return vec![principal.to_string()];
+        }
+        let mut v: Vec<String> =
+            std::iter::once(&self.own).chain(&self.aliases).map(|t| format!("{t}/ns/{rest}")).collect();
+        if !v.iter().any(|p| p == principal) {
+            v.push(principal.to_string());
+        }
+        v
+    }
+}
+
+/// Builds the Address resources and the node/identity index, with no JWKS fetched.
 pub fn build(objects: &Objects, trust_domain: &str) -> Snapshot {
+    build_with(objects, &TrustDomains::new(trust_domain, &[]), &|_| None)
+}
+
+/// Builds every resource; `jwks` gives the keys fetched for a RequestAuthentication's
+/// `jwksUri`, or `None` while they are unknown.
+pub fn build_with(objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> Option<String>) -> Snapshot {
+    let trust_domain = tds.own.as_str();
     let mut snap = Snapshot::default();
     for ((ns, name), p) in &objects.authorization_policies {
-        if let Some(authz) = authorization::convert(ns, name, &p.spec) {
+        if let Some(authz) = authorization::convert(ns, name, &authorization::aliased(&p.spec, tds)) {
             let r = resource(crate::proto::AUTHORIZATION_TYPE_URL, &authz);
             snap.authorizations.insert(format!("{ns}/{name}"), r);
         }
@@ -206,6 +245,24 @@ pub fn build(objects: &Objects, trust_domain: &str) -> Snapshot {
             ..Default::default()
         };
         snap.resources.insert(uid, address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(proto)) }));
+    }
+    for ((ns, name), r) in &objects.request_authentications {
+        let mut served = super::requestauth::convert(ns, name, &r.spec, jwks);
+        if !served.selector.is_empty() {
+            served.workloads = objects
+                .pods
+                .iter()
+                .filter(|((pns, _), pod)| {
+                    (ns == ROOT_NAMESPACE || ns == pns)
+                        && in_mesh(objects, pod)
+                        && served.selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
+                })
+                .map(|((pns, pname), _)| workload_uid(pns, pname))
+                .filter(|uid| snap.resources.contains_key(uid))
+                .collect();
+        }
+        snap.request_authentications
+            .insert(format!("{ns}/{name}"), resource(crate::proto::REQUEST_AUTHENTICATION_TYPE_URL, &served));
     }
     snap
 }
@@ -350,5 +407,66 @@ spec: {mtls: {mode: PERMISSIVE}}
         let b = build(&objects(&YAML.replace("10.0.0.3", "10.0.0.4")), "td");
         let changed: Vec<_> = a.resources.iter().filter(|(k, r)| b.resources[*k].version != r.version).map(|(k, _)| k.as_str()).collect();
         assert_eq!(changed, vec!["Kubernetes//Pod/plain/c"]);
+    }
+
+    #[test]
+    fn trust_domain_aliases_expand_principals() {
+        let tds = TrustDomains::new("new.td", &["old.td".into(), "new.td".into()]);
+        assert_eq!(tds.aliases, vec!["old.td".to_string()], "the trust domain itself is no alias");
+        let cases: &[(&str, &[&str])] = &[
+            ("new.td/ns/a/sa/b", &["new.td/ns/a/sa/b", "old.td/ns/a/sa/b"]),
+            ("old.td/ns/a/sa/b", &["new.td/ns/a/sa/b", "old.td/ns/a/sa/b"]),
+            ("cluster.local/ns/a/sa/b", &["new.td/ns/a/sa/b", "old.td/ns/a/sa/b", "cluster.local/ns/a/sa/b"]),
+            ("other.td/ns/a/sa/b", &["other.td/ns/a/sa/b"]),
+            ("*/ns/a/sa/b", &["*/ns/a/sa/b"]),
+            ("*", &["*"]),
+            ("new.td/ns/a/*", &["new.td/ns/a/*", "old.td/ns/a/*"]),
+        ];
+        for (p, want) in cases {
+            assert_eq!(tds.expand(p), want.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{p}");
+        }
+        // In a served policy, for sources and `source.principal` conditions alike.
+        let o = objects(&format!("{YAML}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: p, namespace: mesh}}
+spec:
+  rules:
+  - from: [{{source: {{principals: [old.td/ns/mesh/sa/default]}}}}]
+    when: [{{key: source.principal, notValues: [new.td/ns/mesh/sa/bad]}}]
+"));
+        let snap = build_with(&o, &tds, &|_| None);
+        let a = crate::proto::security::Authorization::decode(snap.authorizations["mesh/p"].any.value.as_slice()).unwrap();
+        let m = &a.mesh_rules.unwrap().groups[0].clauses;
+        assert_eq!(m[0].matches[0].principals, vec!["new.td/ns/mesh/sa/default", "old.td/ns/mesh/sa/default"]);
+        assert_eq!(m[1].matches[0].not_principals, vec!["new.td/ns/mesh/sa/bad", "old.td/ns/mesh/sa/bad"]);
+    }
+
+    #[test]
+    fn request_authentication_lists_the_workloads_its_selector_picks() {
+        let o = objects(&format!("{YAML}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt, namespace: mesh}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  jwtRules: [{{issuer: i, jwksUri: 'http://idp/keys'}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: all, namespace: mesh}}
+spec:
+  jwtRules: [{{issuer: j, jwksUri: 'http://idp/keys'}}]
+"));
+        let snap = build_with(&o, &TrustDomains::new("td", &[]), &|u| (u == "http://idp/keys").then(|| "{}".to_string()));
+        let ra = |k: &str| {
+            crate::proto::mesh_security::RequestAuthentication::decode(snap.request_authentications[k].any.value.as_slice()).unwrap()
+        };
+        // Pod b opts out of the mesh: not listed.
+        assert_eq!(ra("mesh/jwt").workloads, vec![workload_uid("mesh", "a")]);
+        assert!(ra("mesh/all").workloads.is_empty() && ra("mesh/all").selector.is_empty());
+        assert_eq!(ra("mesh/all").rules[0].jwks, "{}", "fetched keys are inlined");
     }
 }

@@ -59,6 +59,9 @@ async fn start(files: &[(&str, &str)]) -> Running {
         debounce_max_ms: 500,
         cert_ttl_hours: 1,
         ca_cert_dir: None,
+        trust_domain_aliases: Vec::new(),
+        jwks_refresh_secs: 1200,
+        jwks_ca_cert: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

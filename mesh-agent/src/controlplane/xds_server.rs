@@ -16,13 +16,14 @@ use crate::proto::discovery::{
     aggregated_discovery_service_server::AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
     Resource,
 };
-use crate::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL};
+use crate::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL};
 
 /// The resources of one type in a snapshot, or `None` for a type we do not serve.
 pub fn resources_of<'a>(snap: &'a Snapshot, type_url: &str) -> Option<&'a BTreeMap<String, Served>> {
     match type_url {
         ADDRESS_TYPE_URL => Some(&snap.resources),
         AUTHORIZATION_TYPE_URL => Some(&snap.authorizations),
+        REQUEST_AUTHENTICATION_TYPE_URL => Some(&snap.request_authentications),
         _ => None,
     }
 }

@@ -328,6 +328,7 @@ fn compiled_table_agrees_with_reference_on_random_policies() {
                         not_ip_blocks: pick(fastrand::usize(0..2)),
                         peers: fastrand::bool().then(|| (0..fastrand::usize(0..2)).map(|_| ip(addrs[fastrand::usize(..addrs.len())])).collect()),
                         not_peers: (0..fastrand::usize(0..2)).map(|_| ip(addrs[fastrand::usize(..addrs.len())])).collect(),
+                        needs_identity: fastrand::u8(0..4) == 0,
                     })
                     .collect();
                 let to = (0..fastrand::usize(0..2))

@@ -20,15 +20,22 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut a = Counted { inner: src, read: log.sent.clone() };
-    let mut b = Counted { inner: dst, read: log.recv.clone() };
+    let mut a = Counted { inner: src, read: log.sent.clone(), written: None };
+    let mut b = Counted { inner: dst, read: log.recv.clone(), written: None };
     tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF).await.err()
 }
 
-/// Counts the bytes read from the inner stream.
-struct Counted<S> {
+/// The connection to the application, counting into `log` what is written to it
+/// (sent) and read from it (received): for streams that are not copied by [`copy`].
+pub(super) fn metered<S>(log: &AccessLog, app: S) -> Counted<S> {
+    Counted { inner: app, read: log.recv.clone(), written: Some(log.sent.clone()) }
+}
+
+/// Counts the bytes read from the inner stream, and written to it if asked.
+pub(super) struct Counted<S> {
     inner: S,
     read: Arc<AtomicU64>,
+    written: Option<Arc<AtomicU64>>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -42,7 +49,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(w)) = (&r, &self.written) {
+            w.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -67,6 +78,8 @@ pub(super) struct AccessLog {
     pub dst_addr: Option<SocketAddr>,
     /// The AuthorizationPolicy decision (inbound), e.g. `allow policy=ns/name`.
     pub authz: Option<String>,
+    /// Served as HTTP: requests admitted and refused.
+    requests: std::sync::OnceLock<(u64, u64)>,
     pub start: Instant,
     sent: Arc<AtomicU64>,
     recv: Arc<AtomicU64>,
@@ -85,11 +98,17 @@ impl AccessLog {
             dst_service: None,
             dst_addr: None,
             authz: None,
+            requests: std::sync::OnceLock::new(),
             start: Instant::now(),
             sent: Default::default(),
             recv: Default::default(),
             done: AtomicBool::new(false),
         }
+    }
+
+    /// For a connection served as HTTP: how many requests were admitted and refused.
+    pub fn set_requests(&self, admitted: u64, refused: u64) {
+        let _ = self.requests.set((admitted, refused));
     }
 
     /// Drops the record without writing it (the work it stood for is logged elsewhere).
@@ -116,6 +135,8 @@ impl AccessLog {
             dst.service = self.dst_service.as_deref(),
             dst.addr = self.dst_addr.map(|a| a.to_string()),
             authz = self.authz.as_deref(),
+            http.admitted = self.requests.get().map(|r| r.0),
+            http.refused = self.requests.get().map(|r| r.1),
             bytes.sent = sent,
             bytes.recv = recv,
             duration_ms = self.start.elapsed().as_millis() as u64,

@@ -14,6 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use super::copy::{copy, AccessLog};
+use super::l7;
 use super::{connect_to_app, drained, quiesced, Direction, EnrolledPod, Error, ProxyInputs, Signals, CONNECT_TIMEOUT};
 use crate::authz::Attrs;
 use crate::identity::WorkloadCert;
@@ -109,7 +110,8 @@ impl Ctx {
         if let Caller { rejected: Some((_, reason)), .. } = &caller {
             tracing::warn!("rejecting HBONE caller {peer}: {reason}");
         }
-        let conn = Arc::new(Conn { inbound: self.clone(), caller, source: peer.ip() });
+        let sni = tls.get_ref().1.server_name().map(str::to_string);
+        let conn = Arc::new(Conn { inbound: self.clone(), caller, source: peer.ip(), sni });
         // hyper runs each stream on its own task: carry the connection's span there.
         let span = tracing::Span::current();
         let svc = hyper::service::service_fn(move |req| {
@@ -179,6 +181,8 @@ struct Conn {
     caller: Caller,
     /// The caller's address, kept as the source of the connection to the app.
     source: IpAddr,
+    /// The server name of the caller's TLS handshake.
+    sni: Option<String>,
 }
 
 impl Conn {
@@ -216,12 +220,13 @@ impl Conn {
         // AuthorizationPolicy: the authoritative check, on the real destination port.
         let inputs = &self.inbound.inputs;
         let attrs = Attrs { src_ip: self.source, identity: self.caller.identity.clone(), dst_ip: target.ip(), dst_port: target.port() };
-        let decision = inputs.authz.check(&inputs.state, &pod.namespace, &attrs);
+        let decision = inputs.authz.check(&inputs.state, &pod.namespace, &attrs, None);
         log.authz = Some(decision.describe());
-        if !decision.is_allowed() {
+        let Some(as_http) = l7::mode(&decision, inputs, &pod.namespace, &attrs) else {
             return refuse(&log, StatusCode::FORBIDDEN, format!("RBAC: access denied: {}", decision.describe()));
-        }
-        let mut registration = inputs.authz.register(&pod.namespace, &pod.name, attrs);
+        };
+        let mut registration = inputs.authz.register(&pod.namespace, &pod.name, attrs.clone(), as_http);
+        let judge = as_http.then(|| l7::Judge::new(inputs.clone(), &pod.namespace, attrs, self.sni.clone()));
         let app = match connect_to_app(&*self.inbound.inputs.orig_dst, &pod.netns, self.source, target, "inbound").await {
             Ok(s) => s,
             Err(e) => {
@@ -236,13 +241,12 @@ impl Conn {
             async move {
                 let _live = live;
                 let work = async {
-                    match upgrade.await {
-                        Ok(up) => {
-                            let err = copy(&log, TokioIo::new(up), app).await;
-                            log.finish(err.as_ref().map(|e| e as &dyn std::fmt::Display));
-                        }
-                        Err(e) => log.finish(Some(&format!("CONNECT upgrade failed: {e}"))),
-                    }
+                    let err = match (upgrade.await, judge) {
+                        (Ok(up), None) => copy(&log, TokioIo::new(up), app).await.map(|e| e.to_string()),
+                        (Ok(up), Some(judge)) => l7::serve(judge, &log, up, app).await,
+                        (Err(e), _) => Some(format!("CONNECT upgrade failed: {e}")),
+                    };
+                    log.finish(err.as_ref().map(|e| e as &dyn std::fmt::Display));
                 };
                 tokio::select! {
                     _ = work => {}

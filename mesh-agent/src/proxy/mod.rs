@@ -30,6 +30,7 @@ use crate::state::{Identity, State};
 
 mod copy;
 pub mod hbone;
+mod l7;
 mod inbound;
 mod lifecycle;
 mod outbound;
@@ -79,6 +80,8 @@ pub struct ProxyInputs {
     pub node: String,
     /// AuthorizationPolicy enforcement: decisions and live inbound connections.
     pub authz: Arc<crate::authz::enforce::Enforcer>,
+    /// How request paths are normalized before policies judge them (HTTP mode).
+    pub path_normalization: crate::authz::http::Normalization,
 }
 
 /// A pod in the mesh on this node, as the CNI hook reported it.

@@ -6,9 +6,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::copy::{copy, AccessLog};
+use super::l7;
 use super::{connect_to_app, Direction, EnrolledPod, ProxyInputs, Signals, HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT};
 use crate::authz::Attrs;
 use crate::capture::{MtlsMode, PortAction};
@@ -81,13 +83,13 @@ impl Ctx {
         }
         // AuthorizationPolicy: plaintext has no principal nor namespace.
         let attrs = Attrs { src_ip: peer.ip().to_canonical(), identity: None, dst_ip: dst.ip(), dst_port: dst.port() };
-        let decision = self.inputs.authz.check(&self.inputs.state, &self.pod.namespace, &attrs);
+        let decision = self.inputs.authz.check(&self.inputs.state, &self.pod.namespace, &attrs, None);
         log.authz = Some(decision.describe());
-        if !decision.is_allowed() {
+        let Some(as_http) = l7::mode(&decision, &self.inputs, &self.pod.namespace, &attrs) else {
             log.finish(Some(&format!("RBAC: access denied: {}", decision.describe())));
             return;
-        }
-        let mut registration = self.inputs.authz.register(&self.pod.namespace, &self.pod.name, attrs);
+        };
+        let mut registration = self.inputs.authz.register(&self.pod.namespace, &self.pod.name, attrs.clone(), as_http);
         let app = match connect_to_app(&*self.inputs.orig_dst, &self.pod.netns, peer.ip(), dst, "application").await {
             Ok(s) => s,
             Err(e) => {
@@ -96,8 +98,16 @@ impl Ctx {
                 return;
             }
         };
+        let work = async {
+            if as_http {
+                let judge = l7::Judge::new(self.inputs.clone(), &self.pod.namespace, attrs, None);
+                l7::serve(judge, &log, TokioIo::new(stream), app).await
+            } else {
+                copy(&log, stream, app).await.map(|e| e.to_string())
+            }
+        };
         tokio::select! {
-            err = copy(&log, stream, app) => log.finish(err.as_ref().map(|e| e as &dyn std::fmt::Display)),
+            err = work => log.finish(err.as_ref().map(|e| e as &dyn std::fmt::Display)),
             reason = registration.revoked() => log.finish(Some(&reason)),
         }
     }

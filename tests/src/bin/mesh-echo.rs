@@ -1,5 +1,6 @@
 //! Tiny HTTP/1.1 server for test pods: answers every request with
-//! `hello from <name>` and prints each request line (with the peer) to stdout.
+//! `hello from <name>` and prints each request line (with the peer) to stdout,
+//! followed by its headers, each as `  > name: value`.
 //! Usage: mesh-echo --port 8080 --name echo-1
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -49,11 +50,13 @@ fn serve(conn: TcpStream, name: &str) -> std::io::Result<()> {
         }
         let mut length = 0usize;
         let mut close = false;
+        let mut headers = String::new();
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
                 break;
             }
+            headers.push_str(&format!("  > {}\n", h.trim_end()));
             let lower = h.to_ascii_lowercase();
             if let Some(v) = lower.strip_prefix("content-length:") {
                 length = v.trim().parse().unwrap_or(0);
@@ -64,7 +67,7 @@ fn serve(conn: TcpStream, name: &str) -> std::io::Result<()> {
         }
         let mut body = vec![0u8; length.min(1 << 20)];
         reader.read_exact(&mut body)?;
-        println!("{} from {peer}", request_line.trim_end());
+        print!("{} from {peer}\n{headers}", request_line.trim_end());
         let _ = std::io::stdout().flush();
         let text = format!("hello from {name}\n");
         // One write per response: several small ones would wait on delayed ACKs.

@@ -28,6 +28,7 @@ fn deny(groups: Vec<Vec<Vec<Match>>>) -> Policy {
         action: Action::Deny,
         groups: groups.into_iter().map(|clauses| Group { clauses }).collect(),
         dry_run: false,
+        unusable: None,
     }
 }
 
@@ -73,7 +74,7 @@ fn strict_form_and_its_ports() {
             let policies = vec![Arc::new(policy)];
             for port in [1, 2, 22, 80, 8080, 9090, 15006] {
                 let a = Attrs { src_ip: "10.1.1.1".parse().unwrap(), identity: None, dst_ip: "10.0.0.1".parse().unwrap(), dst_port: port };
-                assert_eq!(strict.contains(port), !decide(&policies, &a).is_allowed(), "{what}: port {port}");
+                assert_eq!(strict.contains(port), !decide(&policies, &a, None).is_allowed(), "{what}: port {port}");
             }
         }
     }

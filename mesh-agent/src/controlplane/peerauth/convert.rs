@@ -129,6 +129,7 @@ pub fn convert(policies: &[Policy], root: &str, pods: &[Pod<'_>]) -> Converted {
             action: sec::Action::Deny as i32,
             groups: vec![strict.group()],
             dry_run: false,
+            mesh_rules: None,
         };
         out.policies.insert(key, authz);
     }

@@ -39,7 +39,7 @@ fn decide(c: &Converted, pod: (&str, &str), port: u16, identity: Option<Identity
         .filter(|p| p.selects(pod.0, &listed))
         .collect();
     let ip = "10.0.0.9".parse().unwrap();
-    authz::decide(&policies, &Attrs { src_ip: "10.0.0.1".parse().unwrap(), identity, dst_ip: ip, dst_port: port })
+    authz::decide(&policies, &Attrs { src_ip: "10.0.0.1".parse().unwrap(), identity, dst_ip: ip, dst_port: port }, None)
 }
 
 fn peer() -> Option<Identity> {
