@@ -83,11 +83,12 @@ impl Admin {
             .collect();
         let certs: Vec<_> = self
             .certs
-            .identities()
-            .into_iter()
-            .map(|(id, not_after)| {
-                let secs = not_after.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-                json!({"identity": id.to_string(), "not_after_unix": secs})
+            .certificates()
+            .iter()
+            .map(|c| {
+                let secs = c.not_after.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                let serial = c.cert_chain.first().and_then(crate::identity::serial_of);
+                json!({"identity": c.identity.to_string(), "serial": serial, "not_after_unix": secs})
             })
             .collect();
         let mut policies: Vec<_> = self

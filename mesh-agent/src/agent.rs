@@ -15,6 +15,7 @@ use crate::handover::{self, Channel, FdRole, Msg};
 use crate::identity::{CertManager, WorkloadCert};
 use crate::inpod::{Frozen, PodManager};
 use crate::kernel::Kernel;
+use crate::node_token::Credential;
 use crate::proxy::{CertSource, PodProxy, ProxyInputs};
 use crate::state::{Identity, State};
 
@@ -29,6 +30,10 @@ pub struct AgentArgs {
     /// Certificate authority address (Istio CA API).
     #[arg(long, env = "MESH_CA_ADDRESS", default_value = "http://127.0.0.1:15010")]
     pub ca_address: String,
+    /// File holding this node's token, which the control plane (xDS and CA) requires;
+    /// `mesh-agent node-token --node NAME` prints it. Read again at each use.
+    #[arg(long, env = "MESH_NODE_TOKEN_FILE")]
+    pub node_token_file: Option<PathBuf>,
     /// Unix socket on which the CNI hook reports pods.
     #[arg(long, env = "MESH_CNI_SOCKET", default_value = "/run/mesh/cni.sock")]
     pub cni_socket: PathBuf,
@@ -70,17 +75,18 @@ pub struct AgentArgs {
     pub path_normalization: crate::authz::http::Normalization,
 }
 
-/// `500ms`, `30s`, `2m`, or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// `500ms`, `30s`, `2m`, `24h`, or plain seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)");
+    let bad = || format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m, 24h)");
     let n: f64 = num.parse().map_err(|_| bad())?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "" | "s" => n,
         "m" => n * 60.0,
+        "h" => n * 3600.0,
         _ => return Err(bad()),
     };
     Duration::try_from_secs_f64(secs).map_err(|_| bad())
@@ -211,8 +217,20 @@ async fn serve(
     let mut shutdown = std::pin::pin!(shutdown);
     let state = State::default();
     let (synced_tx, synced) = watch::channel(false);
-    let xds = tokio::spawn(crate::xds::run(args.xds_address.clone(), args.node.clone(), state.clone(), synced_tx));
-    let certs = Arc::new(CertManager::new(args.ca_address.clone(), args.node.clone()));
+    let credential = match &args.node_token_file {
+        Some(path) => {
+            if let Err(e) = Credential::File(path.clone()).token() {
+                warn!("{e}; the control plane refuses this agent until the file holds its token");
+            }
+            Credential::File(path.clone())
+        }
+        None => {
+            warn!("no --node-token-file: the control plane refuses this agent's xDS and certificate requests");
+            Credential::None
+        }
+    };
+    let xds = tokio::spawn(crate::xds::run(args.xds_address.clone(), args.node.clone(), credential.clone(), state.clone(), synced_tx));
+    let certs = Arc::new(CertManager::new(args.ca_address.clone(), credential));
     let authz = Arc::new(crate::authz::enforce::Enforcer::waiting_for_sync());
     let policy = tokio::spawn(authz.clone().run(kernel.clone(), state.clone(), synced.clone()));
     let inputs = Arc::new(ProxyInputs {
@@ -534,12 +552,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn drain_timeouts_parse() {
-        let ok = [("30s", 30_000), ("500ms", 500), ("2m", 120_000), ("7", 7_000), ("1.5s", 1_500), (" 0s ", 0)];
+    fn durations_parse() {
+        let ok = [("30s", 30_000), ("500ms", 500), ("2m", 120_000), ("7", 7_000), ("1.5s", 1_500), (" 0s ", 0), ("24h", 86_400_000)];
         for (s, ms) in ok {
             assert_eq!(parse_duration(s), Ok(Duration::from_millis(ms)), "{s}");
         }
-        for bad in ["", "s", "ten", "5h", "-1s", "1e999"] {
+        for bad in ["", "s", "ten", "5d", "-1s", "1e999"] {
             assert!(parse_duration(bad).unwrap_err().contains("is not a duration"), "{bad}");
         }
     }

@@ -11,16 +11,16 @@ use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer, Priva
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::node_token::Credential;
 use crate::proto::ca::{istio_certificate_service_client::IstioCertificateServiceClient, IstioCertificateRequest};
 use crate::state::Identity;
-
-/// gRPC metadata header naming this node to the CA.
-pub const NODE_HEADER: &str = "x-mesh-node";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("cannot create a key or CSR for {0}: {1}")]
     Csr(Identity, String),
+    #[error("no certificate for {id}: {cause}")]
+    Credential { id: Identity, cause: crate::node_token::CredentialError },
     #[error("the CA at {addr} refused a certificate for {id}: {message} ({code:?})")]
     Refused { addr: String, id: Identity, code: tonic::Code, message: String },
     #[error("cannot reach the CA at {addr} for {id}: {cause}; is the control plane running?")]
@@ -65,7 +65,7 @@ type SlotTask = (Arc<Slot>, JoinHandle<()>);
 
 struct Inner {
     ca_addr: String,
-    node: String,
+    credential: Credential,
     /// Per identity: its slot and the task refreshing it.
     slots: Mutex<HashMap<Identity, SlotTask>>,
 }
@@ -85,8 +85,9 @@ pub struct CertManager {
 }
 
 impl CertManager {
-    pub fn new(ca_addr: String, node: String) -> Self {
-        Self { inner: Arc::new(Inner { ca_addr, node, slots: Mutex::new(HashMap::new()) }) }
+    /// Talks to the CA at `ca_addr`, showing this node's `credential`.
+    pub fn new(ca_addr: String, credential: Credential) -> Self {
+        Self { inner: Arc::new(Inner { ca_addr, credential, slots: Mutex::new(HashMap::new()) }) }
     }
 
     /// A valid certificate for `id`, from the cache or from the CA.
@@ -112,15 +113,17 @@ impl CertManager {
         }
     }
 
-    /// Identities with a certificate, and when each expires (for the admin dump).
-    pub fn identities(&self) -> Vec<(Identity, SystemTime)> {
+    /// The certificate held for each identity (for the admin dump).
+    pub fn certificates(&self) -> Vec<Arc<WorkloadCert>> {
         let slots = self.inner.slots.lock().unwrap();
-        let mut v: Vec<_> = slots
-            .iter()
-            .filter_map(|(id, (slot, _))| slot.state.borrow().cert.as_ref().map(|c| (id.clone(), c.not_after)))
-            .collect();
-        v.sort();
+        let mut v: Vec<_> = slots.values().filter_map(|(slot, _)| slot.state.borrow().cert.clone()).collect();
+        v.sort_by(|a, b| a.identity.cmp(&b.identity));
         v
+    }
+
+    /// Identities with a certificate, and when each expires.
+    pub fn identities(&self) -> Vec<(Identity, SystemTime)> {
+        self.certificates().iter().map(|c| (c.identity.clone(), c.not_after)).collect()
     }
 
     /// Stops refreshing `id` (its last pod left the node).
@@ -136,7 +139,7 @@ impl CertManager {
             return slot.clone();
         }
         let slot = Arc::new(Slot { state: watch::channel(SlotState::default()).0, kick: Notify::new() });
-        let task = tokio::spawn(refresh(self.inner.ca_addr.clone(), self.inner.node.clone(), id.clone(), slot.clone()));
+        let task = tokio::spawn(refresh(self.inner.ca_addr.clone(), self.inner.credential.clone(), id.clone(), slot.clone()));
         slots.insert(id.clone(), (slot.clone(), task));
         slot
     }
@@ -144,17 +147,18 @@ impl CertManager {
 
 /// Keeps `slot` filled: fetch, then sleep until half-life; on failure back off
 /// (1 s doubling to 60 s, jitter), sooner when a caller is waiting without a valid cert.
-async fn refresh(addr: String, node: String, id: Identity, slot: Arc<Slot>) {
+async fn refresh(addr: String, credential: Credential, id: Identity, slot: Arc<Slot>) {
     const MIN: Duration = Duration::from_secs(1);
     const MAX: Duration = Duration::from_secs(60);
     let mut backoff = MIN;
     loop {
-        let result = request(&addr, &node, &id).await;
+        let result = request(&addr, &credential, &id).await;
         let wait = match &result {
             Ok(cert) => {
                 backoff = MIN;
                 let life = cert.not_after.duration_since(SystemTime::now()).unwrap_or_default();
-                tracing::info!(identity = %id, expires_in = ?life, "identity: certificate issued");
+                let serial = serial_of(&cert.cert_chain[0]).unwrap_or_default();
+                tracing::info!(identity = %id, serial, expires_in = ?life, "identity: certificate issued");
                 life / 2
             }
             Err(e) => {
@@ -195,7 +199,7 @@ async fn refresh(addr: String, node: String, id: Identity, slot: Arc<Slot>) {
 }
 
 /// One CA call: a fresh key, a CSR with the SPIFFE URI SAN, and the signed chain back.
-async fn request(addr: &str, node: &str, id: &Identity) -> Result<WorkloadCert, Error> {
+async fn request(addr: &str, credential: &Credential, id: &Identity) -> Result<WorkloadCert, Error> {
     let csr_err = |e: rcgen::Error| Error::Csr(id.clone(), e.to_string());
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(csr_err)?;
     let mut params = rcgen::CertificateParams::default();
@@ -204,37 +208,43 @@ async fn request(addr: &str, node: &str, id: &Identity) -> Result<WorkloadCert, 
     params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
     let csr = params.serialize_request(&key).and_then(|c| c.pem()).map_err(csr_err)?;
 
+    let mut req = tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 0, metadata: None });
+    credential.authorize(&mut req).map_err(|cause| Error::Credential { id: id.clone(), cause })?;
+    req.set_timeout(Duration::from_secs(10));
     let unreachable = |cause: String| Error::Unreachable { addr: addr.into(), id: id.clone(), cause };
     let channel = crate::xds::endpoint(addr).map_err(unreachable)?.connect().await.map_err(|e| unreachable(e.to_string()))?;
     let mut client = IstioCertificateServiceClient::new(channel);
-    let mut req = tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 0, metadata: None });
-    let node_value = node.parse().map_err(|_| Error::Csr(id.clone(), format!("node name {node:?} is not a valid header value")))?;
-    req.metadata_mut().insert(NODE_HEADER, node_value);
-    req.set_timeout(Duration::from_secs(10));
     let resp = client.create_certificate(req).await.map_err(|s| match s.code() {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => unreachable(s.message().to_string()),
         code => Error::Refused { addr: addr.into(), id: id.clone(), code, message: s.message().to_string() },
     })?;
-    let bad = |cause: String| Error::BadResponse { addr: addr.into(), id: id.clone(), cause };
-    let chain = resp.into_inner().cert_chain;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    accept(&resp.into_inner().cert_chain, id, key)
+        .map_err(|cause| Error::BadResponse { addr: addr.into(), id: id.clone(), cause })
+}
+
+/// The CA's answer (PEM: leaf, intermediates, root) as a certificate for `id` with
+/// `key`, or why it is unusable. Pure.
+fn accept(chain: &[String], id: &Identity, key: PrivateKeyDer<'static>) -> Result<WorkloadCert, String> {
     let mut ders = Vec::new();
-    for pem in &chain {
+    for pem in chain {
         for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            ders.push(der.map_err(|e| bad(format!("bad PEM: {e:?}")))?);
+            ders.push(der.map_err(|e| format!("bad PEM: {e:?}"))?);
         }
     }
     if ders.len() < 2 {
-        return Err(bad(format!("expected a chain of leaf and root, got {} certificate(s)", ders.len())));
+        return Err(format!("expected a chain of leaf and root, got {} certificate(s)", ders.len()));
     }
-    let not_after = leaf_not_after(&ders[0], id).map_err(bad)?;
+    let not_after = leaf_not_after(&ders[0], id)?;
     let roots = vec![ders.pop().unwrap()];
-    Ok(WorkloadCert {
-        identity: id.clone(),
-        cert_chain: ders,
-        private_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        roots,
-        not_after,
-    })
+    Ok(WorkloadCert { identity: id.clone(), cert_chain: ders, private_key: key, roots, not_after })
+}
+
+/// A certificate's serial number in hex (as `openssl x509 -serial` prints it).
+pub fn serial_of(der: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.raw_serial().iter().map(|b| format!("{b:02X}")).collect())
 }
 
 /// The leaf's expiry, after checking it names `id` and only `id`.
@@ -264,10 +274,50 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_ca_is_a_clear_error() {
-        let m = CertManager::new("127.0.0.1:1".into(), "n1".into());
+        let m = CertManager::new("127.0.0.1:1".into(), Credential::Token("v1.n1.x".into()));
         let id: Identity = "spiffe://td/ns/a/sa/b".parse().unwrap();
         let e = m.fetch(&id).await.unwrap_err();
         assert!(e.to_string().starts_with("cannot reach the CA at 127.0.0.1:1 for spiffe://td/ns/a/sa/b"), "{e}");
         assert!(m.identities().is_empty());
+    }
+
+    /// A root, and a leaf under it naming `sans` (PEM each).
+    fn signed(sans: &[&str]) -> (String, String) {
+        let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root = p.self_signed(&root_key).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.subject_alt_names = sans.iter().map(|s| rcgen::SanType::URI(rcgen::Ia5String::try_from(*s).unwrap())).collect();
+        (p.signed_by(&key, &root, &root_key).unwrap().pem(), root.pem())
+    }
+
+    fn key() -> PrivateKeyDer<'static> {
+        let k = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.serialize_der()))
+    }
+
+    #[test]
+    fn an_answer_that_does_not_carry_the_identity_is_refused() {
+        let id: Identity = "spiffe://td/ns/a/sa/b".parse().unwrap();
+        let (leaf, root) = signed(&["spiffe://td/ns/a/sa/b"]);
+        let cert = accept(&[leaf.clone(), root.clone()], &id, key()).unwrap();
+        assert_eq!((cert.cert_chain.len(), cert.roots.len()), (1, 1));
+        assert!(serial_of(&cert.cert_chain[0]).is_some_and(|s| !s.is_empty()));
+        let cases: Vec<(&str, Vec<String>, &str)> = vec![
+            ("another identity", { let (l, r) = signed(&["spiffe://td/ns/a/sa/c"]); vec![l, r] }, "not spiffe://td/ns/a/sa/b"),
+            ("an extra SAN", { let (l, r) = signed(&["spiffe://td/ns/a/sa/b", "spiffe://td/ns/x/sa/y"]); vec![l, r] }, "not spiffe://td/ns/a/sa/b"),
+            ("no SAN", { let (l, r) = signed(&[]); vec![l, r] }, "the leaf names []"),
+            ("the leaf alone", vec![leaf.clone()], "got 1 certificate(s)"),
+            ("nothing", vec![], "got 0 certificate(s)"),
+            ("garbage PEM", vec!["-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n".into(), root.clone()], "bad PEM"),
+            ("not PEM at all", vec!["hello".into(), "world".into()], "got 0 certificate(s)"),
+            ("PEM of garbage", vec!["-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(), root], "cannot parse the leaf"),
+        ];
+        for (what, chain, want) in cases {
+            let err = accept(&chain, &id, key()).err().unwrap_or_else(|| panic!("{what}: accepted"));
+            assert!(err.contains(want), "{what}: {err}");
+        }
     }
 }

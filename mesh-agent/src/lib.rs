@@ -10,6 +10,7 @@
 //! - [`proxy`]: the outbound (15001), inbound plaintext (15006) and HBONE (15008) listeners.
 //! - [`tls`]: rustls configurations that present and verify SPIFFE identities.
 //! - [`identity`]: workload certificates, obtained from the CA and kept fresh.
+//! - [`node_token`]: the node credential an agent shows the control plane (xDS and CA).
 //! - [`state`]: what the control plane says exists: workloads and services.
 //! - [`xds`]: the agent's delta ADS client that fills [`state`].
 //! - [`controlplane`]: the control-plane role: config folder, xDS server, CA.
@@ -31,6 +32,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod l4policy;
 pub mod netns;
+pub mod node_token;
 pub mod podnet;
 pub mod proto;
 pub mod proxy;

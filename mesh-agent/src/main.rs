@@ -14,6 +14,9 @@ enum Role {
     Agent(mesh_agent::agent::AgentArgs),
     /// Run the control plane: config from a folder, xDS and a CA.
     ControlPlane(mesh_agent::controlplane::ControlPlaneArgs),
+    /// Print a node's token (for its agent's --node-token-file), made with the control
+    /// plane's node-token key.
+    NodeToken(mesh_agent::controlplane::NodeTokenArgs),
     /// Detach everything a stopped agent left attached (pinned links) and remove its
     /// bpffs folder.
     Uninstall(mesh_agent::agent::UninstallArgs),
@@ -36,6 +39,9 @@ fn main() {
         match cli.role {
             Role::Agent(args) => mesh_agent::agent::run(args, shutdown_signal()).await.map_err(|e| mesh_agent::error_chain(&e)),
             Role::Uninstall(args) => mesh_agent::agent::uninstall(&args).await.map_err(|e| mesh_agent::error_chain(&e)),
+            Role::NodeToken(args) => mesh_agent::controlplane::node_token(&args)
+                .map(|token| println!("{token}"))
+                .map_err(|e| mesh_agent::error_chain(&e)),
             Role::ControlPlane(args) => {
                 mesh_agent::controlplane::run(args, shutdown_signal()).await.map_err(|e| mesh_agent::error_chain(&e))
             }

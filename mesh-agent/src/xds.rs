@@ -13,6 +13,7 @@ use crate::proto::discovery::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
     DeltaDiscoveryResponse, Node, Resource, Status as RpcStatus,
 };
+use crate::node_token::Credential;
 use crate::proto::workload as wl;
 use crate::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL};
 use crate::state::{self, State, TunnelProtocol};
@@ -27,6 +28,8 @@ pub enum Error {
     Stream(#[from] tonic::Status),
     #[error("the control plane closed the stream")]
     Closed,
+    #[error(transparent)]
+    Credential(#[from] crate::node_token::CredentialError),
 }
 
 /// A resource we could not use; reported back to the control plane in a NACK.
@@ -316,14 +319,14 @@ const TYPES: [&str; 3] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, REQUEST_AUTH
 
 /// Runs the client until dropped or aborted. `synced` turns true once the first
 /// response of every type is applied.
-pub async fn run(addr: String, node: String, state: State, synced: watch::Sender<bool>) {
+pub async fn run(addr: String, node: String, credential: Credential, state: State, synced: watch::Sender<bool>) {
     const MIN: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(15);
     let mut cache = Cache::default();
     let mut backoff = MIN;
     loop {
         let mut got_response = false;
-        let cause = match session(&addr, &node, &state, &synced, &mut cache, &mut got_response).await {
+        let cause = match session(&addr, &node, &credential, &state, &synced, &mut cache, &mut got_response).await {
             Ok(()) => Error::Closed,
             Err(e) => e,
         };
@@ -331,7 +334,13 @@ pub async fn run(addr: String, node: String, state: State, synced: watch::Sender
             backoff = MIN;
         }
         let delay = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
-        tracing::warn!("xds: cannot reach control plane at {addr}: {cause}; retrying in {delay:?}");
+        match &cause {
+            Error::Stream(s) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
+                tracing::warn!("xds: the control plane at {addr} refused this agent as node {node}: {}; retrying in {delay:?}", s.message())
+            }
+            Error::Credential(e) => tracing::warn!("xds: {e}; retrying in {delay:?}"),
+            _ => tracing::warn!("xds: cannot reach control plane at {addr}: {cause}; retrying in {delay:?}"),
+        }
         tokio::time::sleep(delay).await;
         backoff = (backoff * 2).min(MAX);
     }
@@ -340,6 +349,7 @@ pub async fn run(addr: String, node: String, state: State, synced: watch::Sender
 async fn session(
     addr: &str,
     node: &str,
+    credential: &Credential,
     state: &State,
     synced: &watch::Sender<bool>,
     cache: &mut Cache,
@@ -358,7 +368,9 @@ async fn session(
         tx.send(subscribe).await.map_err(|_| Error::Closed)?;
     }
     let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut responses = client.delta_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    credential.authorize(&mut request)?;
+    let mut responses = client.delta_aggregated_resources(request).await?.into_inner();
     tracing::info!(addr, held = cache.versions().len(), "xds: connected to the control plane");
     while let Some(resp) = responses.message().await? {
         *got_response = true;

@@ -179,6 +179,8 @@ pub struct TestBed {
     finished: bool,
     /// `--drain-timeout` of the agents started from now on.
     pub drain_timeout: Duration,
+    /// More flags for the control plane started from now on (e.g. `--cert-ttl 8s`).
+    pub control_plane_args: Vec<String>,
 }
 
 /// How a graceful restart went (see [`TestBed::restart_agent_graceful`]).
@@ -223,6 +225,7 @@ impl TestBed {
             procs: Vec::new(),
             finished: false,
             drain_timeout: Duration::from_secs(15),
+            control_plane_args: Vec::new(),
         };
         bed.ip(&["netns", "add", &bed.fabric.clone()])?;
         bed.ipn(&bed.fabric.clone(), &["link", "set", "lo", "up"])?;
@@ -382,8 +385,32 @@ impl TestBed {
         self.spawn_control_plane(self.cp_port)
     }
 
+    /// The control plane's `--state-dir` (its CA root and node-token key live there).
+    pub fn cp_state_dir(&self) -> PathBuf {
+        self.work.join("cp-state")
+    }
+
+    /// A file (mode 0600) holding `node`'s token, as `mesh-agent node-token` prints it
+    /// with the control plane's key (made now if the control plane has not started yet).
+    pub fn node_token_file(&self, node: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = self.work.join(format!("token-{node}"));
+        if !path.exists() {
+            let bin = agent_binary()?;
+            let state = self.cp_state_dir();
+            let args = [bin.to_str().unwrap_or("mesh-agent"), "node-token", "--node", node, "--state-dir", state.to_str().unwrap_or_default()];
+            let out = proc::run(&args, None, None, Duration::from_secs(10))?;
+            if !out.status.success() {
+                bail!("mesh-agent node-token --node {node} failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            write_atomic(&path, &String::from_utf8_lossy(&out.stdout))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(path)
+    }
+
     fn spawn_control_plane(&mut self, port: u16) -> Result<()> {
-        let state = self.work.join("cp-state");
+        let state = self.cp_state_dir();
         std::fs::create_dir_all(&state)?;
         let listen = format!("127.0.0.1:{port}");
         let bin = agent_binary()?;
@@ -399,6 +426,7 @@ impl TestBed {
             "--trust-domain",
             TRUST_DOMAIN,
         ];
+        let args: Vec<&str> = args.into_iter().chain(self.control_plane_args.iter().map(String::as_str)).collect();
         let mut cmd = proc::command(&args, None, Some(&self.cgroup_root.join("sys")))?;
         cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
         let mut cp = Proc::spawn("control-plane", cmd, &self.log_dir)?;
@@ -449,13 +477,15 @@ impl TestBed {
     }
 
     /// The command line of `node`'s agent with admin port `admin_port` (each node has
-    /// its own CNI socket, hand-over socket and bpffs folder under the bed).
+    /// its own CNI socket, hand-over socket, node token and bpffs folder under the bed).
     pub fn agent_args(&self, node: &str, admin_port: u16) -> Result<Vec<String>> {
         let xds = format!("http://127.0.0.1:{}", self.cp_port);
         let path = |p: PathBuf| p.to_string_lossy().into_owned();
         let bin = agent_binary()?;
+        let token = self.node_token_file(node)?;
         let args = [
             path(bin).as_str(), "agent", "--node", node, "--xds-address", &xds, "--ca-address", &xds,
+            "--node-token-file", &path(token),
             "--cni-socket", &path(self.work.join(format!("cni-{node}.sock"))),
             "--handover-socket", &path(self.work.join(format!("handover-{node}.sock"))),
             "--drain-timeout", &format!("{}ms", self.drain_timeout.as_millis()),
@@ -619,6 +649,14 @@ impl TestBed {
             bail!("config_dump of {node}: HTTP {code}: {body}");
         }
         serde_json::from_str(&body).context("config_dump is not JSON")
+    }
+
+    /// The serial (hex) and expiry (Unix seconds) of the certificate the agent on
+    /// `node` holds for `identity` (its admin `certificates`), if it holds one.
+    pub fn certificate(&self, node: &str, identity: &str) -> Result<Option<(String, u64)>> {
+        let dump = self.config_dump(node)?;
+        let found = dump["certificates"].as_array().into_iter().flatten().find(|c| c["identity"] == identity);
+        Ok(found.and_then(|c| Some((c["serial"].as_str()?.to_string(), c["not_after_unix"].as_u64()?))))
     }
 
     /// Waits until the agent on `node` knows a workload with address `ip`.

@@ -32,7 +32,12 @@ impl Scene {
     /// Builds the pods, starts the control plane and the agents, enrolls the mesh
     /// pods, starts echo servers and waits until node1's agent knows the service.
     pub fn start(purpose: &str, opts: Options) -> Result<Scene> {
-        let mut bed = TestBed::new(purpose)?;
+        Self::start_in(TestBed::new(purpose)?, opts)
+    }
+
+    /// As [`Scene::start`], on a fresh bed the caller has set up (e.g. its
+    /// `control_plane_args`).
+    pub fn start_in(mut bed: TestBed, opts: Options) -> Result<Scene> {
         bed.add_node("node1")?;
         if opts.second_node {
             bed.add_node("node2")?;
@@ -114,4 +119,29 @@ pub fn curl_ok(pod: &Pod, url: &str, attempts: usize) -> Result<String> {
         std::thread::sleep(Duration::from_millis(200 * (i as u64 + 1)));
     }
     anyhow::bail!("curl {url} from {} failed {attempts} times; last: {last}", pod.name)
+}
+
+/// The port the tests' `mesh-rr server` listens on.
+pub const RR_PORT: u16 = 7000;
+
+/// `mesh-rr client` in `pod` towards `ip:RR_PORT` for `seconds`, in the background: one
+/// long-lived connection, or with `connect_each` a new connection per request (going
+/// on after a failure, so that every failure is counted).
+pub fn rr(pod: &Pod, ip: &str, seconds: u32, connect_each: bool) -> Result<Proc> {
+    let bin = binary("mesh-rr")?;
+    let addr = format!("{ip}:{RR_PORT}");
+    let secs = seconds.to_string();
+    let mut args = vec![bin.to_str().context("path")?, "client", "--addr", &addr, "--count", "100000000", "--seconds", &secs];
+    if connect_each {
+        args.extend(["--connect-each", "--keep-going"]);
+    }
+    pod.spawn(&args)
+}
+
+/// Waits for a background `mesh-rr` client and returns its exit success and JSON summary.
+pub fn rr_finish(mut p: Proc) -> Result<(bool, serde_json::Value)> {
+    let st = p.wait_timeout(Duration::from_secs(60)).context("mesh-rr did not finish")?;
+    let out = p.output();
+    let line = out.lines().find(|l| l.starts_with('{')).with_context(|| format!("no summary from mesh-rr: {out}"))?;
+    Ok((st.success(), serde_json::from_str(line)?))
 }

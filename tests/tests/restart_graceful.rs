@@ -10,32 +10,9 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use mesh_tests::proc::Proc;
-use mesh_tests::scenario::{curl_ok, Options, Scene};
-use mesh_tests::{binary, log_field, require_root, Pod};
-use serde_json::{json, Value};
-
-const RR_PORT: &str = "7000";
-
-/// `mesh-rr client` in `pod` towards `ip`, in the background.
-fn rr(pod: &Pod, ip: &str, seconds: u32, connect_each: bool) -> Result<Proc> {
-    let bin = binary("mesh-rr")?;
-    let addr = format!("{ip}:{RR_PORT}");
-    let secs = seconds.to_string();
-    let mut args = vec![bin.to_str().context("path")?, "client", "--addr", &addr, "--count", "100000000", "--seconds", &secs];
-    if connect_each {
-        args.extend(["--connect-each", "--keep-going"]);
-    }
-    pod.spawn(&args)
-}
-
-/// Waits for a background `mesh-rr` and returns its exit success and JSON summary.
-fn finish(mut p: Proc) -> Result<(bool, Value)> {
-    let st = p.wait_timeout(Duration::from_secs(60)).context("mesh-rr did not finish")?;
-    let out = p.output();
-    let line = out.lines().find(|l| l.starts_with('{')).with_context(|| format!("no summary from mesh-rr: {out}"))?;
-    Ok((st.success(), serde_json::from_str(line)?))
-}
+use mesh_tests::scenario::{curl_ok, rr, rr_finish as finish, Options, Scene, RR_PORT};
+use mesh_tests::{binary, log_field, require_root};
+use serde_json::json;
 
 fn outbound_lines(log: &str) -> usize {
     mesh_tests::bed::access_lines(log)
@@ -57,8 +34,8 @@ fn agent_restarts_without_a_failed_request() -> Result<()> {
     let rr_bin = binary("mesh-rr")?;
     let mut servers = Vec::new();
     for p in [&echo1, &echo2] {
-        servers.push(p.spawn(&[rr_bin.to_str().context("path")?, "server", "--port", RR_PORT])?);
-        p.wait_listening(7000, Duration::from_secs(10))?;
+        servers.push(p.spawn(&[rr_bin.to_str().context("path")?, "server", "--port", &RR_PORT.to_string()])?);
+        p.wait_listening(RR_PORT, Duration::from_secs(10))?;
     }
     let url = format!("http://{}:8080/", echo1.ip);
     assert_eq!(curl_ok(&client, &url, 5)?.trim(), "hello from echo-1");

@@ -10,16 +10,18 @@ use anyhow::{ensure, Context, Result};
 use mesh_tests::scenario::{curl_ok, Options, Scene};
 use mesh_tests::{binary, require_root};
 
-/// Runs a new agent for node1 with `change` applied to its arguments; returns what it
+/// Runs a new agent for node1 with `changes` applied to its arguments; returns what it
 /// printed once it exited (it must fail).
-fn failing_successor(scene: &Scene, change: (&str, &str)) -> Result<String> {
+fn failing_successor(scene: &Scene, changes: &[(&str, &str)]) -> Result<String> {
     let mut args = scene.bed.agent_args("node1", 0)?;
-    let i = args.iter().position(|a| a == change.0).with_context(|| format!("no {} argument", change.0))?;
-    args[i + 1] = change.1.to_string();
+    for change in changes {
+        let i = args.iter().position(|a| a == change.0).with_context(|| format!("no {} argument", change.0))?;
+        args[i + 1] = change.1.to_string();
+    }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = mesh_tests::proc::run(&args, None, None, Duration::from_secs(60))?;
     let text = mesh_tests::proc::strip_ansi(&format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
-    ensure!(!out.status.success(), "the new agent with {change:?} did not fail:\n{text}");
+    ensure!(!out.status.success(), "the new agent with {changes:?} did not fail:\n{text}");
     Ok(text)
 }
 
@@ -38,12 +40,14 @@ fn a_failed_hand_over_leaves_the_running_agent_serving() -> Result<()> {
     let mut load = client.spawn(&[rr_bin, "client", "--addr", &addr, "--connect-each", "--keep-going", "--count", "100000000", "--seconds", "8"])?;
     std::thread::sleep(Duration::from_millis(500));
 
-    let wrong_node = failing_successor(&scene, ("--node", "node9"))?;
+    // node9's own token: the control plane serves it, the running agent refuses it.
+    let token9 = scene.bed.node_token_file("node9")?;
+    let wrong_node = failing_successor(&scene, &[("--node", "node9"), ("--node-token-file", token9.to_str().context("path")?)])?;
     ensure!(
         wrong_node.contains("hand-over refused by the running agent") && wrong_node.contains("give each node its own --handover-socket"),
         "unclear error for the wrong node:\n{wrong_node}"
     );
-    let no_ca = failing_successor(&scene, ("--ca-address", "http://127.0.0.1:9"))?;
+    let no_ca = failing_successor(&scene, &[("--ca-address", "http://127.0.0.1:9")])?;
     ensure!(
         no_ca.contains("not taking over from the running agent, which keeps serving") && no_ca.contains("no certificate for"),
         "unclear error without a CA:\n{no_ca}"

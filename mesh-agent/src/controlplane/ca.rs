@@ -1,7 +1,7 @@
 //! The CA: a self-generated root persisted in the state directory, or the user's own
 //! signing certificate (a root or an intermediate) in Istio's `cacerts` layout; and the
 //! `IstioCertificateService` that signs workload CSRs for identities running on the
-//! caller's node, answering leaf, intermediates, root.
+//! caller's node (named by its node token), answering leaf, intermediates, root.
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,11 +15,12 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use super::model::Snapshot;
+use crate::node_token;
 use crate::proto::ca::{istio_certificate_service_server::IstioCertificateService, IstioCertificateRequest, IstioCertificateResponse};
 use crate::state::Identity;
 
-/// gRPC metadata header naming the node that asks for a certificate.
-pub const NODE_HEADER: &str = "x-mesh-node";
+/// The largest CSR accepted (a P-256 CSR with one URI SAN is under 1 KiB).
+pub const MAX_CSR_BYTES: usize = 64 * 1024;
 const ROOT_KEY: &str = "root-key.pem";
 const ROOT_CERT: &str = "root-cert.pem";
 
@@ -46,7 +47,15 @@ const CERT_CHAIN: &str = "cert-chain.pem";
 /// Why a CSR was refused; the text goes back to the agent in the gRPC status.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum CsrError {
-    #[error("the CSR is not a valid PEM PKCS#10 request with a good signature (only the SAN, key usage and EKU extensions are accepted)")]
+    #[error("the CSR is {0} bytes, more than the {MAX_CSR_BYTES} accepted")]
+    TooLarge(usize),
+    #[error("the CSR is not a PEM `CERTIFICATE REQUEST` block")]
+    Pem,
+    #[error("the CSR is not a PKCS#10 request: {0}")]
+    Der(String),
+    #[error("the CSR's signature does not verify with the public key it carries")]
+    Signature,
+    #[error("the CSR is not usable (only the SAN, key usage and EKU extensions are accepted, with an ECDSA or Ed25519 or RSA key)")]
     Parse,
     #[error("the CSR must carry exactly one URI SAN spiffe://{0}/ns/<namespace>/sa/<account>, and no other SAN")]
     SanCount(String),
@@ -56,7 +65,16 @@ pub enum CsrError {
 
 /// Checks a CSR and returns the identity it asks for and its public key.
 pub fn validate_csr(pem: &str, trust_domain: &str) -> Result<(Identity, rcgen::PublicKey), CsrError> {
-    let csr = CertificateSigningRequestParams::from_pem(pem).map_err(|_| CsrError::Parse)?;
+    use rustls_pki_types::{pem::PemObject as _, CertificateSigningRequestDer};
+    use x509_parser::prelude::FromDer as _;
+    if pem.len() > MAX_CSR_BYTES {
+        return Err(CsrError::TooLarge(pem.len()));
+    }
+    let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).map_err(|_| CsrError::Pem)?;
+    let (_, parsed) = x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+        .map_err(|e| CsrError::Der(e.to_string()))?;
+    parsed.verify_signature().map_err(|_| CsrError::Signature)?;
+    let csr = CertificateSigningRequestParams::from_der(&der).map_err(|_| CsrError::Parse)?;
     let sans = &csr.params.subject_alt_names;
     let [SanType::URI(uri)] = sans.as_slice() else {
         return Err(CsrError::SanCount(trust_domain.into()));
@@ -254,17 +272,23 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The gRPC face of the CA.
+/// The gRPC face of the CA: the caller's node comes from its node token.
 #[derive(Clone)]
 pub struct CaService {
     ca: Arc<Ca>,
     trust_domain: String,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    tokens: Arc<node_token::Key>,
 }
 
 impl CaService {
-    pub fn new(ca: Arc<Ca>, trust_domain: String, snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
-        Self { ca, trust_domain, snapshots }
+    pub fn new(
+        ca: Arc<Ca>,
+        trust_domain: String,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        tokens: Arc<node_token::Key>,
+    ) -> Self {
+        Self { ca, trust_domain, snapshots, tokens }
     }
 }
 
@@ -274,18 +298,16 @@ impl IstioCertificateService for CaService {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let node = request
-            .metadata()
-            .get(NODE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| {
-                Status::unauthenticated(format!("missing gRPC header {NODE_HEADER}: the agent must say which node it runs on"))
-            })?;
+        let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let node = self.tokens.verify_metadata(request.metadata()).map_err(|e| {
+            tracing::warn!(peer, "ca: refused an agent: {e}");
+            Status::unauthenticated(e.to_string())
+        })?;
         let req = request.into_inner();
-        let (id, public_key) =
-            validate_csr(&req.csr, &self.trust_domain).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (id, public_key) = validate_csr(&req.csr, &self.trust_domain).map_err(|e| {
+            tracing::warn!(node, "ca: refused a CSR: {e}");
+            Status::invalid_argument(e.to_string())
+        })?;
         if !self.snapshots.borrow().node_runs(&node, &id) {
             tracing::warn!(node, identity = %id, "ca: refused a certificate: no pod on that node runs as that identity");
             return Err(Status::permission_denied(format!(
@@ -336,7 +358,64 @@ mod tests {
         for bad in ["spiffe://other/ns/a/sa/b", "spiffe://td/ns/a/sa/b\0x", "spiffe://td/ns/a\0/sa/b", "https://td/ns/a/sa/b", "spiffe://td/ns/a/sa/b/c", "spiffe://td/ns//sa/b"] {
             assert!(matches!(validate_csr(&csr(vec![uri(bad)]), "td"), Err(CsrError::BadUri(..))), "{bad:?}");
         }
-        assert_eq!(validate_csr("not a csr", "td").unwrap_err(), CsrError::Parse);
+        assert_eq!(validate_csr("not a csr", "td").unwrap_err(), CsrError::Pem);
+    }
+
+    fn pem_of(der: &[u8]) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        format!("-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n", lines.join("\n"))
+    }
+
+    #[test]
+    fn bad_input_gets_a_clear_error_and_no_certificate() {
+        use rustls_pki_types::{pem::PemObject as _, CertificateSigningRequestDer};
+        let good = csr(vec![uri("spiffe://td/ns/a/sa/b")]);
+        let der = CertificateSigningRequestDer::from_pem_slice(good.as_bytes()).unwrap().as_ref().to_vec();
+        assert_eq!(pem_of(&der), good, "pem_of writes what rcgen writes");
+        // The last byte is the signature's: the request parses, its signature does not verify.
+        let mut forged = der.clone();
+        *forged.last_mut().unwrap() ^= 0x01;
+        let oversized = format!("{good}{}", "#".repeat(MAX_CSR_BYTES));
+        let cases: Vec<(&str, String, &str)> = vec![
+            ("not PEM", "hello".into(), "is not a PEM `CERTIFICATE REQUEST` block"),
+            ("a PEM block of another kind", good.replace("CERTIFICATE REQUEST", "CERTIFICATE"), "is not a PEM"),
+            ("bad base64", "-----BEGIN CERTIFICATE REQUEST-----\n!!!!\n-----END CERTIFICATE REQUEST-----\n".into(), "is not a PEM"),
+            ("PEM of garbage", pem_of(b"garbage bytes, not DER"), "is not a PKCS#10 request"),
+            ("PEM of half a request", pem_of(&der[..der.len() / 2]), "is not a PKCS#10 request"),
+            ("signature that does not verify", pem_of(&forged), "signature does not verify"),
+            ("oversized", oversized, "more than the 65536 accepted"),
+            ("two URI SANs", csr(vec![uri("spiffe://td/ns/a/sa/b"), uri("spiffe://td/ns/a/sa/c")]), "exactly one URI SAN"),
+            ("a NUL in the URI", csr(vec![uri("spiffe://td/ns/a\0/sa/b")]), "is not spiffe://td/ns/<namespace>/sa/<account>"),
+            ("a DNS SAN", csr(vec![SanType::DnsName(rcgen::Ia5String::try_from("b.a.svc").unwrap())]), "exactly one URI SAN"),
+            ("another trust domain", csr(vec![uri("spiffe://other.td/ns/a/sa/b")]), "is not spiffe://td/"),
+        ];
+        for (what, pem, want) in cases {
+            let err = validate_csr(&pem, "td").err().unwrap_or_else(|| panic!("{what}: accepted"));
+            assert!(err.to_string().contains(want), "{what}: {err}");
+        }
+        // The NUL is shown escaped, so the operator sees where it is.
+        let nul = validate_csr(&csr(vec![uri("spiffe://td/ns/a\0/sa/b")]), "td").unwrap_err();
+        assert!(nul.to_string().contains(r#""spiffe://td/ns/a\\0/sa/b""#), "{nul}");
+    }
+
+    #[test]
+    fn requested_validity_is_clamped_to_the_ca_maximum() {
+        use x509_parser::prelude::FromDer as _;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path(), Duration::from_secs(3600)).unwrap();
+        let (id, pk) = validate_csr(&csr(vec![uri("spiffe://td/ns/a/sa/b")]), "td").unwrap();
+        let not_after = |ttl| {
+            let leaf = ca.sign(&id, &pk, ttl).unwrap();
+            let der = rustls_pki_types::pem::PemObject::from_pem_slice(leaf.as_bytes()).map(|d: rustls_pki_types::CertificateDer| d.to_vec()).unwrap();
+            let (_, c) = x509_parser::certificate::X509Certificate::from_der(&der).unwrap();
+            c.validity().not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp()
+        };
+        let ten_years = not_after(Duration::from_secs(10 * 365 * 24 * 3600));
+        assert!((3590..=3600).contains(&ten_years), "asked 10 years, got {ten_years} s");
+        let short = not_after(Duration::from_secs(60));
+        assert!((50..=60).contains(&short), "asked 60 s, got {short} s");
     }
 
     #[test]

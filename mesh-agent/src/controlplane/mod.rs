@@ -24,6 +24,7 @@ pub mod peerauth;
 pub mod requestauth;
 pub mod xds_server;
 
+use crate::node_token;
 use crate::proto::ca::istio_certificate_service_server::IstioCertificateServiceServer;
 use crate::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 
@@ -49,9 +50,15 @@ pub struct ControlPlaneArgs {
     /// Longest a burst of changes may delay a recompute.
     #[arg(long, env = "MESH_DEBOUNCE_MAX_MS", default_value_t = 10_000)]
     pub debounce_max_ms: u64,
-    /// Lifetime of issued workload certificates.
-    #[arg(long, env = "MESH_CERT_TTL_HOURS", default_value_t = 24)]
-    pub cert_ttl_hours: u64,
+    /// Longest lifetime of issued workload certificates, e.g. `24h`, `90m`, `90s`
+    /// (agents renew at half-life).
+    #[arg(long, env = "MESH_CERT_TTL", default_value = "24h", value_parser = crate::agent::parse_duration)]
+    #[serde(with = "humane")]
+    pub cert_ttl: Duration,
+    /// The key that node tokens are made and checked with (32 or more random bytes).
+    /// Default: `node-token-key` in --state-dir, generated on first start (mode 0600).
+    #[arg(long, env = "MESH_NODE_TOKEN_KEY")]
+    pub node_token_key: Option<PathBuf>,
     /// Sign with your own CA instead of a generated root: a folder in Istio's
     /// `cacerts` layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem), where
     /// ca-cert.pem may be an intermediate under your root.
@@ -82,6 +89,10 @@ pub enum Error {
     Watch(#[from] folder::Error),
     #[error("CA: {0}")]
     Ca(#[from] ca::Error),
+    #[error(transparent)]
+    NodeTokenKey(#[from] node_token::KeyError),
+    #[error("cannot make a node token: {0}")]
+    NodeToken(#[from] node_token::TokenError),
     #[error("cannot listen on {addr}: {source}; is another control plane already running there?")]
     Bind { addr: SocketAddr, #[source] source: std::io::Error },
     #[error("gRPC server failed: {0}")]
@@ -99,10 +110,38 @@ impl ControlPlaneArgs {
                 self.debounce_ms, self.debounce_max_ms
             )));
         }
-        if self.cert_ttl_hours == 0 {
-            return Err(Error::Config("--cert-ttl-hours must be at least 1".into()));
+        if self.cert_ttl < Duration::from_secs(2) {
+            return Err(Error::Config(format!("--cert-ttl ({:?}) must be at least 2s", self.cert_ttl)));
         }
         Ok(())
+    }
+}
+
+/// Flags of `mesh-agent node-token`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NodeTokenArgs {
+    /// The node the token is for (the agent's --node).
+    #[arg(long)]
+    pub node: String,
+    /// The control plane's --state-dir (its node-token key is kept there, and made
+    /// there if it does not exist yet).
+    #[arg(long, env = "MESH_STATE_DIR", default_value = "/var/lib/mesh/control-plane")]
+    pub state_dir: PathBuf,
+    /// The control plane's --node-token-key, if it has one.
+    #[arg(long, env = "MESH_NODE_TOKEN_KEY")]
+    pub node_token_key: Option<PathBuf>,
+}
+
+/// `mesh-agent node-token`: the token of `args.node`, for its agent's --node-token-file.
+pub fn node_token(args: &NodeTokenArgs) -> Result<String, Error> {
+    let key = node_token::Key::load(args.node_token_key.as_deref(), &args.state_dir)?;
+    Ok(key.issue(&args.node)?)
+}
+
+/// Durations in the config dump as `90s`.
+mod humane {
+    pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}s", d.as_secs_f64()))
     }
 }
 
@@ -117,7 +156,8 @@ pub async fn run(args: ControlPlaneArgs, shutdown: impl Future<Output = ()>) -> 
 pub async fn serve(listener: TcpListener, args: ControlPlaneArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     args.validate()?;
     tracing::info!(config = ?args, "control plane: starting");
-    let ttl = Duration::from_secs(args.cert_ttl_hours * 3600);
+    let ttl = args.cert_ttl;
+    let tokens = Arc::new(node_token::Key::load(args.node_token_key.as_deref(), &args.state_dir)?);
     let ca = match &args.ca_cert_dir {
         Some(dir) => ca::Ca::from_files(dir, ttl)?,
         None => ca::Ca::load_or_create(&args.state_dir, ttl)?,
@@ -173,8 +213,8 @@ pub async fn serve(listener: TcpListener, args: ControlPlaneArgs, shutdown: impl
         }
     });
 
-    let xds = xds_server::XdsServer::new(snap_rx.clone());
-    let ca_svc = ca::CaService::new(ca, args.trust_domain.clone(), snap_rx);
+    let xds = xds_server::XdsServer::new(snap_rx.clone(), tokens.clone());
+    let ca_svc = ca::CaService::new(ca, args.trust_domain.clone(), snap_rx, tokens);
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, "control plane: serving xDS and CA");
     let routes = Routes {

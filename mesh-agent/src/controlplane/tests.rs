@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::identity::CertManager;
+use crate::node_token::{self, Credential};
 use crate::state::{Identity, State};
 
 const CONFIG: &str = "
@@ -39,6 +40,8 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 struct Running {
     config: tempfile::TempDir,
     _state_dir: tempfile::TempDir,
+    /// The node-token key the server uses (generated in its state dir).
+    tokens: node_token::Key,
     addr: String,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<Result<(), Error>>,
@@ -57,20 +60,34 @@ async fn start(files: &[(&str, &str)]) -> Running {
         trust_domain: "cluster.local".into(),
         debounce_ms: 50,
         debounce_max_ms: 500,
-        cert_ttl_hours: 1,
+        cert_ttl: Duration::from_secs(3600),
+        node_token_key: None,
         ca_cert_dir: None,
         trust_domain_aliases: Vec::new(),
         jwks_refresh_secs: 1200,
         jwks_ca_cert: None,
     };
+    // Made here first; the server reads the same file.
+    let tokens = node_token::Key::load(None, state_dir.path()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, args, async move { drop(stop_rx.await) }));
-    Running { config, _state_dir: state_dir, addr, stop, server }
+    Running { config, _state_dir: state_dir, tokens, addr, stop, server }
 }
 
 impl Running {
+    fn credential(&self, node: &str) -> Credential {
+        Credential::Token(self.tokens.issue(node).unwrap())
+    }
+
+    /// `msg` with `node`'s token.
+    fn authorized<T>(&self, node: &str, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        self.credential(node).authorize(&mut req).unwrap();
+        req
+    }
+
     /// Shutdown completes even with an agent still connected.
     async fn stop(self) {
         self.stop.send(()).unwrap();
@@ -78,11 +95,11 @@ impl Running {
     }
 }
 
-/// The agent's xDS client, synced.
-async fn agent(addr: &str) -> (State, tokio::task::JoinHandle<()>) {
+/// node1's xDS client, synced.
+async fn agent(cp: &Running) -> (State, tokio::task::JoinHandle<()>) {
     let state = State::default();
     let (synced_tx, mut synced) = watch::channel(false);
-    let client = tokio::spawn(crate::xds::run(addr.to_string(), "node1".into(), state.clone(), synced_tx));
+    let client = tokio::spawn(crate::xds::run(cp.addr.clone(), "node1".into(), cp.credential("node1"), state.clone(), synced_tx));
     tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s)).await.unwrap().unwrap();
     (state, client)
 }
@@ -93,7 +110,7 @@ async fn serves_xds_pushes_changes_and_issues_certificates() {
     let (config, addr) = (&cp.config, cp.addr.clone());
 
     // (a) the agent's State receives workloads and services.
-    let (state, client) = agent(&addr).await;
+    let (state, client) = agent(&cp).await;
     assert_eq!(state.workloads().len(), 2);
     let svc = state.find_service_by_vip("10.96.0.10".parse().unwrap()).unwrap();
     assert_eq!(svc.hostname, "echo.demo.svc.cluster.local");
@@ -114,7 +131,7 @@ async fn serves_xds_pushes_changes_and_issues_certificates() {
     assert!(state.find_workload("Kubernetes//Pod/demo/client").is_some());
 
     // (c) certificates: issued for an identity on this node, refused for another node's.
-    let certs = CertManager::new(addr.clone(), "node1".into());
+    let certs = CertManager::new(addr.clone(), cp.credential("node1"));
     let id: Identity = "spiffe://cluster.local/ns/demo/sa/sleep".parse().unwrap();
     let (a, b) = tokio::join!(certs.fetch(&id), certs.fetch(&id));
     let cert = a.unwrap();
@@ -139,20 +156,21 @@ async fn serves_xds_pushes_changes_and_issues_certificates() {
     assert_eq!(format!("{:?}", san.value.general_names), "[URI(\"spiffe://cluster.local/ns/demo/sa/sleep\")]");
     assert!(!leaf.is_ca());
 
-    let other = CertManager::new(addr.clone(), "node2".into());
+    let other = CertManager::new(addr.clone(), cp.credential("node2"));
     let e = other.fetch(&id).await.unwrap_err();
     assert!(matches!(e, crate::identity::Error::Refused { code: tonic::Code::PermissionDenied, .. }), "{e}");
     assert!(e.to_string().contains("node \"node2\" runs no pod with identity spiffe://cluster.local/ns/demo/sa/sleep"), "{e}");
 
     // (d) a reconnecting agent gets only what it lacks: nothing for what it holds at the
     // current version, a removal for what no longer exists.
-    resume_sends_only_the_difference(&addr).await;
+    resume_sends_only_the_difference(&cp).await;
 
     cp.stop().await;
     client.abort();
 }
 
-async fn resume_sends_only_the_difference(addr: &str) {
+async fn resume_sends_only_the_difference(cp: &Running) {
+    let addr = &cp.addr;
     use crate::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
     use crate::proto::discovery::{DeltaDiscoveryRequest, Node};
     use crate::proto::ADDRESS_TYPE_URL;
@@ -166,7 +184,7 @@ async fn resume_sends_only_the_difference(addr: &str) {
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap();
     // First a fresh subscriber, to learn the current versions.
     let stream = tokio_stream::iter(vec![request(Default::default())]);
-    let mut responses = client.delta_aggregated_resources(stream).await.unwrap().into_inner();
+    let mut responses = client.delta_aggregated_resources(cp.authorized("node9", stream)).await.unwrap().into_inner();
     let all = responses.message().await.unwrap().unwrap();
     assert_eq!(all.resources.len(), 2, "client pod and echo service");
     let mut held: std::collections::HashMap<String, String> =
@@ -175,7 +193,7 @@ async fn resume_sends_only_the_difference(addr: &str) {
     held.insert(svc.into(), "stale".into());
     held.insert("Kubernetes//Pod/demo/gone".into(), "1".into());
     let stream = tokio_stream::iter(vec![request(held)]);
-    let mut responses = client.delta_aggregated_resources(stream).await.unwrap().into_inner();
+    let mut responses = client.delta_aggregated_resources(cp.authorized("node9", stream)).await.unwrap().into_inner();
     let resumed = responses.message().await.unwrap().unwrap();
     let names: Vec<_> = resumed.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, vec![svc]);
@@ -204,7 +222,7 @@ async fn serves_authorizations_as_deltas() {
 
     let cp = start(&[("demo.yaml", CONFIG), ("policy.yaml", POLICY)]).await;
     let (config, addr) = (&cp.config, cp.addr.clone());
-    let (state, client) = agent(&addr).await;
+    let (state, client) = agent(&cp).await;
     let names = |v: Vec<std::sync::Arc<crate::authz::Policy>>| v.iter().map(|p| p.key()).collect::<Vec<_>>();
     assert_eq!(names(state.policies()), vec!["demo/allow-sleep"]);
     assert_eq!(names(state.policies_for("demo", "10.0.0.6".parse().unwrap())), vec!["demo/allow-sleep"], "echo is selected");
@@ -221,7 +239,7 @@ async fn serves_authorizations_as_deltas() {
     .unwrap();
     let mut raw = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap();
     let mut responses =
-        raw.delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        raw.delta_aggregated_resources(cp.authorized("node9", tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap().into_inner();
     let first = responses.message().await.unwrap().unwrap();
     assert_eq!(first.type_url, AUTHORIZATION_TYPE_URL);
     assert_eq!(first.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["demo/allow-sleep"]);
@@ -250,4 +268,83 @@ async fn serves_authorizations_as_deltas() {
 
     cp.stop().await;
     client.abort();
+}
+
+/// The node token decides which node an agent speaks for, on the CA and on xDS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_tokens_guard_the_ca_and_xds() {
+    use crate::proto::ca::istio_certificate_service_client::IstioCertificateServiceClient;
+    use crate::proto::ca::IstioCertificateRequest;
+    use crate::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use crate::proto::discovery::{DeltaDiscoveryRequest, Node};
+    use crate::proto::ADDRESS_TYPE_URL;
+
+    let cp = start(&[("demo.yaml", CONFIG)]).await;
+    let id: Identity = "spiffe://cluster.local/ns/demo/sa/sleep".parse().unwrap();
+    let refused = |c: Credential| async {
+        let e = CertManager::new(cp.addr.clone(), c).fetch(&id).await.unwrap_err();
+        match e {
+            crate::identity::Error::Refused { code, message, .. } => (code, message),
+            e => panic!("not refused: {e}"),
+        }
+    };
+    let (code, msg) = refused(Credential::None).await;
+    assert_eq!(code, tonic::Code::Unauthenticated);
+    assert!(msg.starts_with("no node token"), "{msg}");
+    let (code, msg) = refused(Credential::Token("v1.node1.garbage".into())).await;
+    assert_eq!(code, tonic::Code::Unauthenticated);
+    assert!(msg.starts_with("malformed node token"), "{msg}");
+    let forged = node_token::Key::from_bytes(&[7; 32]).unwrap().issue("node1").unwrap();
+    let (code, msg) = refused(Credential::Token(forged)).await;
+    assert_eq!(code, tonic::Code::Unauthenticated);
+    assert!(msg.contains("the node token for node \"node1\" does not verify"), "{msg}");
+    // node2's token cannot get node1's identity.
+    let (code, msg) = refused(cp.credential("node2")).await;
+    assert_eq!(code, tonic::Code::PermissionDenied);
+    assert!(msg.contains("node \"node2\" runs no pod with identity"), "{msg}");
+    CertManager::new(cp.addr.clone(), cp.credential("node1")).fetch(&id).await.unwrap();
+
+    // Bad CSRs with a good token: INVALID_ARGUMENT naming the problem, no certificate.
+    let mut ca = IstioCertificateServiceClient::connect(format!("http://{}", cp.addr)).await.unwrap();
+    let ask = |csr: String, validity_duration: i64| IstioCertificateRequest { csr, validity_duration, metadata: None };
+    for (csr, want) in [
+        ("garbage".to_string(), "not a PEM"),
+        ("x".repeat(super::ca::MAX_CSR_BYTES + 1), "more than the 65536 accepted"),
+    ] {
+        let s = ca.create_certificate(cp.authorized("node1", ask(csr, 0))).await.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert!(s.message().contains(want), "{}", s.message());
+    }
+    // A validity longer than the CA's (1 h here) is clamped.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(rcgen::Ia5String::try_from(id.to_string()).unwrap())];
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let chain = ca.create_certificate(cp.authorized("node1", ask(csr, 10 * 365 * 86400))).await.unwrap().into_inner().cert_chain;
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(chain[0].as_bytes()).map(|d: rustls_pki_types::CertificateDer| d.to_vec()).unwrap();
+    let (_, leaf) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let left = leaf.validity().not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!((3500..=3600).contains(&left), "asked for 10 years, got {left} s");
+
+    // xDS: no token is UNAUTHENTICATED; a token for another node than the request names
+    // is PERMISSION_DENIED; the right one is served.
+    let mut xds = AggregatedDiscoveryServiceClient::connect(format!("http://{}", cp.addr)).await.unwrap();
+    let subscribe = |node: &str| {
+        tokio_stream::iter(vec![DeltaDiscoveryRequest {
+            node: Some(Node { id: node.into(), ..Default::default() }),
+            type_url: ADDRESS_TYPE_URL.into(),
+            ..Default::default()
+        }])
+    };
+    let s = xds.delta_aggregated_resources(subscribe("node1")).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unauthenticated);
+    assert!(s.message().starts_with("no node token"), "{}", s.message());
+    let mut stream = xds.delta_aggregated_resources(cp.authorized("node2", subscribe("node1"))).await.unwrap().into_inner();
+    let s = stream.message().await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied);
+    assert!(s.message().contains("node token is for node \"node2\", but its requests name node \"node1\""), "{}", s.message());
+    let mut stream = xds.delta_aggregated_resources(cp.authorized("node1", subscribe("node1"))).await.unwrap().into_inner();
+    assert!(!stream.message().await.unwrap().unwrap().resources.is_empty());
+
+    cp.stop().await;
 }

@@ -1,7 +1,8 @@
 //! The delta ADS server: one task per agent stream, each watching the latest snapshot so
 //! that pushes coalesce and a slow agent delays nobody else. Serves
 //! `istio.workload.Address` and `istio.security.Authorization` on the same stream, each
-//! type subscribed on its own; a push carries only what changed.
+//! type subscribed on its own; a push carries only what changed. An agent shows its
+//! node token when it opens the stream, and must name that same node in its requests.
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::model::{Resource as Served, Snapshot};
+use crate::node_token;
 use crate::proto::discovery::{
     aggregated_discovery_service_server::AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
     Resource,
@@ -68,14 +70,16 @@ pub fn record(held: &mut HashMap<String, String>, delta: &Delta) {
     }
 }
 
+/// Serves agents that show a valid node token (see [`node_token`]).
 #[derive(Clone)]
 pub struct XdsServer {
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    tokens: Arc<node_token::Key>,
 }
 
 impl XdsServer {
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
-        Self { snapshots }
+    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, tokens: Arc<node_token::Key>) -> Self {
+        Self { snapshots, tokens }
     }
 }
 
@@ -90,8 +94,12 @@ impl AggregatedDiscoveryService for XdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let node = self.tokens.verify_metadata(request.metadata()).map_err(|e| {
+            tracing::warn!(peer, "xds: refused an agent: {e}");
+            Status::unauthenticated(e.to_string())
+        })?;
         let (tx, rx) = mpsc::channel(4);
-        let conn = Connection { peer, snapshots: self.snapshots.clone(), out: tx, nonce: 0 };
+        let conn = Connection { peer, node, snapshots: self.snapshots.clone(), out: tx, nonce: 0 };
         tokio::spawn(conn.run(request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -99,6 +107,8 @@ impl AggregatedDiscoveryService for XdsServer {
 
 struct Connection {
     peer: String,
+    /// The node its token names.
+    node: String,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     nonce: u64,
@@ -115,6 +125,15 @@ impl Connection {
             }
         };
         let node = first.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+        if node != self.node {
+            let why = format!(
+                "this agent's node token is for node {:?}, but its requests name node {node:?}; give each agent its own node's token",
+                self.node
+            );
+            tracing::warn!(peer = self.peer, "xds: refused an agent: {why}");
+            let _ = self.out.send(Err(Status::permission_denied(why))).await;
+            return;
+        }
         let span = tracing::info_span!("xds", node = %node, peer = %self.peer);
         tracing::info!(parent: &span, resumed = first.initial_resource_versions.len(), "xds: agent connected");
         // type URL -> what the agent holds of that type (name -> version).
