@@ -178,7 +178,7 @@ pub fn decode_request_authn(r: &Resource) -> Result<state::RequestAuthn, Convert
         name: ra.name,
         namespace: ra.namespace,
         mesh_wide: ra.mesh_wide,
-        workloads: (!ra.selector.is_empty()).then_some(ra.workloads),
+        workloads: (ra.by_workload || !ra.selector.is_empty()).then_some(ra.workloads),
         rules,
     })
 }

@@ -41,12 +41,76 @@ pub struct PolicySpec {
     pub action: Action,
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Deprecated singular form of `targetRefs`.
     #[serde(default)]
-    pub target_ref: Option<Unsupported>,
+    pub target_ref: Option<TargetRef>,
     #[serde(default)]
-    pub target_refs: Option<Unsupported>,
+    pub target_refs: Vec<TargetRef>,
     #[serde(default)]
     pub provider: Option<Unsupported>,
+}
+
+/// What a policy attaches to instead of a selector. Istio attaches to a waypoint's
+/// Service, a Gateway or a ServiceEntry; each node agent here is the waypoint of the
+/// pods it serves, so a `Service` target selects the pods that Service selects (on
+/// every port: wider than the Service's ports, so it never allows or denies less).
+/// Gateways and ServiceEntries are refused while parsing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetRef {
+    pub name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTargetRef {
+    #[serde(default)]
+    group: String,
+    kind: String,
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for TargetRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let raw = RawTargetRef::deserialize(d)?;
+        if raw.namespace.is_some() {
+            return Err(D::Error::custom("targetRefs: `namespace` is not allowed; a policy targets objects in its own namespace"));
+        }
+        match (raw.group.as_str(), raw.kind.as_str()) {
+            ("" | "core", "Service") if !raw.name.is_empty() => Ok(TargetRef { name: raw.name }),
+            ("" | "core", "Service") => Err(D::Error::custom("targetRefs: a Service target needs a `name`")),
+            (g, k) => Err(D::Error::custom(format!(
+                "targetRefs: kind {k:?} (group {g:?}) is not supported: only Services (group \"\"), whose pods this \
+                 mesh's agents serve; there are no gateways. The policy is rejected"
+            ))),
+        }
+    }
+}
+
+/// Every Service a policy targets: `targetRefs` and the deprecated `targetRef`.
+pub fn targets<'a>(refs: &'a [TargetRef], single: &'a Option<TargetRef>) -> impl Iterator<Item = &'a TargetRef> {
+    refs.iter().chain(single.iter())
+}
+
+/// Istio's rule for both policy kinds: a selector or targets, not both.
+pub fn check_attachment(selector: &Option<Selector>, targets: &[TargetRef], single: &Option<TargetRef>) -> Result<(), String> {
+    if self::targets(targets, single).next().is_some() && selector.as_ref().is_some_and(|s| !s.match_labels.is_empty()) {
+        return Err("spec.targetRefs: only one of selector or targetRefs may be set".into());
+    }
+    Ok(())
+}
+
+impl PolicySpec {
+    pub fn targets(&self) -> impl Iterator<Item = &TargetRef> {
+        targets(&self.target_refs, &self.target_ref)
+    }
+
+    /// Istio's validation beyond the field types.
+    pub fn validate(&self) -> Result<(), String> {
+        check_attachment(&self.selector, &self.target_refs, &self.target_ref)
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -87,7 +151,8 @@ pub struct Unsupported;
 impl<'de> Deserialize<'de> for Unsupported {
     fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
         Err(serde::de::Error::custom(
-            "attaching policies to gateways or waypoints (targetRef, provider) is not supported; use `selector`",
+            "this field (an external authorization `provider`, or a RequestAuthentication `targetRef`) is not supported; \
+             the policy is rejected",
         ))
     }
 }
@@ -472,7 +537,9 @@ pub fn convert(namespace: &str, name: &str, p: &PolicySpec) -> Option<sec::Autho
         Action::Audit => return None,
     };
     let selector = p.selector.as_ref().filter(|s| !s.match_labels.is_empty());
+    let targeted = p.targets().next().is_some();
     let scope = match (namespace == ROOT_NAMESPACE, selector) {
+        _ if targeted => sec::Scope::WorkloadSelector,
         (_, Some(_)) => sec::Scope::WorkloadSelector,
         (true, None) => sec::Scope::Global,
         (false, None) => sec::Scope::Namespace,
@@ -509,6 +576,34 @@ pub fn aliased(spec: &PolicySpec, tds: &super::model::TrustDomains) -> PolicySpe
         }
     }
     out
+}
+
+/// Whether the policy picks a pod with these labels in `pod_namespace`: by its
+/// selector, or as a pod of a Service it targets (`services`: by namespace and name).
+pub fn picks(
+    policy_namespace: &str,
+    spec: &PolicySpec,
+    pod_namespace: &str,
+    labels: &BTreeMap<String, String>,
+    services: &BTreeMap<(String, String), super::folder::Service>,
+) -> bool {
+    if spec.targets().next().is_none() {
+        return selects(policy_namespace, spec, pod_namespace, labels);
+    }
+    policy_namespace == pod_namespace && spec.targets().any(|t| service_selects(services, pod_namespace, &t.name, labels))
+}
+
+/// Whether the Service `namespace/name` exists and selects a pod with these labels.
+pub fn service_selects(
+    services: &BTreeMap<(String, String), super::folder::Service>,
+    namespace: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    services.get(&(namespace.to_string(), name.to_string())).is_some_and(|s| {
+        let sel = &s.spec.selector;
+        !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+    })
 }
 
 /// Whether the policy's selector picks a pod with these labels in `pod_namespace`.

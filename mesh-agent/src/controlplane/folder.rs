@@ -323,7 +323,13 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
                 });
             }
             if kind == "AuthorizationPolicy" {
-                typed(doc.text).map(Object::AuthorizationPolicy)
+                match typed::<AuthorizationPolicy>(doc.text) {
+                    Ok(p) => match p.spec.validate() {
+                        Ok(()) => Ok(Object::AuthorizationPolicy(p)),
+                        Err(e) => return Parsed::Bad(key, invalid_field(file, doc, &kind, &e)),
+                    },
+                    Err(e) => Err(e),
+                }
             } else if kind == "RequestAuthentication" {
                 match typed::<super::requestauth::RequestAuthentication>(doc.text) {
                     Ok(ra) => match ra.spec.validate() {

@@ -217,7 +217,7 @@ pub fn build_with(objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> 
         let mut authorization_policies: Vec<String> = objects
             .authorization_policies
             .iter()
-            .filter(|((pns, _), p)| authorization::selects(pns, &p.spec, ns, labels))
+            .filter(|((pns, _), p)| authorization::picks(pns, &p.spec, ns, labels, &objects.services))
             .filter(|((pns, pname), _)| snap.authorizations.contains_key(&format!("{pns}/{pname}")))
             .map(|((pns, pname), _)| format!("{pns}/{pname}"))
             .collect();
@@ -248,15 +248,20 @@ pub fn build_with(objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> 
     }
     for ((ns, name), r) in &objects.request_authentications {
         let mut served = super::requestauth::convert(ns, name, &r.spec, jwks);
-        if !served.selector.is_empty() {
+        let targets: Vec<_> = r.spec.targets().collect();
+        if !served.selector.is_empty() || !targets.is_empty() {
+            served.by_workload = true;
+            let picked = |pns: &str, labels: &BTreeMap<String, String>| {
+                if targets.is_empty() {
+                    (ns == ROOT_NAMESPACE || ns == pns) && served.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                } else {
+                    ns == pns && targets.iter().any(|t| authorization::service_selects(&objects.services, pns, &t.name, labels))
+                }
+            };
             served.workloads = objects
                 .pods
                 .iter()
-                .filter(|((pns, _), pod)| {
-                    (ns == ROOT_NAMESPACE || ns == pns)
-                        && in_mesh(objects, pod)
-                        && served.selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
-                })
+                .filter(|((pns, _), pod)| in_mesh(objects, pod) && picked(pns, &pod.metadata.labels))
                 .map(|((pns, pname), _)| workload_uid(pns, pname))
                 .filter(|uid| snap.resources.contains_key(uid))
                 .collect();
@@ -459,6 +464,13 @@ kind: RequestAuthentication
 metadata: {{name: all, namespace: mesh}}
 spec:
   jwtRules: [{{issuer: j, jwksUri: 'http://idp/keys'}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: by-service, namespace: mesh}}
+spec:
+  targetRefs: [{{kind: Service, name: echo}}]
+  jwtRules: [{{issuer: k, jwksUri: 'http://idp/keys'}}]
 "));
         let snap = build_with(&o, &TrustDomains::new("td", &[]), &|u| (u == "http://idp/keys").then(|| "{}".to_string()));
         let ra = |k: &str| {
@@ -466,7 +478,9 @@ spec:
         };
         // Pod b opts out of the mesh: not listed.
         assert_eq!(ra("mesh/jwt").workloads, vec![workload_uid("mesh", "a")]);
-        assert!(ra("mesh/all").workloads.is_empty() && ra("mesh/all").selector.is_empty());
+        assert!(ra("mesh/all").workloads.is_empty() && !ra("mesh/all").by_workload);
+        assert!(ra("mesh/by-service").by_workload, "targetRefs: only the Service's pods");
+        assert_eq!(ra("mesh/by-service").workloads, vec![workload_uid("mesh", "a")]);
         assert_eq!(ra("mesh/all").rules[0].jwks, "{}", "fetched keys are inlined");
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::authorization::{Selector, Unsupported, ROOT_NAMESPACE};
+use super::authorization::{Selector, TargetRef, ROOT_NAMESPACE};
 use super::folder::Metadata;
 use crate::proto::mesh_security as mesh;
 
@@ -25,10 +25,12 @@ pub struct Spec {
     pub selector: Option<Selector>,
     #[serde(default)]
     pub jwt_rules: Vec<JwtRule>,
+    /// Deprecated singular form of `targetRefs`.
     #[serde(default)]
-    pub target_ref: Option<Unsupported>,
+    pub target_ref: Option<TargetRef>,
+    /// Services whose pods it applies to (see `authorization::TargetRef`).
     #[serde(default)]
-    pub target_refs: Option<Unsupported>,
+    pub target_refs: Vec<TargetRef>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -79,8 +81,13 @@ fn header_name(path: &str, v: &str) -> Result<(), String> {
 }
 
 impl Spec {
+    pub fn targets(&self) -> impl Iterator<Item = &TargetRef> {
+        super::authorization::targets(&self.target_refs, &self.target_ref)
+    }
+
     /// Istio's validation: what is wrong, by field path.
     pub fn validate(&self) -> Result<(), String> {
+        super::authorization::check_attachment(&self.selector, &self.target_refs, &self.target_ref)?;
         if let Some((k, _)) = self.selector.iter().flat_map(|s| &s.match_labels).find(|(k, _)| k.is_empty()) {
             return Err(format!("spec.selector.matchLabels.{k:?}: empty label key"));
         }
@@ -154,6 +161,7 @@ pub fn convert(namespace: &str, name: &str, spec: &Spec, jwks: &dyn Fn(&str) -> 
         mesh_wide: namespace == ROOT_NAMESPACE,
         rules,
         workloads: Vec::new(),
+        by_workload: false,
     }
 }
 

@@ -100,7 +100,12 @@ status: {podIP: 10.0.0.3}
         + "---\n"
         + &policy_doc("security.istio.io/v1", ROOT_NAMESPACE, "root-echo", "  selector: {matchLabels: {app: echo}}\n  action: DENY\n")
         + "---\n"
-        + &policy_doc("security.istio.io/v1", "default", "audit", "  selector: {matchLabels: {app: echo}}\n  action: AUDIT\n");
+        + &policy_doc("security.istio.io/v1", "default", "audit", "  selector: {matchLabels: {app: echo}}\n  action: AUDIT\n")
+        + "---\n"
+        + &policy_doc("security.istio.io/v1", "default", "by-service", "  targetRefs: [{kind: Service, group: '', name: echo}]\n  action: DENY\n")
+        + "---\n"
+        + &policy_doc("security.istio.io/v1", "default", "no-such-service", "  targetRefs: [{kind: Service, name: nope}]\n")
+        + "---\nkind: Service\nmetadata: {name: echo, namespace: default}\nspec: {selector: {app: echo}, ports: [{port: 80}]}\n";
     let (o, errors) = load(&mut Folder::default(), &yaml);
     assert!(errors.is_empty(), "{errors:?}");
     let s = model::build(&o, "td");
@@ -108,7 +113,9 @@ status: {podIP: 10.0.0.3}
         Some(wl::address::Type::Workload(w)) => w.authorization_policies,
         other => panic!("{other:?}"),
     };
-    assert_eq!(listed("Kubernetes//Pod/default/echo-1"), vec!["default/allow-sleep", "istio-system/root-echo"]);
+    assert_eq!(listed("Kubernetes//Pod/default/echo-1"), vec!["default/allow-sleep", "default/by-service", "istio-system/root-echo"]);
+    assert_eq!(served(&s, "default/by-service").scope, sec::Scope::WorkloadSelector as i32, "targetRefs select like a selector");
+    assert_eq!(served(&s, "default/no-such-service").scope, sec::Scope::WorkloadSelector as i32, "selects nobody, not everybody");
     assert!(listed("Kubernetes//Pod/default/client").is_empty());
     assert_eq!(listed("Kubernetes//Pod/other/echo-other"), vec!["istio-system/root-echo"], "root namespace selects everywhere");
     assert!(!s.authorizations.contains_key("default/audit"), "AUDIT is accepted, never served");
@@ -125,7 +132,14 @@ fn bad_policies_are_rejected_with_file_line_and_field() {
         ("  rules:\n  - when:\n    - {key: source.color, values: [red]}\n", "spec.rules[0].when[0]", "unknown condition key"),
         ("  rules:\n  - when:\n    - {key: destination.port, values: [http]}\n", "spec.rules[0].when[0]", "not a port"),
         ("  rules:\n  - when:\n    - {key: source.ip}\n", "spec.rules[0].when[0]", "needs `values` or `notValues`"),
-        ("  targetRef: {kind: Gateway, name: gw}\n", "spec.targetRef", "use `selector`"),
+        ("  targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: gw}\n", "spec.targetRef", "kind \"Gateway\""),
+        ("  targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: x}]\n", "spec.targetRefs[0]", "is not supported"),
+        ("  targetRefs: [{kind: Service, name: echo, namespace: other}]\n", "spec.targetRefs[0]", "`namespace` is not allowed"),
+        ("  targetRefs: [{kind: Service, name: echo}]\n  selector: {matchLabels: {app: echo}}\n", "spec.targetRefs", "only one of selector or targetRefs"),
+        ("  rules:\n  - to:\n    - operation: {paths: ['/a/{**}/b/{**}']}\n", "spec.rules[0].to[0].operation.paths", "path"),
+        ("  rules:\n  - when:\n    - {key: experimental.envoy.filters.x, values: [a]}\n", "spec.rules[0].when[0]", "experimental keys are not supported"),
+        ("  rules:\n  - when:\n    - {key: 'request.headers[]', values: [a]}\n", "spec.rules[0].when[0]", "expected request.headers[<header name>]"),
+        ("  rules:\n  - from:\n    - source: {remoteIpBlocks: [10.0.0.0/99]}\n", "spec.rules[0].from[0].source.remoteIpBlocks[0]", "invalid ipBlock"),
         ("  action: MAYBE\n", "spec.action", "unknown action"),
         ("  rules:\n  - from:\n    - source: {colours: [red]}\n", "spec.rules[0].from[0].source.colours", "unknown field `colours`"),
     ];
