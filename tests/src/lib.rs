@@ -12,6 +12,7 @@
 pub mod bed;
 pub mod cleanup;
 pub mod cni;
+pub mod crypto;
 pub mod proc;
 pub mod scenario;
 
