@@ -11,8 +11,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: LLVM 22 for bpf-linker, load tools for benchmarks and tests,
-# tcpdump to prove the wire carries TLS, protoc for the gRPC/xDS schemas.
-PKGS=(llvm-22-dev libpolly-22-dev iproute2 iperf3 nghttp2-client curl openssl tcpdump protobuf-compiler
+# tcpdump to prove the wire carries TLS, protoc for the gRPC/xDS schemas, nghttpd as
+# an HTTP/2 (h2c) application.
+PKGS=(llvm-22-dev libpolly-22-dev iproute2 iperf3 nghttp2-client nghttp2-server curl openssl tcpdump protobuf-compiler
       libprotobuf-dev pkg-config libssl-dev netcat-openbsd)
 missing=()
 for p in "${PKGS[@]}"; do

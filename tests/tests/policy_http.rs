@@ -1,7 +1,8 @@
 //! HTTP attributes of AuthorizationPolicy, end to end with curl: where a policy
 //! needs methods or paths, the agent serves the pod's inbound connections as HTTP
-//! and judges each request (HBONE and plaintext alike); the application receives
-//! the normalized path; the known path bypasses get 403.
+//! and judges each request (HBONE and plaintext alike, HTTP/1.1 and HTTP/2 to an
+//! h2c application); the application receives the normalized path; the known path
+//! bypasses get 403.
 
 use std::time::Duration;
 
@@ -79,6 +80,24 @@ fn http_attributes_are_judged_per_request() -> Result<()> {
     // Plaintext is judged per request too.
     assert_eq!(outsider.curl_with(&[&format!("{base1}/public/a")])?.0, 200, "plaintext GET /public/a");
     assert_eq!(outsider.curl_with(&[&format!("{base1}/private")])?.0, 403, "plaintext GET /private");
+    // HTTP/2 with prior knowledge, to an HTTP/2 application (nghttpd): judged per
+    // stream, forwarded as HTTP/2.
+    let docroot = bed.work.join("docroot");
+    std::fs::create_dir_all(docroot.join("public"))?;
+    std::fs::write(docroot.join("public/a"), "h2 public\n")?;
+    std::fs::write(docroot.join("private"), "h2 private\n")?;
+    let docroot_s = docroot.to_str().unwrap_or_default().to_string();
+    let _h2 = scene.echo1.spawn(&["nghttpd", "--no-tls", "-d", &docroot_s, "9090"])?;
+    scene.echo1.wait_listening(9090, Duration::from_secs(10))?;
+    let h2 = format!("http://{}:9090", scene.echo1.ip);
+    let (code, body) = client.curl_with(&["--http2-prior-knowledge", &format!("{h2}/public/a")])?;
+    assert_eq!((code, body.trim()), (200, "h2 public"), "HTTP/2 GET /public/a");
+    let (code, body) = client.curl_with(&["--http2-prior-knowledge", &format!("{h2}/private")])?;
+    assert_eq!((code, body.trim()), (403, "RBAC: access denied"), "HTTP/2 GET /private");
+    let out = client.run_timeout(&["h2load", "-n", "200", "-c", "4", "-m", "8", &format!("{h2}/public/a")], Duration::from_secs(30))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("200 succeeded, 0 failed") && text.contains("200 2xx"), "h2load over HTTP/2:\n{text}");
+
     // The access log counts the requests of each connection.
     let refused = wait_until("an access-log line with refused requests", Duration::from_secs(5), || {
         Ok(bed.access_log("node1").into_iter().find(|l| {
