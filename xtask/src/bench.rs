@@ -67,9 +67,27 @@ pub(crate) fn rr_sized(client: &Pod, addr: &str, size: usize, round_trips: u32, 
 /// `h2load --h1` against mesh-echo in the server pod: 10 keep-alive connections,
 /// `requests` requests; (requests/s, mean request time in µs).
 fn h2load(client: &Pod, ip: &str, requests: u32) -> Result<(f64, f64)> {
-    let url = format!("http://{ip}:{ECHO_PORT}/");
+    let r = h2load_url(client, &format!("http://{ip}:{ECHO_PORT}/"), requests, None)?;
+    Ok((r.rps, r.mean_us))
+}
+
+/// What one h2load run measured.
+pub(crate) struct H2load {
+    pub rps: f64,
+    pub mean_us: f64,
+    /// Failed requests plus those answered with other than 2xx.
+    pub failed: u64,
+}
+
+/// `h2load --h1 -n requests -c 10 -t 1 [-H header] url` from `client`.
+pub(crate) fn h2load_url(client: &Pod, url: &str, requests: u32, header: Option<&str>) -> Result<H2load> {
     let n = requests.to_string();
-    let out = client.run_timeout(&["h2load", "--h1", "-n", &n, "-c", "10", "-t", "1", &url], Duration::from_secs(60))?;
+    let mut args = vec!["h2load", "--h1", "-n", &n, "-c", "10", "-t", "1"];
+    if let Some(h) = header {
+        args.extend(["-H", h]);
+    }
+    args.push(url);
+    let out = client.run_timeout(&args, Duration::from_secs(120))?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "finished in 1.23s, 4065.04 req/s, ..." and "time for request:  min  max  mean  sd ..."
     let rps = text
@@ -77,13 +95,25 @@ fn h2load(client: &Pod, ip: &str, requests: u32) -> Result<(f64, f64)> {
         .find_map(|l| l.strip_prefix("finished in ").and_then(|r| r.split(", ").nth(1)).and_then(|r| r.strip_suffix(" req/s")))
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("h2load to {url}: {text}"))?;
-    let mean = text
+    let mean_us = text
         .lines()
         .find(|l| l.trim_start().starts_with("time for request:"))
         .and_then(|l| l.split_whitespace().nth(5))
         .map(parse_duration_us)
         .unwrap_or(0.0);
-    Ok((rps, mean))
+    // "requests: 1000 total, 1000 started, 1000 done, 1000 succeeded, 0 failed, ..."
+    // and "status codes: 990 2xx, 0 3xx, 10 4xx, 0 5xx".
+    let count = |line: &str, suffix: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(line))
+            .into_iter()
+            .flat_map(|l| l.split(", "))
+            .filter(|p| p.ends_with(suffix))
+            .filter_map(|p| p.split_whitespace().rev().nth(1)?.parse::<u64>().ok())
+            .sum()
+    };
+    let failed = count("requests:", " failed") + count("status codes:", "4xx") + count("status codes:", "5xx") + count("status codes:", "3xx");
+    Ok(H2load { rps, mean_us, failed })
 }
 
 /// `123.45us`, `1.23ms` or `1.2s` in µs.

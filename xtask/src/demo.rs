@@ -60,6 +60,19 @@ pub fn run() -> Result<()> {
     scene.bed.explain_text("node1", &outsider.ip, &echo1_addr)?.lines().for_each(|l| println!("  {l}"));
     scene.bed.write_config("demo-deny-outsider.yaml", "")?;
 
+    title("a policy on HTTP attributes: only GET /public/*; the agent judges each request, on the normalized path");
+    let paths = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: echo-public, namespace: default}\n\
+                 spec:\n  selector: {matchLabels: {app: echo}}\n  rules:\n  - to: [{operation: {methods: [GET], paths: [/public/*]}}]\n";
+    scene.bed.write_config("demo-paths.yaml", paths)?;
+    let private = format!("http://{}:8080/private", scene.echo1.ip);
+    mesh_tests::wait_until("the path policy on node1", Duration::from_secs(10), || {
+        Ok((scene.client.curl(&private)?.0 == 403).then_some(()))
+    })?;
+    for path in ["/public/hello", "/private", "/public/..%2Fprivate"] {
+        request(&scene.client, &format!("http://{}:8080{path}", scene.echo1.ip))?;
+    }
+    scene.bed.write_config("demo-paths.yaml", "")?;
+
     title("what the echo servers saw");
     for (name, _) in &scene.servers {
         for line in scene.server_output(name).lines().filter(|l| !l.starts_with("  >")) {

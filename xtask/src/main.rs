@@ -1,9 +1,10 @@
 //! Developer commands: `cargo xtask demo`, `cargo xtask bench`, `cargo xtask bench-policy`,
-//! `cargo xtask bench-restart`, `cargo xtask bench-fastpath`,
+//! `cargo xtask bench-restart`, `cargo xtask bench-fastpath`, `cargo xtask bench-l7`,
 //! `cargo xtask cleanup`.
 
 mod bench;
 mod bench_fastpath;
+mod bench_l7;
 mod bench_policy;
 mod bench_restart;
 mod demo;
@@ -65,6 +66,17 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// What judging HTTP costs: no policy, an L4 policy, an HTTP policy, and an HTTP
+    /// policy with a JWT on every request, side by side (h2load, same node and across
+    /// nodes); replaces its section of docs/benchmarks.md.
+    BenchL7 {
+        /// Requests per h2load run.
+        #[arg(long, default_value_t = 20000)]
+        requests: u32,
+        /// Rounds of the four setups; the table gives medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
     /// Removes leftovers (namespaces, cgroups, bpffs folders) of killed test runs.
     Cleanup,
 }
@@ -82,6 +94,7 @@ fn main() -> Result<()> {
         Cmd::BenchPolicy { repeat } => bench_policy::run(repeat),
         Cmd::BenchRestart { requests, seconds } => bench_restart::run(requests, seconds),
         Cmd::BenchFastpath { seconds, round_trips, rounds } => bench_fastpath::run(seconds, round_trips, rounds.clamp(1, 20)),
+        Cmd::BenchL7 { requests, rounds } => bench_l7::run(requests, rounds.clamp(1, 20)),
         Cmd::Cleanup => {
             mesh_tests::cleanup::cleanup_stale();
             Ok(())
