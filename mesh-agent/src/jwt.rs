@@ -31,6 +31,7 @@
 //! `forward_original_token`, and the `output_*` headers are set. Those output headers
 //! are first stripped from every request, authenticated or not, so a client can never
 //! supply them itself.
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -331,12 +332,21 @@ struct CompiledRule {
     claim_headers: Vec<(HeaderName, Vec<String>)>,
 }
 
+/// How many verified tokens a [`Compiled`] remembers (then it forgets them all).
+const VERIFIED_CACHE: usize = 4096;
+
 /// The `jwtRules` that apply to a workload, compiled once.
 #[derive(Default)]
 pub struct Compiled {
     rules: Vec<CompiledRule>,
     /// Every location of every rule, each once.
     locations: Vec<Location>,
+    /// Tokens whose audience and signature a rule (by index) accepted: the same
+    /// bytes are not verified again (clients send one token on many requests, and an
+    /// RSA or ECDSA check costs more than the rest of the request). Time is checked
+    /// on every request. A change of keys compiles a new `Compiled`, so nothing here
+    /// outlives the keys it was checked with.
+    verified: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -464,10 +474,22 @@ impl Compiled {
             return Err(Reject::IssuerNotConfigured);
         }
         jwt.check_time(now)?;
+        let known = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(&found.token).copied();
+        if let Some(rule) = known.and_then(|i| rules.clone().find(|r| std::ptr::eq(*r, &self.rules[i]))) {
+            return Ok((rule, jwt));
+        }
         let mut first_reason = None;
         for rule in rules {
             match rule.verify(&jwt) {
-                Ok(()) => return Ok((rule, jwt)),
+                Ok(()) => {
+                    let index = self.rules.iter().position(|r| std::ptr::eq(r, rule)).expect("a rule of ours");
+                    let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+                    if verified.len() >= VERIFIED_CACHE {
+                        verified.clear();
+                    }
+                    verified.insert(found.token.clone(), index);
+                    return Ok((rule, jwt));
+                }
                 Err(reason) => _ = first_reason.get_or_insert(reason),
             }
         }

@@ -102,8 +102,9 @@ pub fn run(requests: u32, rounds: u32) -> Result<()> {
     let _ = writeln!(doc, "- command: `cargo xtask bench-l7 --requests {requests} --rounds {rounds}`");
     doc.push_str("- method: the demo scene (client and echo-1 on node1, echo-2 on node2, all meshed). Each round\n");
     doc.push_str("  applies the four setups in turn and runs `h2load --h1 -n N -c 10 -t 1` to each echo pod; the\n");
-    doc.push_str("  table gives medians over the rounds. The JWT setup sends an RS256 token on every request,\n");
-    doc.push_str("  verified by the agent. `failed` counts failed and non-2xx requests over all rounds.\n\n");
+    doc.push_str("  table gives medians over the rounds. The JWT setup sends the same RS256 token on every request:\n");
+    doc.push_str("  the agent verifies its signature once and remembers it; parsing, expiry and claims are per\n");
+    doc.push_str("  request. `failed` counts failed and non-2xx requests over all rounds.\n\n");
     doc.push_str(&table);
     println!("\n{table}");
     let path = crate::doc::replace_section(SECTION, &doc)?;

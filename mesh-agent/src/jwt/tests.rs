@@ -478,6 +478,30 @@ fn request_authentication_follows_istio_semantics() {
 }
 
 #[test]
+fn a_verified_token_is_remembered_but_time_and_bytes_are_checked_each_time() {
+    let (compiled, errors) = Compiled::new(vec![rsa_rule()]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let token = rs256(json!({"exp": NOW + 60}));
+    for _ in 0..3 {
+        assert!(matches!(compiled.authenticate(&mut bearer(&token), NOW), Outcome::Authenticated(_)));
+    }
+    assert_eq!(compiled.verified.lock().unwrap().len(), 1, "verified once, remembered");
+    // Past its expiry (and the skew) the remembered token is refused.
+    let later = NOW + 60 + CLOCK_SKEW_SECS + 1;
+    assert!(matches!(compiled.authenticate(&mut bearer(&token), later), Outcome::Rejected(Reject::Expired)));
+    // Another signature on the same header and payload is verified, and refused.
+    let (head, _) = token.rsplit_once('.').unwrap();
+    let forged = format!("{head}.{}", b64(&[7u8; 256]));
+    assert!(matches!(compiled.authenticate(&mut bearer(&forged), NOW), Outcome::Rejected(_)));
+    // The cache is bounded.
+    for i in 0..(VERIFIED_CACHE + 10) as u64 {
+        let t = rs256(json!({"exp": NOW + 60, "jti": i}));
+        assert!(matches!(compiled.authenticate(&mut bearer(&t), NOW), Outcome::Authenticated(_)));
+    }
+    assert!(compiled.verified.lock().unwrap().len() <= VERIFIED_CACHE);
+}
+
+#[test]
 fn non_utf8_header_is_no_token() {
     let mut parts = req("/", &[]);
     parts.headers.insert(AUTHORIZATION, HeaderValue::from_bytes(b"Bearer \xff").unwrap());
