@@ -385,5 +385,14 @@ mod tests {
         assert_eq!(spiffe_identity(&none.cert_chain[0]), Err(SpiffeError::NoUriSan));
         let http = leaf(&root, &["https://example.com/x"], false);
         assert!(matches!(spiffe_identity(&http.cert_chain[0]), Err(SpiffeError::NotSpiffe(_))));
+        // Bad input: a NUL inside the SAN (a C consumer would stop reading at it),
+        // extra path segments, and bytes that are no certificate at all.
+        let nul = leaf(&root, &["spiffe://cluster.local/ns/default/sa/a\0.evil"], false);
+        assert_eq!(spiffe_identity(&nul.cert_chain[0]), Err(SpiffeError::Nul));
+        let deep = leaf(&root, &["spiffe://cluster.local/ns/default/sa/a/extra"], false);
+        assert!(matches!(spiffe_identity(&deep.cert_chain[0]), Err(SpiffeError::NotSpiffe(_))));
+        for garbage in [vec![], vec![0x30, 0x82, 0xff, 0xff], b"-----BEGIN CERTIFICATE-----".to_vec()] {
+            assert!(matches!(spiffe_identity(&CertificateDer::from(garbage)), Err(SpiffeError::Parse(_))));
+        }
     }
 }
