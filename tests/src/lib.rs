@@ -8,7 +8,9 @@
 //! - [`cleanup`]: removal of beds, leftovers of killed runs, and the Ctrl-C handler
 //! - [`cni`]: the agent's pod-enrollment socket, as the CNI hook speaks it
 //! - [`scenario`]: the standard scene (client, echo-1, echo-2, outsider) on the default config
+//! - [`apiserver`]: a Kubernetes API server stand-in (list/watch, bookmarks, 410 Gone)
 
+pub mod apiserver;
 pub mod bed;
 pub mod cleanup;
 pub mod cni;

@@ -200,6 +200,9 @@ pub struct Objects {
     /// PeerAuthentications of one age.
     pub peer_authentications: BTreeMap<(String, String), (usize, PeerAuthentication)>,
     pub request_authentications: BTreeMap<(String, String), super::requestauth::RequestAuthentication>,
+    /// From the Kubernetes source only; the model does not read them yet.
+    pub nodes: BTreeMap<String, super::kube::Node>,
+    pub endpoint_slices: BTreeMap<(String, String), super::kube::EndpointSlice>,
 }
 
 impl Objects {

@@ -2,6 +2,7 @@
 //! (`istio.workload.Address`, `istio.security.Authorization`) and a CA (`IstioCertificateService`) on one gRPC port.
 //!
 //! - [`folder`]: parse and watch the config folder (last good config per object).
+//! - [`kube`]: or list and watch the Kubernetes API server for the same objects.
 //! - [`authorization`]: AuthorizationPolicy, checked and converted for the workload API.
 //! - [`peerauth`]: PeerAuthentication: precedence, and its DENY form for the workload API.
 //! - [`model`]: objects -> xDS resources, and which identities run on which node.
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 pub mod authorization;
 pub mod ca;
 pub mod folder;
+pub mod kube;
 pub mod model;
 pub mod peerauth;
 pub mod requestauth;
@@ -31,10 +33,17 @@ use crate::proto::discovery::aggregated_discovery_service_server::AggregatedDisc
 /// Flags of `mesh-agent control-plane`.
 #[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct ControlPlaneArgs {
+    /// Where the objects come from: a folder of YAML (--config-dir) or the Kubernetes
+    /// API server (--kubeconfig, else in-cluster config or KUBECONFIG).
+    #[arg(long, env = "MESH_SOURCE", value_enum, default_value_t = Source::Folder)]
+    pub source: Source,
     /// Folder of Kubernetes YAML (Namespace, ServiceAccount, Service, Pod,
     /// AuthorizationPolicy, PeerAuthentication), watched for changes.
     #[arg(long, env = "MESH_CONFIG_DIR")]
-    pub config_dir: PathBuf,
+    pub config_dir: Option<PathBuf>,
+    /// kubeconfig for --source kubernetes (default: in-cluster, then KUBECONFIG or ~/.kube/config).
+    #[arg(long, env = "MESH_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// gRPC address for xDS and the CA.
     #[arg(long, env = "MESH_LISTEN", default_value = "127.0.0.1:15010")]
     pub listen: SocketAddr,
@@ -79,6 +88,14 @@ pub struct ControlPlaneArgs {
     pub jwks_ca_cert: Option<PathBuf>,
 }
 
+/// `--source`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Folder,
+    Kubernetes,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid control-plane flags: {0}")]
@@ -87,6 +104,8 @@ pub enum Error {
     ConfigDir { dir: PathBuf, #[source] source: std::io::Error },
     #[error(transparent)]
     Watch(#[from] folder::Error),
+    #[error("Kubernetes source: {0}")]
+    Kube(#[from] kube::Error),
     #[error("CA: {0}")]
     Ca(#[from] ca::Error),
     #[error(transparent)]
@@ -101,6 +120,9 @@ pub enum Error {
 
 impl ControlPlaneArgs {
     pub fn validate(&self) -> Result<(), Error> {
+        if self.source == Source::Folder && self.config_dir.is_none() {
+            return Err(Error::Config("--source folder needs --config-dir (MESH_CONFIG_DIR)".into()));
+        }
         if self.trust_domain.is_empty() || self.trust_domain.contains(['/', ' ']) {
             return Err(Error::Config(format!("--trust-domain {:?} must be a non-empty DNS-like name", self.trust_domain)));
         }
@@ -164,40 +186,26 @@ pub async fn serve(listener: TcpListener, args: ControlPlaneArgs, shutdown: impl
     };
     let ca = Arc::new(ca);
 
-    // Watch before the first read so that no change slips between the two.
-    let (watcher, mut changes) = folder::watch(
-        &args.config_dir,
-        Duration::from_millis(args.debounce_ms),
-        Duration::from_millis(args.debounce_max_ms),
-    )?;
-    let mut source = folder::Folder::default();
+    let (mut source, source_guard) = open_source(&args).await?;
+    let mut objects = source.borrow_and_update().clone();
     let jwks = Arc::new(crate::jwt::fetch::JwksCache::new(
         Duration::from_secs(args.jwks_refresh_secs.max(1)),
         jwks_tls(args.jwks_ca_cert.as_deref())?,
     ));
-    let mut objects = read(&mut source, &args).map_err(|source| Error::ConfigDir { dir: args.config_dir.clone(), source })?;
     let (snap_tx, snap_rx) = watch::channel(Arc::new(build(&objects, &args, &jwks)));
 
     let reload_args = args.clone();
     let mut keys_changed = jwks.changed();
     let reloader = tokio::spawn(async move {
-        let _watcher = watcher;
+        let _source = source_guard;
         loop {
             tokio::select! {
-                c = changes.recv() => {
-                    if c.is_none() {
+                c = source.changed() => {
+                    if c.is_err() {
                         return;
                     }
-                    match read(&mut source, &reload_args) {
-                        Ok(next) => objects = next,
-                        Err(e) => {
-                            tracing::warn!(
-                                dir = %reload_args.config_dir.display(),
-                                "config: cannot list the config folder: {e}; keeping the last good config"
-                            );
-                            continue;
-                        }
-                    }
+                    objects = source.borrow_and_update().clone();
+                    report(&objects);
                 }
                 // New keys for a jwksUri: the RequestAuthentications naming it change.
                 r = keys_changed.changed() => if r.is_err() { return },
@@ -268,17 +276,63 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Routes {
     }
 }
 
+/// The objects of `--source`, replaced on every (debounced) change, and what keeps
+/// the source running.
+async fn open_source(args: &ControlPlaneArgs) -> Result<(watch::Receiver<folder::Objects>, Box<dyn Send>), Error> {
+    let (quiet, max) = (Duration::from_millis(args.debounce_ms), Duration::from_millis(args.debounce_max_ms));
+    let dir = match (args.source, &args.config_dir) {
+        (Source::Kubernetes, _) => {
+            let client = kube::client(args.kubeconfig.as_deref()).await?;
+            tracing::info!("control plane: listing and watching the Kubernetes API server");
+            let source = kube::start(client, quiet, max).await?;
+            report(&source.objects.borrow());
+            return Ok((source.objects.clone(), Box::new(source)));
+        }
+        (Source::Folder, Some(dir)) => dir.clone(),
+        (Source::Folder, None) => return Err(Error::Config("--source folder needs --config-dir".into())),
+    };
+    // Watch before the first read so that no change slips between the two.
+    let (watcher, mut changes) = folder::watch(&dir, quiet, max)?;
+    let mut folder = folder::Folder::default();
+    let first = read(&mut folder, &dir).map_err(|source| Error::ConfigDir { dir: dir.clone(), source })?;
+    report(&first);
+    let (tx, rx) = watch::channel(first);
+    let task = tokio::spawn(async move {
+        let _watcher = watcher;
+        while changes.recv().await.is_some() {
+            match read(&mut folder, &dir) {
+                Ok(next) => drop(tx.send_replace(next)),
+                Err(e) => tracing::warn!(
+                    dir = %dir.display(),
+                    "config: cannot list the config folder: {e}; keeping the last good config"
+                ),
+            }
+        }
+    });
+    struct AbortOnDrop(tokio::task::JoinHandle<()>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    Ok((rx, Box::new(AbortOnDrop(task))))
+}
+
 /// Reads the folder, logging what it rejects.
-fn read(source: &mut folder::Folder, args: &ControlPlaneArgs) -> std::io::Result<folder::Objects> {
-    let (objects, errors) = source.load(&args.config_dir)?;
+fn read(source: &mut folder::Folder, dir: &std::path::Path) -> std::io::Result<folder::Objects> {
+    let (objects, errors) = source.load(dir)?;
     for e in &errors {
         tracing::warn!("config: {e}");
     }
-    for (loser, winner) in peerauth::shadowed(&model::peer_authentication_policies(&objects), authorization::ROOT_NAMESPACE) {
-        tracing::warn!(policy = %loser, "config: PeerAuthentication {loser} is ignored: {winner} is older and applies to the same workloads");
-    }
     tracing::info!(pods = objects.pods.len(), services = objects.services.len(), rejected = errors.len(), "config: loaded");
     Ok(objects)
+}
+
+/// Logs what of `objects` is ignored.
+fn report(objects: &folder::Objects) {
+    for (loser, winner) in peerauth::shadowed(&model::peer_authentication_policies(objects), authorization::ROOT_NAMESPACE) {
+        tracing::warn!(policy = %loser, "config: PeerAuthentication {loser} is ignored: {winner} is older and applies to the same workloads");
+    }
 }
 
 /// The snapshot of `objects`, with the JWKS fetched so far (and the fetcher told

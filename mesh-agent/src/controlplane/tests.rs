@@ -54,7 +54,9 @@ async fn start(files: &[(&str, &str)]) -> Running {
         std::fs::write(config.path().join(name), text).unwrap();
     }
     let args = ControlPlaneArgs {
-        config_dir: config.path().to_path_buf(),
+        source: super::Source::Folder,
+        config_dir: Some(config.path().to_path_buf()),
+        kubeconfig: None,
         listen: "127.0.0.1:0".parse().unwrap(),
         state_dir: state_dir.path().to_path_buf(),
         trust_domain: "cluster.local".into(),

@@ -1,0 +1,483 @@
+//! The Kubernetes source: list + watch of the kinds the model reads, from the API server,
+//! into the same [`Objects`] the folder source makes, emitted after each debounced burst.
+//!
+//! One kube-runtime `watcher` per kind (Namespaces, Nodes, ServiceAccounts, Services,
+//! EndpointSlices, Pods, and `security.istio.io/v1` AuthorizationPolicy,
+//! PeerAuthentication, RequestAuthentication). The watcher lists, then watches from the
+//! list's resourceVersion with bookmarks requested, resumes a dropped stream from the last
+//! version it saw (a bookmark's too), and on `410 Gone` lists again: a relist replaces
+//! the kind's objects as a whole when it completes (`InitDone`), so objects deleted
+//! during the gap disappear and nothing is lost. Lists are consistent reads
+//! (`resourceVersion` unset), not the API server's possibly stale cache.
+//!
+//! Every object is read as JSON into the folder's own types and checked as the folder
+//! checks it (`spec.validate()` for the Istio kinds). A rejected object is logged with
+//! kind, namespace, name and field, and its last good version keeps serving.
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use ::kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use ::kube::runtime::watcher;
+use ::kube::runtime::WatchStreamExt as _;
+use futures::StreamExt as _;
+use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::folder::{self, Metadata, Object, Objects};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read --kubeconfig {path}: {source}")]
+    Kubeconfig { path: String, #[source] source: ::kube::config::KubeconfigError },
+    #[error("no Kubernetes configuration: {0}; run in a pod with a service account, set KUBECONFIG, or pass --kubeconfig")]
+    Infer(#[source] ::kube::config::InferConfigError),
+    #[error("cannot make a Kubernetes client: {0}")]
+    Client(#[source] ::kube::Error),
+    #[error("the Kubernetes source stopped before its first complete list")]
+    Stopped,
+}
+
+/// A client from `--kubeconfig`, else in-cluster config or `KUBECONFIG` / `~/.kube/config`.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<::kube::Client, Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = ::kube::config::Kubeconfig::read_from(path)
+                .map_err(|source| Error::Kubeconfig { path: path.display().to_string(), source })?;
+            ::kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|source| Error::Kubeconfig { path: path.display().to_string(), source })?
+        }
+        None => ::kube::Config::infer().await.map_err(Error::Infer)?,
+    };
+    ::kube::Client::try_from(config).map_err(Error::Client)
+}
+
+/// A kind we watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Namespace,
+    Node,
+    ServiceAccount,
+    Service,
+    EndpointSlice,
+    Pod,
+    AuthorizationPolicy,
+    PeerAuthentication,
+    RequestAuthentication,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 9] = [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::ServiceAccount,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Pod,
+        Kind::AuthorizationPolicy,
+        Kind::PeerAuthentication,
+        Kind::RequestAuthentication,
+    ];
+
+    /// Group, version and plural, as the API server serves them (no discovery needed).
+    pub fn resource(self) -> ApiResource {
+        let istio = |kind| ApiResource::from_gvk(&GroupVersionKind::gvk("security.istio.io", "v1", kind));
+        match self {
+            Kind::Namespace => ApiResource::erase::<core::Namespace>(&()),
+            Kind::Node => ApiResource::erase::<core::Node>(&()),
+            Kind::ServiceAccount => ApiResource::erase::<core::ServiceAccount>(&()),
+            Kind::Service => ApiResource::erase::<core::Service>(&()),
+            Kind::EndpointSlice => ApiResource::erase::<discovery::EndpointSlice>(&()),
+            Kind::Pod => ApiResource::erase::<core::Pod>(&()),
+            Kind::AuthorizationPolicy => istio("AuthorizationPolicy"),
+            Kind::PeerAuthentication => istio("PeerAuthentication"),
+            Kind::RequestAuthentication => istio("RequestAuthentication"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
+            Kind::ServiceAccount => "ServiceAccount",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Pod => "Pod",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::RequestAuthentication => "RequestAuthentication",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A Node, as far as the model may need it (not read by the model yet).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Node {
+    pub metadata: Metadata,
+}
+
+/// An EndpointSlice (`discovery.k8s.io/v1`), as far as the model may need it (not read
+/// by the model yet: it derives endpoints from Pods and Service selectors).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    pub metadata: Metadata,
+    pub address_type: String,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    pub ports: Vec<EndpointPort>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub conditions: EndpointConditions,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct EndpointConditions {
+    #[serde(default)]
+    pub ready: Option<bool>,
+    #[serde(default)]
+    pub serving: Option<bool>,
+    #[serde(default)]
+    pub terminating: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct EndpointPort {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// One object of any kind we watch, read and checked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Item {
+    Object(Object),
+    Node(Node),
+    EndpointSlice(EndpointSlice),
+}
+
+/// `(namespace, name)`; the namespace is empty for cluster-scoped kinds.
+type Key = (String, String);
+
+/// What a kind's watcher reports, already decoded.
+#[derive(Debug)]
+pub enum Update {
+    /// A (re)list starts: what follows until `InitDone` is the kind's whole content.
+    Init,
+    /// An object as listed (`init`) or as changed since; `Err` is why it was rejected.
+    Apply { key: Key, item: Box<Result<Item, String>>, init: bool },
+    Delete { key: Key },
+    InitDone,
+}
+
+/// Reads one object's JSON as `kind`, with the folder's types and checks.
+pub fn decode(kind: Kind, json: serde_json::Value) -> Result<Item, String> {
+    fn typed<T: serde::de::DeserializeOwned>(json: serde_json::Value) -> Result<T, String> {
+        serde_path_to_error::deserialize(json).map_err(|e| format!("field `{}`: {}", e.path(), e.inner()))
+    }
+    fn checked(r: Result<(), String>) -> Result<(), String> {
+        r.map_err(|e| match e.split_once(": ") {
+            Some((path, why)) => format!("field `{path}`: {why}"),
+            None => e,
+        })
+    }
+    Ok(match kind {
+        Kind::Namespace => Item::Object(Object::Namespace(typed(json)?)),
+        Kind::ServiceAccount => Item::Object(Object::ServiceAccount(typed(json)?)),
+        Kind::Service => Item::Object(Object::Service(typed(json)?)),
+        Kind::Pod => Item::Object(Object::Pod(typed(json)?)),
+        Kind::Node => Item::Node(typed(json)?),
+        Kind::EndpointSlice => Item::EndpointSlice(typed(json)?),
+        Kind::AuthorizationPolicy => {
+            let p: folder::AuthorizationPolicy = typed(json)?;
+            checked(p.spec.validate())?;
+            Item::Object(Object::AuthorizationPolicy(p))
+        }
+        Kind::PeerAuthentication => {
+            let p: folder::PeerAuthentication = typed(json)?;
+            checked(p.spec.validate())?;
+            Item::Object(Object::PeerAuthentication(p))
+        }
+        Kind::RequestAuthentication => {
+            let r: super::requestauth::RequestAuthentication = typed(json)?;
+            checked(r.spec.validate())?;
+            Item::Object(Object::RequestAuthentication(r))
+        }
+    })
+}
+
+#[derive(Default)]
+struct KindState {
+    items: BTreeMap<Key, Item>,
+    /// During a (re)list: what it has listed so far.
+    relist: Option<BTreeMap<Key, Item>>,
+    synced: bool,
+}
+
+/// Every kind's objects, last good versions, and what is rejected now. Pure: the
+/// watchers feed it [`Update`]s.
+#[derive(Default)]
+pub struct Store {
+    kinds: BTreeMap<Kind, KindState>,
+    /// Why each object is rejected now.
+    rejected: BTreeMap<(Kind, Key), String>,
+}
+
+impl Store {
+    /// Applies one update; true when what [`Store::objects`] returns may have changed.
+    pub fn apply(&mut self, kind: Kind, update: Update) -> bool {
+        let state = self.kinds.entry(kind).or_default();
+        match update {
+            Update::Init => {
+                state.relist = Some(BTreeMap::new());
+                // The list names again every object that is still rejected.
+                self.rejected.retain(|(k, _), _| *k != kind);
+                false
+            }
+            Update::Apply { key, item, init } => {
+                let item = match *item {
+                    Ok(item) => {
+                        self.rejected.remove(&(kind, key.clone()));
+                        Some(item)
+                    }
+                    Err(why) => {
+                        // Last good version: from the store (a relist keeps it too).
+                        let last = state.items.get(&key).cloned();
+                        let serving = if last.is_some() {
+                            "the last good version keeps serving"
+                        } else {
+                            "it has no good version, so nothing of it applies"
+                        };
+                        let label = label(kind, &key);
+                        tracing::warn!(object = %label, "Kubernetes: {label} rejected: {why}; {serving}");
+                        self.rejected.insert((kind, key.clone()), why);
+                        last
+                    }
+                };
+                match (init, &mut state.relist) {
+                    (true, Some(relist)) => {
+                        if let Some(item) = item {
+                            relist.insert(key, item);
+                        }
+                        false
+                    }
+                    _ => match item {
+                        Some(item) => state.items.insert(key, item.clone()).as_ref() != Some(&item),
+                        None => false,
+                    },
+                }
+            }
+            Update::Delete { key } => {
+                self.rejected.remove(&(kind, key.clone()));
+                state.items.remove(&key).is_some()
+            }
+            Update::InitDone => {
+                let listed = state.relist.take().unwrap_or_default();
+                let changed = state.items != listed || !state.synced;
+                state.items = listed;
+                state.synced = true;
+                changed
+            }
+        }
+    }
+
+    /// The kinds that have not completed their first list yet.
+    pub fn unsynced(&self) -> Vec<Kind> {
+        Kind::ALL.into_iter().filter(|k| !self.kinds.get(k).is_some_and(|s| s.synced)).collect()
+    }
+
+    /// Objects rejected now, as `Kind ns/name: why`.
+    pub fn rejected(&self) -> Vec<String> {
+        self.rejected.iter().map(|((kind, key), why)| format!("{}: {why}", label(*kind, key))).collect()
+    }
+
+    pub fn objects(&self) -> Objects {
+        let mut o = Objects::default();
+        for state in self.kinds.values() {
+            for ((ns, name), item) in &state.items {
+                let nn = (ns.clone(), name.clone());
+                match item.clone() {
+                    Item::Object(Object::Namespace(n)) => drop(o.namespaces.insert(name.clone(), n)),
+                    Item::Object(Object::ServiceAccount(s)) => drop(o.service_accounts.insert(nn, s)),
+                    Item::Object(Object::Service(s)) => drop(o.services.insert(nn, s)),
+                    Item::Object(Object::Pod(p)) => drop(o.pods.insert(nn, p)),
+                    Item::Object(Object::AuthorizationPolicy(p)) => drop(o.authorization_policies.insert(nn, p)),
+                    // Of two of one age, the first by namespace/name wins.
+                    Item::Object(Object::PeerAuthentication(p)) => {
+                        let order = o.peer_authentications.len();
+                        drop(o.peer_authentications.insert(nn, (order, p)))
+                    }
+                    Item::Object(Object::RequestAuthentication(r)) => drop(o.request_authentications.insert(nn, r)),
+                    Item::Node(n) => drop(o.nodes.insert(name.clone(), n)),
+                    Item::EndpointSlice(e) => drop(o.endpoint_slices.insert(nn, e)),
+                }
+            }
+        }
+        o
+    }
+}
+
+fn label(kind: Kind, (ns, name): &Key) -> String {
+    format!("{kind} {ns}/{name}")
+}
+
+/// A running Kubernetes source; dropping it stops the watches.
+pub struct Source {
+    /// Every object now, replaced after each debounced burst of changes.
+    pub objects: watch::Receiver<Objects>,
+    /// The objects rejected now (`Kind ns/name: why`).
+    pub rejected: watch::Receiver<Vec<String>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts a watcher per kind and returns once every kind has been listed once.
+/// Changes are debounced: emitted after `quiet` without one, or `max` after the first.
+pub async fn start(client: ::kube::Client, quiet: Duration, max: Duration) -> Result<Source, Error> {
+    let (tx, rx) = mpsc::channel(1024);
+    let mut tasks: Vec<_> = Kind::ALL.into_iter().map(|k| tokio::spawn(watch_kind(client.clone(), k, tx.clone()))).collect();
+    drop(tx);
+    let (first_tx, first_rx) = oneshot::channel();
+    tasks.push(tokio::spawn(run_store(rx, quiet, max, first_tx)));
+    let mut source = Source { objects: watch::channel(Objects::default()).1, rejected: watch::channel(Vec::new()).1, tasks };
+    let (objects, rejected) = first_rx.await.map_err(|_| Error::Stopped)?;
+    source.objects = objects;
+    source.rejected = rejected;
+    Ok(source)
+}
+
+type Channels = (watch::Receiver<Objects>, watch::Receiver<Vec<String>>);
+
+async fn run_store(mut rx: mpsc::Receiver<(Kind, Update)>, quiet: Duration, max: Duration, first: oneshot::Sender<Channels>) {
+    use tokio::time::{timeout_at, Instant};
+    let mut store = Store::default();
+    let mut first = Some(first);
+    let mut out: Option<(watch::Sender<Objects>, watch::Sender<Vec<String>>)> = None;
+    loop {
+        let next = if out.is_none() {
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    let waiting: Vec<String> = store.unsynced().iter().map(|k| k.to_string()).collect();
+                    tracing::warn!(
+                        "Kubernetes: still waiting for the first complete list of {}; not serving until then \
+                         (is the API server reachable, are Istio's CRDs installed, may the service account list and watch them?)",
+                        waiting.join(", ")
+                    );
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
+        };
+        let Some((kind, update)) = next else { return };
+        let mut changed = store.apply(kind, update);
+        let deadline = Instant::now() + max;
+        loop {
+            let quiet_end = (Instant::now() + quiet).min(deadline);
+            match timeout_at(quiet_end, rx.recv()).await {
+                Ok(Some((kind, update))) => {
+                    changed |= store.apply(kind, update);
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        if !store.unsynced().is_empty() {
+            continue;
+        }
+        match &out {
+            None => {
+                let objects = store.objects();
+                tracing::info!(pods = objects.pods.len(), services = objects.services.len(), "Kubernetes: first complete list");
+                let o = watch::channel(objects);
+                let r = watch::channel(store.rejected());
+                if let Some(first) = first.take() {
+                    if first.send((o.1, r.1)).is_err() {
+                        return;
+                    }
+                }
+                out = Some((o.0, r.0));
+            }
+            Some((objects, rejected)) => {
+                rejected.send_if_modified(|cur| {
+                    let next = store.rejected();
+                    let modified = *cur != next;
+                    *cur = next;
+                    modified
+                });
+                if changed {
+                    let next = store.objects();
+                    objects.send_if_modified(|cur| {
+                        let modified = *cur != next;
+                        *cur = next;
+                        modified
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Lists and watches one kind for as long as the store listens.
+async fn watch_kind(client: ::kube::Client, kind: Kind, tx: mpsc::Sender<(Kind, Update)>) {
+    let api: Api<DynamicObject> = Api::all_with(client, &kind.resource());
+    // Bookmarks are requested (the default); lists are consistent reads.
+    let config = watcher::Config::default().list_semantic(watcher::ListSemantic::MostRecent);
+    let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    while let Some(event) = events.next().await {
+        let key = |o: &DynamicObject| (o.metadata.namespace.clone().unwrap_or_default(), o.metadata.name.clone().unwrap_or_default());
+        let item = |o: DynamicObject| Box::new(serde_json::to_value(o).map_err(|e| e.to_string()).and_then(|json| decode(kind, json)));
+        let update = match event {
+            Ok(watcher::Event::Init) => Update::Init,
+            Ok(watcher::Event::InitApply(o)) => Update::Apply { key: key(&o), item: item(o), init: true },
+            Ok(watcher::Event::Apply(o)) => Update::Apply { key: key(&o), item: item(o), init: false },
+            Ok(watcher::Event::Delete(o)) => Update::Delete { key: key(&o) },
+            Ok(watcher::Event::InitDone) => Update::InitDone,
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                tracing::info!(%kind, "Kubernetes: {kind} watch: resource version too old (410 Gone); listing again");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(%kind, "Kubernetes: {kind} list/watch failed: {e}; retrying with backoff (is the API server reachable? may this service account list and watch {}?)", kind.resource().plural);
+                continue;
+            }
+        };
+        if tx.send((kind, update)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
