@@ -222,7 +222,7 @@ async fn bookmarks_move_the_resume_point() {
     wait_objects(&mut source, WITHIN, "services", |o| o.services.len() == 4).await;
     let marked = api.bookmark();
     // The bookmark travels on a live stream; give the watcher a moment to read it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     // History before the bookmark is gone: only a watcher that took the bookmark's
     // version resumes without a 410.
     api.compact();
@@ -320,4 +320,81 @@ fn unsynced_kinds_are_named() {
     store.apply(Kind::Pod, Update::InitDone);
     assert_eq!(store.unsynced().len(), Kind::ALL.len() - 1);
     assert!(!store.unsynced().contains(&Kind::Pod));
+}
+
+async fn eventually(what: &str, f: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < WITHIN, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+/// `mesh-agent control-plane --source kubernetes --kubeconfig F` against the stand-in,
+/// with the real xDS client: the API server's pods and services reach the agent, and
+/// changes are pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_serves_xds_from_the_api_server() {
+    use crate::controlplane::{serve, ControlPlaneArgs, Source as SourceFlag};
+    use crate::node_token::{Credential, Key};
+
+    let api = ApiServer::start().await.unwrap();
+    seed(&api);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: standin, cluster: {{server: '{}'}}}}]\n\
+             users: [{{name: test, user: {{}}}}]\ncontexts: [{{name: test, context: {{cluster: standin, user: test}}}}]\n\
+             current-context: test\n",
+            api.url()
+        ),
+    )
+    .unwrap();
+    let args = ControlPlaneArgs {
+        source: SourceFlag::Kubernetes,
+        config_dir: None,
+        kubeconfig: Some(kubeconfig),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.path().join("state"),
+        trust_domain: "cluster.local".into(),
+        debounce_ms: 50,
+        debounce_max_ms: 500,
+        cert_ttl: Duration::from_secs(3600),
+        node_token_key: None,
+        ca_cert_dir: None,
+        trust_domain_aliases: Vec::new(),
+        jwks_refresh_secs: 1200,
+        jwks_ca_cert: None,
+    };
+    std::fs::create_dir_all(&args.state_dir).unwrap();
+    let tokens = Key::load(None, &args.state_dir).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, args, async move { drop(stop_rx.await) }));
+
+    let state = crate::state::State::default();
+    let (synced_tx, mut synced) = watch::channel(false);
+    let credential = Credential::Token(tokens.issue("node1").unwrap());
+    let client = tokio::spawn(crate::xds::run(addr, "node1".into(), credential, state.clone(), synced_tx));
+    tokio::time::timeout(Duration::from_secs(20), synced.wait_for(|s| *s)).await.expect("agent synced").unwrap();
+
+    let svc = state.find_service_by_vip("10.96.0.10".parse().unwrap()).expect("the API server's service");
+    assert_eq!(svc.hostname, "echo.shop.svc.cluster.local");
+    assert_eq!(svc.endpoints["Kubernetes//Pod/shop/echo-1"][&80], 8080);
+    let wl = state.find_workload("Kubernetes//Pod/shop/echo-1").expect("the API server's pod");
+    assert_eq!(wl.identity().to_string(), "spiffe://cluster.local/ns/shop/sa/echo");
+
+    api.apply(pod("shop", "echo-2", "10.0.0.6"));
+    let took = eventually("a new pod pushed", || state.find_workload("Kubernetes//Pod/shop/echo-2").is_some()).await;
+    eprintln!("API server change to agent State: {took:?}");
+    assert!(api.delete("v1", "Pod", "shop", "echo-1"));
+    eventually("a deleted pod removed", || state.find_workload("Kubernetes//Pod/shop/echo-1").is_none()).await;
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+    client.abort();
 }
