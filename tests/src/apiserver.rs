@@ -61,6 +61,8 @@ struct State {
     compacted: u64,
     watchers: Vec<Watcher>,
     requests: Vec<Request>,
+    /// Collection paths answered with 404, as for a CRD that is not installed.
+    missing: Vec<String>,
 }
 
 /// The running stand-in; dropping it stops the server.
@@ -216,6 +218,16 @@ impl ApiServer {
         rv
     }
 
+    /// Answers 404 for `api_version` `kind` (as without its CRD), or serves it again.
+    pub fn set_missing(&self, api_version: &str, kind: &str, missing: bool) {
+        let path = collection(api_version, kind);
+        let mut st = self.lock();
+        st.missing.retain(|p| *p != path);
+        if missing {
+            st.missing.push(path);
+        }
+    }
+
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.lock().rv
@@ -281,6 +293,9 @@ async fn handle(state: Arc<Mutex<State>>, mut gate: watch::Receiver<bool>, req: 
     state.lock().unwrap_or_else(|e| e.into_inner()).requests.push(request);
     if req.method() != hyper::Method::GET {
         return json_response(405, &status(405, "MethodNotAllowed", "this stand-in only lists and watches"));
+    }
+    if state.lock().unwrap_or_else(|e| e.into_inner()).missing.contains(&path) {
+        return json_response(404, &status(404, "NotFound", "the server could not find the requested resource"));
     }
     if !watch {
         let st = state.lock().unwrap_or_else(|e| e.into_inner());

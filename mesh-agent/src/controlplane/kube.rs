@@ -380,19 +380,22 @@ async fn run_store(mut rx: mpsc::Receiver<(Kind, Update)>, quiet: Duration, max:
     let mut store = Store::default();
     let mut first = Some(first);
     let mut out: Option<(watch::Sender<Objects>, watch::Sender<Vec<String>>)> = None;
+    const NAG: Duration = Duration::from_secs(10);
+    let mut nag_at = Instant::now() + NAG;
     loop {
         let next = if out.is_none() {
-            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            if Instant::now() >= nag_at {
+                nag_at = Instant::now() + NAG;
+                let waiting: Vec<String> = store.unsynced().iter().map(|k| k.to_string()).collect();
+                tracing::warn!(
+                    "Kubernetes: still waiting for the first complete list of {}; not serving until then \
+                     (is the API server reachable, are Istio's CRDs installed, may the service account list and watch them?)",
+                    waiting.join(", ")
+                );
+            }
+            match timeout_at(nag_at, rx.recv()).await {
                 Ok(n) => n,
-                Err(_) => {
-                    let waiting: Vec<String> = store.unsynced().iter().map(|k| k.to_string()).collect();
-                    tracing::warn!(
-                        "Kubernetes: still waiting for the first complete list of {}; not serving until then \
-                         (is the API server reachable, are Istio's CRDs installed, may the service account list and watch them?)",
-                        waiting.join(", ")
-                    );
-                    continue;
-                }
+                Err(_) => continue,
             }
         } else {
             rx.recv().await

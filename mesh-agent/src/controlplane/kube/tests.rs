@@ -275,6 +275,23 @@ async fn bad_authorization_policy_is_rejected_and_the_last_good_version_serves()
     assert_eq!(source.rejected.borrow().len(), 1, "{:?}", source.rejected.borrow());
 }
 
+#[tokio::test]
+async fn nothing_is_served_until_every_kind_is_listed() {
+    let api = ApiServer::start().await.unwrap();
+    seed(&api);
+    // As without Istio's CRDs: a partial view must not serve as if it were the cluster.
+    api.set_missing("security.istio.io/v1", "PeerAuthentication", true);
+    let client = ::kube::Client::try_from(::kube::Config::new(api.url().parse().unwrap())).unwrap();
+    let mut starting = std::pin::pin!(start(client, QUIET, MAX));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), &mut starting).await.is_err(),
+        "started without PeerAuthentications"
+    );
+    api.set_missing("security.istio.io/v1", "PeerAuthentication", false);
+    let source = tokio::time::timeout(Duration::from_secs(40), starting).await.expect("starts once listed").unwrap();
+    assert!(source.objects.borrow().peer_authentications.contains_key(&nn("shop", "strict")));
+}
+
 fn item(kind: Kind, json: Value) -> Box<Result<Item, String>> {
     Box::new(decode(kind, json))
 }
