@@ -458,7 +458,12 @@ async fn watch_kind(client: ::kube::Client, kind: Kind, tx: mpsc::Sender<(Kind, 
     // Bookmarks are requested (the default); lists are consistent reads.
     let config = watcher::Config::default().list_semantic(watcher::ListSemantic::MostRecent);
     let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    // A failing API server is named once per 30 s per kind, not at every retry.
+    let mut warned: Option<std::time::Instant> = None;
     while let Some(event) = events.next().await {
+        if event.is_ok() {
+            warned = None;
+        }
         let key = |o: &DynamicObject| (o.metadata.namespace.clone().unwrap_or_default(), o.metadata.name.clone().unwrap_or_default());
         let item = |o: DynamicObject| Box::new(serde_json::to_value(o).map_err(|e| e.to_string()).and_then(|json| decode(kind, json)));
         let update = match event {
@@ -471,7 +476,12 @@ async fn watch_kind(client: ::kube::Client, kind: Kind, tx: mpsc::Sender<(Kind, 
                 tracing::info!(%kind, "Kubernetes: {kind} watch: resource version too old (410 Gone); listing again");
                 continue;
             }
+            Err(e) if warned.is_some_and(|t| t.elapsed() < Duration::from_secs(30)) => {
+                tracing::debug!(%kind, "Kubernetes: {kind} list/watch failed again: {e}");
+                continue;
+            }
             Err(e) => {
+                warned = Some(std::time::Instant::now());
                 tracing::warn!(%kind, "Kubernetes: {kind} list/watch failed: {e}; retrying with backoff (is the API server reachable? may this service account list and watch {}?)", kind.resource().plural);
                 continue;
             }

@@ -186,7 +186,15 @@ pub async fn serve(listener: TcpListener, args: ControlPlaneArgs, shutdown: impl
     };
     let ca = Arc::new(ca);
 
-    let (mut source, source_guard) = open_source(&args).await?;
+    // The Kubernetes source waits for its first complete list; a shutdown may come first.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let (mut source, source_guard) = tokio::select! {
+        s = open_source(&args) => s?,
+        () = &mut shutdown => {
+            tracing::info!("control plane: shut down before its first complete config");
+            return Ok(());
+        }
+    };
     let mut objects = source.borrow_and_update().clone();
     let jwks = Arc::new(crate::jwt::fetch::JwksCache::new(
         Duration::from_secs(args.jwks_refresh_secs.max(1)),
