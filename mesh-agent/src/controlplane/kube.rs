@@ -10,8 +10,10 @@
 //! during the gap disappear and nothing is lost. Lists are consistent reads
 //! (`resourceVersion` unset), not the API server's possibly stale cache.
 //!
-//! Every object is read as JSON into the folder's own types and checked as the folder
-//! checks it (`spec.validate()` for the Istio kinds). A rejected object is logged with
+//! Every kind is watched as a `DynamicObject` under a static `ApiResource` (k8s-openapi's
+//! for the built-in kinds, no discovery), and each object's JSON is read straight into
+//! the folder's own types (one decode, errors that name the field path) and checked as
+//! the folder checks it (`spec.validate()` for the Istio kinds). A rejected object is logged with
 //! kind, namespace, name and field, and its last good version keeps serving.
 use std::collections::BTreeMap;
 use std::path::Path;
