@@ -370,22 +370,30 @@ async fn control_plane_serves_xds_from_the_api_server() {
         ),
     )
     .unwrap();
-    let args = ControlPlaneArgs {
-        source: SourceFlag::Kubernetes,
-        config_dir: None,
-        kubeconfig: Some(kubeconfig),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.path().join("state"),
-        trust_domain: "cluster.local".into(),
-        debounce_ms: 50,
-        debounce_max_ms: 500,
-        cert_ttl: Duration::from_secs(3600),
-        node_token_key: None,
-        ca_cert_dir: None,
-        trust_domain_aliases: Vec::new(),
-        jwks_refresh_secs: 1200,
-        jwks_ca_cert: None,
-    };
+    // The flags as an operator types them.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControlPlaneArgs,
+    }
+    let state_dir = dir.path().join("state");
+    let args = <Cli as clap::Parser>::try_parse_from([
+        "control-plane".as_ref(),
+        "--source".as_ref(),
+        "kubernetes".as_ref(),
+        "--kubeconfig".as_ref(),
+        kubeconfig.as_os_str(),
+        "--state-dir".as_ref(),
+        state_dir.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--debounce-ms".as_ref(),
+        "50".as_ref(),
+    ] as [&std::ffi::OsStr; 11])
+    .unwrap()
+    .args;
+    assert_eq!(args.source, SourceFlag::Kubernetes);
+    assert!(args.config_dir.is_none());
     std::fs::create_dir_all(&args.state_dir).unwrap();
     let tokens = Key::load(None, &args.state_dir).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
