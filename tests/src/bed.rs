@@ -425,6 +425,9 @@ impl TestBed {
             state.to_str().unwrap_or_default(),
             "--trust-domain",
             TRUST_DOMAIN,
+            // Beds run side by side: no fixed admin port.
+            "--admin",
+            "127.0.0.1:0",
         ];
         let args: Vec<&str> = args.into_iter().chain(self.control_plane_args.iter().map(String::as_str)).collect();
         let mut cmd = proc::command(&args, None, Some(&self.cgroup_root.join("sys")))?;

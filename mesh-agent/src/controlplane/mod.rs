@@ -17,13 +17,17 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub mod admin;
 pub mod authorization;
 pub mod ca;
 pub mod folder;
 pub mod kube;
+pub mod metrics;
 pub mod model;
 pub mod peerauth;
 pub mod requestauth;
+pub mod scope;
+pub mod sync;
 pub mod xds_server;
 
 use crate::node_token;
@@ -50,6 +54,9 @@ pub struct ControlPlaneArgs {
     /// Where the CA root key and certificate are kept (created on first start).
     #[arg(long, env = "MESH_STATE_DIR", default_value = "/var/lib/mesh/control-plane")]
     pub state_dir: PathBuf,
+    /// HTTP admin address: /metrics and /debug/syncz (`meshctl sync` reads it).
+    #[arg(long, env = "MESH_CP_ADMIN", default_value = "127.0.0.1:15014")]
+    pub admin: SocketAddr,
     /// SPIFFE trust domain of issued identities.
     #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
@@ -174,8 +181,19 @@ pub async fn run(args: ControlPlaneArgs, shutdown: impl Future<Output = ()>) -> 
     serve(listener, args, shutdown).await
 }
 
-/// Serves on an already bound listener (tests bind 127.0.0.1:0).
+/// Serves on an already bound listener (tests bind 127.0.0.1:0), binding `--admin`.
 pub async fn serve(listener: TcpListener, args: ControlPlaneArgs, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let admin = TcpListener::bind(args.admin).await.map_err(|source| Error::Bind { addr: args.admin, source })?;
+    serve_with_admin(listener, admin, args, shutdown).await
+}
+
+/// Serves xDS and the CA on `listener` and the admin routes on `admin`.
+pub async fn serve_with_admin(
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    args: ControlPlaneArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     args.validate()?;
     tracing::info!(config = ?args, "control plane: starting");
     let ttl = args.cert_ttl;
@@ -230,6 +248,8 @@ pub async fn serve(listener: TcpListener, args: ControlPlaneArgs, shutdown: impl
     });
 
     let xds = xds_server::XdsServer::new(snap_rx.clone(), tokens.clone());
+    tracing::info!(addr = ?admin_listener.local_addr().ok(), "control plane: admin (/metrics, /debug/syncz)");
+    let admin = tokio::spawn(admin::serve(admin_listener, xds.status()));
     let ca_svc = ca::CaService::new(ca, args.trust_domain.clone(), snap_rx, tokens);
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, "control plane: serving xDS and CA");
@@ -249,6 +269,7 @@ pub async fn serve(listener: TcpListener, args: ControlPlaneArgs, shutdown: impl
         .serve_with_incoming_shutdown(routes, tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
         .await;
     reloader.abort();
+    admin.abort();
     result.map_err(Error::Serve)
 }
 

@@ -58,6 +58,7 @@ async fn start(files: &[(&str, &str)]) -> Running {
         config_dir: Some(config.path().to_path_buf()),
         kubeconfig: None,
         listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
         state_dir: state_dir.path().to_path_buf(),
         trust_domain: "cluster.local".into(),
         debounce_ms: 50,
@@ -99,9 +100,14 @@ impl Running {
 
 /// node1's xDS client, synced.
 async fn agent(cp: &Running) -> (State, tokio::task::JoinHandle<()>) {
+    agent_on(cp, "node1").await
+}
+
+/// `node`'s xDS client, synced.
+async fn agent_on(cp: &Running, node: &str) -> (State, tokio::task::JoinHandle<()>) {
     let state = State::default();
     let (synced_tx, mut synced) = watch::channel(false);
-    let client = tokio::spawn(crate::xds::run(cp.addr.clone(), "node1".into(), cp.credential("node1"), state.clone(), synced_tx));
+    let client = tokio::spawn(crate::xds::run(cp.addr.clone(), node.into(), cp.credential(node), state.clone(), synced_tx));
     tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s)).await.unwrap().unwrap();
     (state, client)
 }
@@ -213,9 +219,9 @@ spec:
   - from: [{source: {principals: [cluster.local/ns/demo/sa/sleep]}}]
 ";
 
-/// Authorization resources over the same stream: the agent's State gets them and the
-/// selected workload lists them; a change to other kinds sends no Authorization
-/// delta, a policy edit sends just that policy, a deletion removes it.
+/// Authorization resources over the same stream: the agent of the selected workload's
+/// node gets them and the workload lists them; a change to other kinds sends no
+/// Authorization delta, a policy edit sends just that policy, a deletion removes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_authorizations_as_deltas() {
     use crate::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -224,7 +230,7 @@ async fn serves_authorizations_as_deltas() {
 
     let cp = start(&[("demo.yaml", CONFIG), ("policy.yaml", POLICY)]).await;
     let (config, addr) = (&cp.config, cp.addr.clone());
-    let (state, client) = agent(&cp).await;
+    let (state, client) = agent_on(&cp, "node2").await;
     let names = |v: Vec<std::sync::Arc<crate::authz::Policy>>| v.iter().map(|p| p.key()).collect::<Vec<_>>();
     assert_eq!(names(state.policies()), vec!["demo/allow-sleep"]);
     assert_eq!(names(state.policies_for("demo", "10.0.0.6".parse().unwrap())), vec!["demo/allow-sleep"], "echo is selected");
@@ -233,7 +239,7 @@ async fn serves_authorizations_as_deltas() {
     // A raw subscriber to the Authorization type alone.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(DeltaDiscoveryRequest {
-        node: Some(Node { id: "node9".into(), ..Default::default() }),
+        node: Some(Node { id: "node2".into(), ..Default::default() }),
         type_url: AUTHORIZATION_TYPE_URL.into(),
         ..Default::default()
     })
@@ -241,7 +247,7 @@ async fn serves_authorizations_as_deltas() {
     .unwrap();
     let mut raw = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap();
     let mut responses =
-        raw.delta_aggregated_resources(cp.authorized("node9", tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap().into_inner();
+        raw.delta_aggregated_resources(cp.authorized("node2", tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap().into_inner();
     let first = responses.message().await.unwrap().unwrap();
     assert_eq!(first.type_url, AUTHORIZATION_TYPE_URL);
     assert_eq!(first.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["demo/allow-sleep"]);

@@ -1,36 +1,66 @@
 //! The delta ADS server: one task per agent stream, each watching the latest snapshot so
 //! that pushes coalesce and a slow agent delays nobody else. Serves
-//! `istio.workload.Address` and `istio.security.Authorization` on the same stream, each
-//! type subscribed on its own; a push carries only what changed. An agent shows its
-//! node token when it opens the stream, and must name that same node in its requests.
+//! `istio.workload.Address`, `istio.security.Authorization` and
+//! `mesh.security.RequestAuthentication` on the same stream, each type subscribed on
+//! its own; each agent gets its node's scope ([`scope`]), and a push carries only what
+//! changed in it. Every push is tracked until the agent ACKs or NACKs it ([`sync`]).
+//! An agent shows its node token when it opens the stream, and must name that same
+//! node in its requests.
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::metrics::CpMetrics;
 use super::model::{Resource as Served, Snapshot};
+pub use super::scope::resources_of;
+use super::scope::{scope_type, short_type, Index, NodeNeeds, Scoped, TYPES};
+use super::sync::{Answer, Connected, Reason, Registry};
 use crate::node_token;
 use crate::proto::discovery::{
     aggregated_discovery_service_server::AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
     Resource,
 };
-use crate::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL};
 
-/// The resources of one type in a snapshot, or `None` for a type we do not serve.
-pub fn resources_of<'a>(snap: &'a Snapshot, type_url: &str) -> Option<&'a BTreeMap<String, Served>> {
-    match type_url {
-        ADDRESS_TYPE_URL => Some(&snap.resources),
-        AUTHORIZATION_TYPE_URL => Some(&snap.authorizations),
-        REQUEST_AUTHENTICATION_TYPE_URL => Some(&snap.request_authentications),
-        _ => None,
+/// A published snapshot with what scoping and incremental pushes need.
+pub struct View {
+    pub snap: Arc<Snapshot>,
+    pub index: Index,
+    /// 1 for the first snapshot, +1 for each published after it.
+    pub generation: u64,
+    pub published: Instant,
+    /// Per type: the names added, changed or removed since `generation - 1`, with the
+    /// encoded size each had then (0 if new).
+    pub changed: BTreeMap<&'static str, BTreeMap<String, usize>>,
+}
+
+impl View {
+    pub fn first(snap: Arc<Snapshot>) -> Self {
+        View { index: Index::new(&snap), snap, generation: 1, published: Instant::now(), changed: BTreeMap::new() }
+    }
+
+    pub fn next(prev: &View, snap: Arc<Snapshot>) -> Self {
+        let mut changed = BTreeMap::new();
+        for t in TYPES {
+            let (old, new) = (resources_of(&prev.snap, t).expect("served"), resources_of(&snap, t).expect("served"));
+            let mut names: BTreeMap<String, usize> = new
+                .iter()
+                .filter(|(n, r)| old.get(*n).is_none_or(|o| o.version != r.version))
+                .map(|(n, _)| (n.clone(), old.get(n).map_or(0, |o| o.any.value.len())))
+                .collect();
+            names.extend(old.iter().filter(|(n, _)| !new.contains_key(*n)).map(|(n, o)| (n.clone(), o.any.value.len())));
+            changed.insert(t, names);
+        }
+        View { index: Index::new(&snap), snap, generation: prev.generation + 1, published: Instant::now(), changed }
     }
 }
 
-/// What to send so that a client holding `held` (name -> version) matches `snap`.
+/// What to send so that a client holding `held` (name -> version) matches its scope.
 #[derive(Debug, Default, PartialEq)]
 pub struct Delta {
     pub resources: Vec<Resource>,
@@ -41,23 +71,43 @@ impl Delta {
     pub fn is_empty(&self) -> bool {
         self.resources.is_empty() && self.removed.is_empty()
     }
+
+    fn bytes(&self) -> usize {
+        self.resources.iter().map(|r| r.resource.as_ref().map_or(0, |a| a.value.len())).sum()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.resources.iter().map(|r| r.name.clone()).chain(self.removed.iter().cloned()).collect()
+    }
 }
 
-/// Changed and new resources, and names the client holds that no longer exist.
-pub fn diff(held: &HashMap<String, String>, served: &BTreeMap<String, Served>) -> Delta {
-    let resources = served
-        .iter()
-        .filter(|(name, r)| held.get(*name) != Some(&r.version))
-        .map(|(name, r)| Resource {
-            version: r.version.clone(),
-            resource: Some(r.any.clone()),
-            name: name.clone(),
-            aliases: vec![],
-        })
-        .collect();
-    let mut removed: Vec<String> = held.keys().filter(|n| !served.contains_key(*n)).cloned().collect();
+fn wire(name: &str, r: &Served) -> Resource {
+    Resource { version: r.version.clone(), resource: Some(r.any.clone()), name: name.to_string(), aliases: vec![] }
+}
+
+/// Changed and new resources of `scoped`, and names the client holds that are not in it.
+pub fn diff(held: &HashMap<String, String>, scoped: &Scoped<'_>) -> Delta {
+    let resources =
+        scoped.iter().filter(|(name, r)| held.get(**name) != Some(&r.version)).map(|(name, r)| wire(name, r)).collect();
+    let mut removed: Vec<String> = held.keys().filter(|n| !scoped.contains_key(n.as_str())).cloned().collect();
     removed.sort();
     Delta { resources, removed }
+}
+
+/// The same as [`diff`] for a client whose `held` matched its scope of the previous
+/// view, with the same needs: only the names that changed are looked at.
+pub fn diff_changed(held: &HashMap<String, String>, view: &View, needs: &NodeNeeds, type_url: &str) -> Delta {
+    let mut d = Delta::default();
+    let (Some(changed), Some(served)) = (view.changed.get(type_url), resources_of(&view.snap, type_url)) else { return d };
+    for name in changed.keys() {
+        match served.get(name).filter(|_| view.index.admits(needs, type_url, name)) {
+            Some(r) if held.get(name) != Some(&r.version) => d.resources.push(wire(name, r)),
+            Some(_) => {}
+            None if held.contains_key(name) => d.removed.push(name.clone()),
+            None => {}
+        }
+    }
+    d
 }
 
 /// Records a sent delta in the client's `held` map.
@@ -70,16 +120,52 @@ pub fn record(held: &mut HashMap<String, String>, delta: &Delta) {
     }
 }
 
+/// What the control plane's admin listener shows of the xDS server.
+#[derive(Clone)]
+pub struct XdsStatus {
+    pub metrics: Arc<CpMetrics>,
+    pub agents: Arc<Registry>,
+    pub views: watch::Receiver<Arc<View>>,
+}
+
+impl XdsStatus {
+    pub fn syncz(&self) -> serde_json::Value {
+        let generation = self.views.borrow().generation;
+        self.agents.syncz(generation)
+    }
+}
+
 /// Serves agents that show a valid node token (see [`node_token`]).
 #[derive(Clone)]
 pub struct XdsServer {
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    views: watch::Receiver<Arc<View>>,
     tokens: Arc<node_token::Key>,
+    metrics: Arc<CpMetrics>,
+    agents: Arc<Registry>,
 }
 
 impl XdsServer {
-    pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, tokens: Arc<node_token::Key>) -> Self {
-        Self { snapshots, tokens }
+    /// Starts indexing each snapshot `snapshots` publishes (a task that ends when its
+    /// sender is dropped, which then ends every agent stream).
+    pub fn new(mut snapshots: watch::Receiver<Arc<Snapshot>>, tokens: Arc<node_token::Key>) -> Self {
+        let metrics = Arc::new(CpMetrics::default());
+        let first = View::first(snapshots.borrow_and_update().clone());
+        metrics.snapshot_builds.inc();
+        let (tx, views) = watch::channel(Arc::new(first));
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            while snapshots.changed().await.is_ok() {
+                let snap = snapshots.borrow_and_update().clone();
+                let next = View::next(&tx.borrow(), snap);
+                m.snapshot_builds.inc();
+                tx.send_replace(Arc::new(next));
+            }
+        });
+        Self { views, tokens, metrics, agents: Arc::default() }
+    }
+
+    pub fn status(&self) -> XdsStatus {
+        XdsStatus { metrics: self.metrics.clone(), agents: self.agents.clone(), views: self.views.clone() }
     }
 }
 
@@ -99,19 +185,42 @@ impl AggregatedDiscoveryService for XdsServer {
             Status::unauthenticated(e.to_string())
         })?;
         let (tx, rx) = mpsc::channel(4);
-        let conn = Connection { peer, node, snapshots: self.snapshots.clone(), out: tx, nonce: 0 };
+        let conn = Connection {
+            peer,
+            node,
+            views: self.views.clone(),
+            out: tx,
+            nonce: 0,
+            metrics: self.metrics.clone(),
+            agents: self.agents.clone(),
+            subs: BTreeMap::new(),
+        };
         tokio::spawn(conn.run(request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// One subscribed type of one stream.
+struct Sub {
+    /// What the agent holds (name -> version).
+    held: HashMap<String, String>,
+    /// Encoded bytes of `held`.
+    bytes: usize,
+    /// The view and needs `held` matches.
+    generation: u64,
+    needs: Arc<NodeNeeds>,
 }
 
 struct Connection {
     peer: String,
     /// The node its token names.
     node: String,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    views: watch::Receiver<Arc<View>>,
     out: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     nonce: u64,
+    metrics: Arc<CpMetrics>,
+    agents: Arc<Registry>,
+    subs: BTreeMap<&'static str, Sub>,
 }
 
 impl Connection {
@@ -136,30 +245,14 @@ impl Connection {
         }
         let span = tracing::info_span!("xds", node = %node, peer = %self.peer);
         tracing::info!(parent: &span, resumed = first.initial_resource_versions.len(), "xds: agent connected");
-        // type URL -> what the agent holds of that type (name -> version).
-        let mut subscribed: BTreeMap<String, HashMap<String, String>> = BTreeMap::new();
+        let registered = self.agents.connect(&self.node, &self.peer);
+        self.metrics.connected_agents.inc();
+        let _gone = Gone { metrics: self.metrics.clone(), node: self.node.clone() };
         let mut pending = Some(first);
         loop {
             if let Some(req) = pending.take() {
-                let served = resources_of(&self.snapshots.borrow(), &req.type_url).is_some();
-                if !served {
-                    // A type we do not serve: answer the subscription once with nothing.
-                    if req.response_nonce.is_empty() && !self.send(&req.type_url, Delta::default()).await {
-                        return;
-                    }
-                } else if let Some(err) = req.error_detail.as_ref() {
-                    tracing::warn!(parent: &span, nonce = req.response_nonce, type_url = req.type_url,
-                        "xds: agent rejected an update: {}", err.message);
-                } else if !subscribed.contains_key(&req.type_url) {
-                    let mut held = req.initial_resource_versions.clone();
-                    let snap = self.snapshots.borrow_and_update().clone();
-                    let delta = diff(&held, resources_of(&snap, &req.type_url).expect("served type"));
-                    record(&mut held, &delta);
-                    subscribed.insert(req.type_url.clone(), held);
-                    // The first response always goes out: it tells the agent it is synced.
-                    if !self.send(&req.type_url, delta).await {
-                        return;
-                    }
+                if !self.request(req, &registered, &span).await {
+                    return;
                 }
             }
             tokio::select! {
@@ -174,20 +267,14 @@ impl Connection {
                         return;
                     }
                 },
-                changed = self.snapshots.changed() => {
+                changed = self.views.changed() => {
                     if changed.is_err() {
                         return; // shutting down: ends the response stream
                     }
-                    let snap = self.snapshots.borrow_and_update().clone();
-                    for (type_url, held) in subscribed.iter_mut() {
-                        let delta = diff(held, resources_of(&snap, type_url).expect("served type"));
-                        if delta.is_empty() {
-                            continue;
-                        }
-                        record(held, &delta);
-                        tracing::debug!(parent: &span, type_url, changed = delta.resources.len(), removed = delta.removed.len(), "xds: push");
-                        let (out, nonce) = (self.out.clone(), self.next_nonce());
-                        if out.send(Ok(response(type_url, nonce, delta))).await.is_err() {
+                    let view = self.views.borrow_and_update().clone();
+                    let types: Vec<&'static str> = self.subs.keys().copied().collect();
+                    for t in types {
+                        if !self.update(t, &view, Reason::Change, false, &registered, &span).await {
                             return;
                         }
                     }
@@ -196,14 +283,123 @@ impl Connection {
         }
     }
 
+    /// Handles one request: a subscription, an ACK or a NACK. False: the stream is gone.
+    async fn request(&mut self, req: DeltaDiscoveryRequest, registered: &Connected, span: &tracing::Span) -> bool {
+        let Some(type_url) = TYPES.iter().copied().find(|t| *t == req.type_url) else {
+            // A type we do not serve: answer the subscription once with nothing.
+            if req.response_nonce.is_empty() {
+                let nonce = self.next_nonce();
+                return self.out.send(Ok(response(&req.type_url, nonce, Delta::default()))).await.is_ok();
+            }
+            return true;
+        };
+        if !req.response_nonce.is_empty() {
+            let Ok(nonce) = req.response_nonce.parse::<u64>() else {
+                tracing::warn!(parent: span, nonce = req.response_nonce, type_url, "xds: agent answered a nonce we never send");
+                return true;
+            };
+            let error = req.error_detail.as_ref().map(|e| e.message.as_str());
+            let answer = {
+                let mut a = registered.agent.lock().unwrap();
+                a.types.entry(type_url.to_string()).or_default().answered(nonce, error, Instant::now())
+            };
+            match answer {
+                Answer::Acked { latency: Some(l) } => self.metrics.push_latency.observe(l.as_secs_f64()),
+                Answer::Acked { latency: None } => {}
+                Answer::Nacked { names, reason } => {
+                    self.metrics.nack(short_type(type_url));
+                    tracing::warn!(parent: span, node = self.node, nonce, type_url, resources = ?names,
+                        "xds: agent rejected an update and keeps its previous version: {reason}");
+                }
+                Answer::Unknown => {
+                    tracing::debug!(parent: span, nonce, type_url, "xds: answer to a push no longer tracked");
+                }
+            }
+            return true;
+        }
+        if self.subs.contains_key(type_url) {
+            return true; // subscribed already; wildcard subscriptions only
+        }
+        let reason = if req.initial_resource_versions.is_empty() { Reason::Initial } else { Reason::Resume };
+        let view = self.views.borrow_and_update().clone();
+        self.subs.insert(type_url, Sub { held: req.initial_resource_versions, bytes: 0, generation: 0, needs: Arc::default() });
+        // The first response always goes out: it tells the agent it is synced.
+        if !self.update(type_url, &view, reason, true, registered, span).await {
+            return false;
+        }
+        // Another type may have been behind `view`: bring it up too.
+        let others: Vec<&'static str> = self.subs.keys().copied().filter(|t| *t != type_url).collect();
+        for t in others {
+            if !self.update(t, &view, Reason::Change, false, registered, span).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Brings one type up to `view`; sends when something changed (or `always`).
+    async fn update(
+        &mut self,
+        type_url: &'static str,
+        view: &View,
+        reason: Reason,
+        always: bool,
+        registered: &Connected,
+        span: &tracing::Span,
+    ) -> bool {
+        let Some(sub) = self.subs.get_mut(type_url) else { return true };
+        if sub.generation == view.generation {
+            return true;
+        }
+        let needs = view.index.needs(&self.node);
+        let (delta, bytes) = if sub.generation + 1 == view.generation && *sub.needs == *needs {
+            let delta = diff_changed(&sub.held, view, &needs, type_url);
+            let old = view.changed.get(type_url);
+            let was: usize = delta.names().iter().filter(|n| sub.held.contains_key(*n)).map(|n| old.and_then(|o| o.get(n)).copied().unwrap_or(0)).sum();
+            let bytes = (sub.bytes + delta.bytes()).saturating_sub(was);
+            (delta, bytes)
+        } else {
+            let scoped = scope_type(&view.snap, &view.index, &needs, type_url);
+            let bytes = scoped.values().map(|r| r.any.value.len()).sum();
+            (diff(&sub.held, &scoped), bytes)
+        };
+        record(&mut sub.held, &delta);
+        (sub.bytes, sub.generation, sub.needs) = (bytes, view.generation, needs);
+        let held = sub.held.len();
+        let total: usize = self.subs.values().map(|s| s.bytes).sum();
+        self.metrics.set_config_bytes(&self.node, total as u64);
+        if delta.is_empty() && !always {
+            registered.agent.lock().unwrap().types.entry(type_url.to_string()).or_default().generation = view.generation;
+            return true;
+        }
+        tracing::debug!(parent: span, type_url, changed = delta.resources.len(), removed = delta.removed.len(), reason = reason.as_str(), "xds: push");
+        let nonce = self.next_nonce();
+        self.metrics.push(short_type(type_url), reason.as_str(), delta.bytes() as u64);
+        {
+            let mut a = registered.agent.lock().unwrap();
+            let t = a.types.entry(type_url.to_string()).or_default();
+            t.sent(nonce, delta.names(), view.published, reason);
+            (t.held, t.generation) = (held, view.generation);
+        }
+        self.out.send(Ok(response(type_url, nonce, delta))).await.is_ok()
+    }
+
     fn next_nonce(&mut self) -> u64 {
         self.nonce += 1;
         self.nonce
     }
+}
 
-    async fn send(&mut self, type_url: &str, delta: Delta) -> bool {
-        let nonce = self.next_nonce();
-        self.out.send(Ok(response(type_url, nonce, delta))).await.is_ok()
+/// Undoes a connection's metrics when it ends.
+struct Gone {
+    metrics: Arc<CpMetrics>,
+    node: String,
+}
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        self.metrics.connected_agents.dec();
+        self.metrics.forget_node(&self.node);
     }
 }
 
@@ -221,6 +417,7 @@ fn response(type_url: &str, nonce: u64, delta: Delta) -> DeltaDiscoveryResponse 
 mod tests {
     use super::*;
     use crate::controlplane::model::Resource as Res;
+    use crate::proto::ADDRESS_TYPE_URL;
 
     fn snap(items: &[(&str, &str)]) -> Snapshot {
         let mut s = Snapshot::default();
@@ -229,6 +426,10 @@ mod tests {
             s.resources.insert(n.to_string(), Res { version: v.to_string(), any });
         }
         s
+    }
+
+    fn all(s: &Snapshot) -> Scoped<'_> {
+        s.resources.iter().map(|(n, r)| (n.as_str(), r)).collect()
     }
 
     fn names(d: &Delta) -> Vec<&str> {
@@ -240,18 +441,18 @@ mod tests {
         let held: HashMap<String, String> =
             [("same", "1"), ("changed", "1"), ("gone", "1")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
         let s = snap(&[("same", "1"), ("changed", "2"), ("new", "1")]);
-        let d = diff(&held, &s.resources);
+        let d = diff(&held, &all(&s));
         assert_eq!(names(&d), vec!["changed", "new"]);
         assert_eq!(d.removed, vec!["gone"]);
         let mut held = held;
         record(&mut held, &d);
-        assert!(diff(&held, &s.resources).is_empty(), "nothing changed: nothing to send");
+        assert!(diff(&held, &all(&s)).is_empty(), "nothing changed: nothing to send");
     }
 
     #[test]
     fn diff_from_nothing_is_everything() {
         let s = snap(&[("a", "1"), ("b", "1")]);
-        let d = diff(&HashMap::new(), &s.resources);
+        let d = diff(&HashMap::new(), &all(&s));
         assert_eq!(names(&d), vec!["a", "b"]);
         assert!(d.removed.is_empty());
     }

@@ -1,0 +1,346 @@
+//! What each node's agent receives: a pure function of the snapshot and the node.
+//!
+//! - `istio.workload.Address`, workloads: all of them. The agent looks up every
+//!   caller by address (inbound HBONE source verification, plaintext callers), turns
+//!   policy principals into addresses for the kernel's L4 tables, and resolves direct
+//!   pod-IP calls; a missing remote workload would deny legitimate traffic or let a
+//!   principal-based DENY miss in the kernel. So none is left out.
+//! - `istio.workload.Address`, services: those whose hostnames the node's pods may
+//!   call ([`Services`]): all of them today; a Sidecar's egress hosts will narrow it.
+//! - `istio.security.Authorization`: GLOBAL ones, NAMESPACE ones of a namespace with a
+//!   pod scheduled on the node, and every policy a workload of the node lists (the
+//!   agent denies a workload whose listed policy it has not received).
+//! - `mesh.security.RequestAuthentication`: those that apply to a pod of the node
+//!   (mesh-wide or in its namespace, and, when it lists workloads, listing one of the
+//!   node's).
+//!
+//! A node's pods are the snapshot's workloads whose `node` is the node, plus the
+//! identities scheduled there (pods bound to the node that have no IP yet), so that a
+//! starting pod's namespace policies arrive before it can take traffic.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use prost::Message as _;
+
+use super::model::{Resource as Served, Snapshot};
+use crate::proto::security::Scope;
+use crate::proto::workload as wl;
+use crate::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL};
+
+/// The types served, in the order they are answered.
+pub const TYPES: [&str; 3] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL];
+
+/// The short name of a served type for metrics and tables (`Address`, ...).
+pub fn short_type(type_url: &str) -> &str {
+    type_url.rsplit(['/', '.']).next().unwrap_or(type_url)
+}
+
+/// Service hostnames a node's pods may call.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Services {
+    /// Every service (no Sidecar narrows it).
+    #[default]
+    All,
+    /// Only these hostnames (a Sidecar's egress hosts).
+    Only(BTreeSet<String>),
+}
+
+impl Services {
+    pub fn admits(&self, hostname: &str) -> bool {
+        match self {
+            Services::All => true,
+            Services::Only(h) => h.contains(hostname),
+        }
+    }
+}
+
+/// What one node's pods need, as the snapshot says.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct NodeNeeds {
+    /// Namespaces with a pod scheduled on the node.
+    pub namespaces: BTreeSet<String>,
+    /// Uids of the node's workloads.
+    pub workloads: BTreeSet<String>,
+    /// Authorization names the node's workloads list.
+    pub policies: BTreeSet<String>,
+    pub services: Services,
+}
+
+#[derive(Clone, Debug)]
+struct AuthnMeta {
+    mesh_wide: bool,
+    namespace: String,
+    /// `Some` when the resource names its workloads.
+    workloads: Option<BTreeSet<String>>,
+}
+
+/// What scoping needs to know of a snapshot, decoded once per snapshot.
+#[derive(Clone, Debug, Default)]
+pub struct Index {
+    /// Address resources that are services: name -> hostname.
+    services: HashMap<String, String>,
+    /// Authorization name -> (scope, namespace).
+    authz: HashMap<String, (Scope, String)>,
+    authn: HashMap<String, AuthnMeta>,
+    nodes: HashMap<String, Arc<NodeNeeds>>,
+    none: Arc<NodeNeeds>,
+}
+
+impl Index {
+    pub fn new(snap: &Snapshot) -> Self {
+        let mut ix = Index::default();
+        let mut nodes: HashMap<String, NodeNeeds> = HashMap::new();
+        for (node, id) in &snap.identities {
+            nodes.entry(node.clone()).or_default().namespaces.insert(id.namespace.clone());
+        }
+        for (name, r) in &snap.resources {
+            match wl::Address::decode(r.any.value.as_slice()).ok().and_then(|a| a.r#type) {
+                Some(wl::address::Type::Service(s)) => {
+                    ix.services.insert(name.clone(), s.hostname);
+                }
+                Some(wl::address::Type::Workload(w)) if !w.node.is_empty() => {
+                    let n = nodes.entry(w.node).or_default();
+                    n.namespaces.insert(w.namespace);
+                    n.workloads.insert(name.clone());
+                    n.policies.extend(w.authorization_policies);
+                }
+                _ => {}
+            }
+        }
+        for (name, r) in &snap.authorizations {
+            // Undecodable: treat as global, so that it is sent rather than silently dropped.
+            let (scope, ns) = crate::proto::security::Authorization::decode(r.any.value.as_slice())
+                .map(|a| (Scope::try_from(a.scope).unwrap_or(Scope::Global), a.namespace))
+                .unwrap_or((Scope::Global, String::new()));
+            ix.authz.insert(name.clone(), (scope, ns));
+        }
+        for (name, r) in &snap.request_authentications {
+            let meta = match crate::proto::mesh_security::RequestAuthentication::decode(r.any.value.as_slice()) {
+                Ok(ra) => AuthnMeta {
+                    mesh_wide: ra.mesh_wide,
+                    namespace: ra.namespace,
+                    workloads: (ra.by_workload || !ra.selector.is_empty()).then(|| ra.workloads.into_iter().collect()),
+                },
+                Err(_) => AuthnMeta { mesh_wide: true, namespace: String::new(), workloads: None },
+            };
+            ix.authn.insert(name.clone(), meta);
+        }
+        ix.nodes = nodes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        ix
+    }
+
+    /// The needs of `node` (nothing scheduled there: empty).
+    pub fn needs(&self, node: &str) -> Arc<NodeNeeds> {
+        self.nodes.get(node).cloned().unwrap_or_else(|| self.none.clone())
+    }
+
+    /// Whether an agent whose node needs `needs` receives resource `name` of `type_url`.
+    pub fn admits(&self, needs: &NodeNeeds, type_url: &str, name: &str) -> bool {
+        match type_url {
+            ADDRESS_TYPE_URL => self.services.get(name).is_none_or(|h| needs.services.admits(h)),
+            AUTHORIZATION_TYPE_URL => {
+                needs.policies.contains(name)
+                    || match self.authz.get(name) {
+                        None => true,
+                        Some((Scope::Global, _)) => true,
+                        Some((Scope::Namespace, ns)) => needs.namespaces.contains(ns),
+                        Some((Scope::WorkloadSelector, _)) => false,
+                    }
+            }
+            REQUEST_AUTHENTICATION_TYPE_URL => self.authn.get(name).is_none_or(|m| {
+                let in_ns = m.mesh_wide || needs.namespaces.contains(&m.namespace);
+                in_ns && m.workloads.as_ref().is_none_or(|w| w.iter().any(|u| needs.workloads.contains(u)))
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// One type's resources as one agent receives them.
+pub type Scoped<'a> = BTreeMap<&'a str, &'a Served>;
+
+/// Resources of `type_url` in `snap` (`None`: a type we do not serve).
+pub fn resources_of<'a>(snap: &'a Snapshot, type_url: &str) -> Option<&'a BTreeMap<String, Served>> {
+    match type_url {
+        ADDRESS_TYPE_URL => Some(&snap.resources),
+        AUTHORIZATION_TYPE_URL => Some(&snap.authorizations),
+        REQUEST_AUTHENTICATION_TYPE_URL => Some(&snap.request_authentications),
+        _ => None,
+    }
+}
+
+/// One type as the agent with `needs` receives it.
+pub fn scope_type<'a>(snap: &'a Snapshot, index: &Index, needs: &NodeNeeds, type_url: &str) -> Scoped<'a> {
+    resources_of(snap, type_url)
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| index.admits(needs, type_url, name))
+        .map(|(name, r)| (name.as_str(), r))
+        .collect()
+}
+
+/// Every type as `node`'s agent receives it.
+pub fn scope<'a>(snap: &'a Snapshot, node: &str) -> BTreeMap<&'static str, Scoped<'a>> {
+    let index = Index::new(snap);
+    let needs = index.needs(node);
+    TYPES.iter().map(|t| (*t, scope_type(snap, &index, &needs, t))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controlplane::folder::Folder;
+    use crate::controlplane::model;
+
+    const YAML: &str = "
+kind: Namespace
+metadata: {name: a, labels: {istio.io/dataplane-mode: ambient}}
+---
+kind: Namespace
+metadata: {name: b, labels: {istio.io/dataplane-mode: ambient}}
+---
+kind: Namespace
+metadata: {name: c, labels: {istio.io/dataplane-mode: ambient}}
+---
+kind: Pod
+metadata: {name: a1, namespace: a, labels: {app: web}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.1}
+---
+kind: Pod
+metadata: {name: b1, namespace: b, labels: {app: db}}
+spec: {nodeName: n2}
+status: {podIP: 10.0.0.2}
+---
+kind: Pod
+metadata: {name: lonely, namespace: b, labels: {app: batch}}
+spec: {nodeName: n2}
+status: {podIP: 10.0.0.3}
+---
+kind: Pod
+metadata: {name: starting, namespace: c}
+spec: {nodeName: n3}
+---
+kind: Service
+metadata: {name: db, namespace: b}
+spec: {clusterIP: 10.96.0.2, selector: {app: db}, ports: [{port: 5432}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: mesh-wide, namespace: istio-system}
+spec: {action: DENY, rules: [{from: [{source: {namespaces: [evil]}}]}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ns-a, namespace: a}
+spec: {rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ns-b, namespace: b}
+spec: {rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ns-c, namespace: c}
+spec: {rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db-only, namespace: b}
+spec: {selector: {matchLabels: {app: db}}, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-everywhere, namespace: istio-system}
+spec: {selector: {matchLabels: {app: web}}, rules: [{}]}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt-a, namespace: a}
+spec: {jwtRules: [{issuer: i, jwksUri: 'http://idp/keys'}]}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt-db, namespace: b}
+spec: {selector: {matchLabels: {app: db}}, jwtRules: [{issuer: i, jwksUri: 'http://idp/keys'}]}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt-all, namespace: istio-system}
+spec: {jwtRules: [{issuer: i, jwksUri: 'http://idp/keys'}]}
+";
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        let (o, errors) = Folder::default().apply(vec![("t.yaml".into(), Ok(yaml.to_string()))]);
+        assert!(errors.is_empty(), "{errors:?}");
+        model::build(&o, "cluster.local")
+    }
+
+    fn names(scoped: &BTreeMap<&'static str, Scoped<'_>>, type_url: &str) -> Vec<String> {
+        scoped[type_url].keys().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn each_node_gets_what_its_pods_need() {
+        let snap = snapshot(YAML);
+        let all_addresses: Vec<String> = snap.resources.keys().cloned().collect();
+        // (node, Authorization, RequestAuthentication)
+        let table: &[(&str, &[&str], &[&str])] = &[
+            ("n1", &["a/ns-a", "istio-system/mesh-wide", "istio-system/web-everywhere"], &["a/jwt-a", "istio-system/jwt-all"]),
+            // `lonely` is in b too: ns-b; db-only and jwt-db because b1 (db) is here.
+            ("n2", &["b/db-only", "b/ns-b", "istio-system/mesh-wide"], &["b/jwt-db", "istio-system/jwt-all"]),
+            // A pod bound to n3 without an IP yet: its namespace's policies are there first.
+            ("n3", &["c/ns-c", "istio-system/mesh-wide"], &["istio-system/jwt-all"]),
+            // Nothing scheduled: only what applies mesh-wide.
+            ("empty", &["istio-system/mesh-wide"], &["istio-system/jwt-all"]),
+        ];
+        for (node, authz, authn) in table {
+            let s = scope(&snap, node);
+            assert_eq!(names(&s, ADDRESS_TYPE_URL), all_addresses, "{node}: every workload and service");
+            assert_eq!(names(&s, AUTHORIZATION_TYPE_URL), *authz, "{node}");
+            assert_eq!(names(&s, REQUEST_AUTHENTICATION_TYPE_URL), *authn, "{node}");
+        }
+    }
+
+    #[test]
+    fn a_listed_policy_is_always_sent() {
+        // Pod `lonely` on n2 is selected by a root-namespace selector policy: n2 gets it.
+        let yaml = format!(
+            "{YAML}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: batch, namespace: istio-system}}
+spec: {{selector: {{matchLabels: {{app: batch}}}}, rules: [{{}}]}}
+"
+        );
+        let snap = snapshot(&yaml);
+        let ix = Index::new(&snap);
+        for name in &ix.needs("n2").policies {
+            assert!(scope(&snap, "n2")[AUTHORIZATION_TYPE_URL].contains_key(name.as_str()), "{name} listed on n2 but not sent");
+        }
+        assert!(ix.needs("n2").policies.contains("istio-system/batch"));
+        assert!(!scope(&snap, "n1")[AUTHORIZATION_TYPE_URL].contains_key("istio-system/batch"));
+    }
+
+    #[test]
+    fn services_narrow_to_the_hostnames_given() {
+        let snap = snapshot(YAML);
+        let ix = Index::new(&snap);
+        let mut needs = (*ix.needs("n1")).clone();
+        needs.services = Services::Only(BTreeSet::from(["other.x.svc.cluster.local".to_string()]));
+        let s = scope_type(&snap, &ix, &needs, ADDRESS_TYPE_URL);
+        assert!(!s.contains_key("b/db.b.svc.cluster.local"), "not in the Sidecar's hosts");
+        assert_eq!(s.len(), snap.resources.len() - 1, "workloads all stay");
+        needs.services = Services::Only(BTreeSet::from(["db.b.svc.cluster.local".to_string()]));
+        assert!(scope_type(&snap, &ix, &needs, ADDRESS_TYPE_URL).contains_key("b/db.b.svc.cluster.local"));
+    }
+
+    #[test]
+    fn unknown_types_are_empty() {
+        let snap = snapshot(YAML);
+        let ix = Index::new(&snap);
+        assert!(scope_type(&snap, &ix, &ix.needs("n1"), "type.googleapis.com/x.Y").is_empty());
+        assert_eq!(short_type(AUTHORIZATION_TYPE_URL), "Authorization");
+    }
+}
