@@ -43,6 +43,8 @@ struct Running {
     /// The node-token key the server uses (generated in its state dir).
     tokens: node_token::Key,
     addr: String,
+    /// The admin listener (/metrics, /debug/syncz).
+    admin: String,
     stop: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<Result<(), Error>>,
 }
@@ -74,9 +76,11 @@ async fn start(files: &[(&str, &str)]) -> Running {
     let tokens = node_token::Key::load(None, state_dir.path()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = admin_listener.local_addr().unwrap().to_string();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, args, async move { drop(stop_rx.await) }));
-    Running { config, _state_dir: state_dir, tokens, addr, stop, server }
+    let server = tokio::spawn(serve_with_admin(listener, admin_listener, args, async move { drop(stop_rx.await) }));
+    Running { config, _state_dir: state_dir, tokens, addr, admin, stop, server }
 }
 
 impl Running {
@@ -111,6 +115,8 @@ async fn agent_on(cp: &Running, node: &str) -> (State, tokio::task::JoinHandle<(
     tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s)).await.unwrap().unwrap();
     (state, client)
 }
+
+mod push;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_xds_pushes_changes_and_issues_certificates() {

@@ -456,4 +456,64 @@ mod tests {
         assert_eq!(names(&d), vec!["a", "b"]);
         assert!(d.removed.is_empty());
     }
+
+    /// The incremental diff of a synced client equals the full one, for every type and node.
+    #[test]
+    fn incremental_diff_matches_the_full_diff() {
+        use crate::controlplane::folder::Folder;
+        let yaml = "
+kind: Namespace
+metadata: {name: a, labels: {istio.io/dataplane-mode: ambient}}
+---
+kind: Pod
+metadata: {name: p1, namespace: a, labels: {app: x}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.1}
+---
+kind: Pod
+metadata: {name: p2, namespace: a, labels: {app: y}}
+spec: {nodeName: n2}
+status: {podIP: 10.0.0.2}
+---
+kind: Service
+metadata: {name: x, namespace: a}
+spec: {clusterIP: 10.96.0.1, selector: {app: x}, ports: [{port: 80}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ns, namespace: a}
+spec: {rules: [{}]}
+";
+        let build = |y: &str| {
+            let (o, errors) = Folder::default().apply(vec![("t.yaml".into(), Ok(y.to_string()))]);
+            assert!(errors.is_empty(), "{errors:?}");
+            Arc::new(crate::controlplane::model::build(&o, "cluster.local"))
+        };
+        let v1 = View::first(build(yaml));
+        let edits = [
+            yaml.replace("10.0.0.2", "10.0.0.3"),
+            yaml.replace("spec: {rules: [{}]}", "spec: {action: DENY, rules: [{}]}"),
+            yaml.replace("kind: AuthorizationPolicy", "kind: ConfigMap"),
+            yaml.replace("kind: Service", "kind: ConfigMap"),
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            let v2 = View::next(&v1, build(edit));
+            for node in ["n1", "n2", "n9"] {
+                for t in TYPES {
+                    let needs = v1.index.needs(node);
+                    let mut held: HashMap<String, String> = scope_type(&v1.snap, &v1.index, &needs, t)
+                        .iter()
+                        .map(|(n, r)| (n.to_string(), r.version.clone()))
+                        .collect();
+                    assert_eq!(*needs, *v2.index.needs(node), "edit {i} keeps the needs of {node}");
+                    let full = diff(&held, &scope_type(&v2.snap, &v2.index, &needs, t));
+                    let mut inc = diff_changed(&held, &v2, &needs, t);
+                    inc.removed.sort();
+                    assert_eq!(inc, full, "edit {i}, {node}, {t}");
+                    record(&mut held, &inc);
+                    assert!(diff(&held, &scope_type(&v2.snap, &v2.index, &needs, t)).is_empty());
+                }
+            }
+        }
+    }
 }

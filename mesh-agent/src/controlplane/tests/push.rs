@@ -1,0 +1,241 @@
+//! The push side seen from raw delta ADS clients: nothing when idle, a change only to
+//! the nodes whose scope it changes, NACKs surfaced in /debug/syncz and /metrics.
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::{start, Running, CONFIG};
+use crate::controlplane::scope::TYPES;
+use crate::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use crate::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
+use crate::proto::{AUTHORIZATION_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL};
+
+/// CONFIG plus a namespace whose only pod runs on node2.
+const OTHER: &str = "
+kind: Namespace
+metadata: {name: other, labels: {istio.io/dataplane-mode: ambient}}
+---
+kind: Pod
+metadata: {name: worker, namespace: other, labels: {app: worker}}
+spec: {nodeName: node2}
+status: {podIP: 10.0.0.9}
+";
+
+const OTHER_POLICY: &str = "
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all, namespace: other}
+spec: {action: DENY, rules: [{}]}
+";
+
+/// A raw delta ADS client subscribed to every served type.
+struct Raw {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    rx: tonic::Streaming<DeltaDiscoveryResponse>,
+}
+
+impl Raw {
+    async fn connect(cp: &Running, node: &str) -> Raw {
+        let (tx, rx) = mpsc::channel(16);
+        for t in TYPES {
+            tx.send(DeltaDiscoveryRequest {
+                node: Some(Node { id: node.into(), ..Default::default() }),
+                type_url: t.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        }
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", cp.addr)).await.unwrap();
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let rx = client.delta_aggregated_resources(cp.authorized(node, stream)).await.unwrap().into_inner();
+        let mut raw = Raw { tx, rx };
+        // One first answer per type, ACKed.
+        let mut seen = Vec::new();
+        for _ in TYPES {
+            let r = raw.next().await.expect("a first answer per type");
+            raw.answer(&r, None).await;
+            seen.push(r.type_url);
+        }
+        seen.sort();
+        let mut want: Vec<String> = TYPES.iter().map(|t| t.to_string()).collect();
+        want.sort();
+        assert_eq!(seen, want);
+        raw
+    }
+
+    /// The next response within 3 s, or `None`.
+    async fn next(&mut self) -> Option<DeltaDiscoveryResponse> {
+        tokio::time::timeout(Duration::from_secs(3), self.rx.message()).await.ok().and_then(|r| r.unwrap())
+    }
+
+    /// The next response of `type_url` within 3 s (others are ACKed on the way).
+    async fn next_of(&mut self, type_url: &str) -> DeltaDiscoveryResponse {
+        loop {
+            let r = self.next().await.unwrap_or_else(|| panic!("no {type_url} push within 3 s"));
+            if r.type_url == type_url {
+                return r;
+            }
+            self.answer(&r, None).await;
+        }
+    }
+
+    /// Nothing at all for `d`.
+    async fn quiet(&mut self, d: Duration) -> Result<(), DeltaDiscoveryResponse> {
+        match tokio::time::timeout(d, self.rx.message()).await {
+            Err(_) => Ok(()),
+            Ok(r) => Err(r.unwrap().expect("stream open")),
+        }
+    }
+
+    /// Nothing of `type_url` for `d` (others are ACKed).
+    async fn quiet_of(&mut self, type_url: &str, d: Duration) -> Result<(), DeltaDiscoveryResponse> {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(until, self.rx.message()).await {
+                Err(_) => return Ok(()),
+                Ok(r) => {
+                    let r = r.unwrap().expect("stream open");
+                    if r.type_url == type_url {
+                        return Err(r);
+                    }
+                    self.answer(&r, None).await;
+                }
+            }
+        }
+    }
+
+    async fn answer(&self, r: &DeltaDiscoveryResponse, error: Option<&str>) {
+        let error_detail = error.map(|m| crate::proto::discovery::Status { code: 3, message: m.into(), details: vec![] });
+        let ack = DeltaDiscoveryRequest {
+            type_url: r.type_url.clone(),
+            response_nonce: r.nonce.clone(),
+            error_detail,
+            ..Default::default()
+        };
+        self.tx.send(ack).await.unwrap();
+    }
+}
+
+/// GET `path` from the admin listener: (status line, body).
+async fn get(admin: &str, path: &str) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: cp\r\n\r\n").as_bytes()).await.unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The value of the metric line that starts with `prefix`.
+fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sends_nothing_and_a_change_reaches_only_the_nodes_it_concerns() {
+    let cp = start(&[("demo.yaml", CONFIG), ("other.yaml", OTHER)]).await;
+    let mut n1 = Raw::connect(&cp, "node1").await;
+    let mut n2 = Raw::connect(&cp, "node2").await;
+    // Idle: nothing at all after the first answers.
+    let (q1, q2) = tokio::join!(n1.quiet(Duration::from_secs(1)), n2.quiet(Duration::from_secs(1)));
+    assert!(q1.is_ok() && q2.is_ok(), "an idle control plane pushed: {q1:?} {q2:?}");
+
+    // A policy for namespace `other`, whose only pod runs on node2.
+    std::fs::write(cp.config.path().join("policy.yaml"), OTHER_POLICY).unwrap();
+    let push = n2.next_of(AUTHORIZATION_TYPE_URL).await;
+    assert_eq!(push.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["other/deny-all"]);
+    n2.answer(&push, None).await;
+    let q = n1.quiet_of(AUTHORIZATION_TYPE_URL, Duration::from_millis(500)).await;
+    assert!(q.is_ok(), "node1 has no pod in `other` but got: {q:?}");
+
+    // The push's ACK is measured; syncz shows both agents in sync.
+    let (_, metrics) = get(&cp.admin, "/metrics").await;
+    let latency = metric(&metrics, "mesh_cp_push_latency_seconds_count").unwrap();
+    assert!(latency >= 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, "mesh_cp_connected_agents "), Some(2.0), "{metrics}");
+    let mut in_sync = false;
+    for _ in 0..50 {
+        let (_, body) = get(&cp.admin, "/debug/syncz").await;
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        in_sync = doc["agents"].as_array().unwrap().iter().all(|a| {
+            a["types"].as_object().unwrap().values().all(|t| t["in_sync"] == true) && a["types"].as_object().unwrap().len() == 3
+        });
+        if in_sync {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(in_sync, "agents that ACKed everything are in sync");
+
+    // The pod leaves node2: the policy leaves node2's scope (a removal), node1 still sees nothing.
+    std::fs::write(cp.config.path().join("other.yaml"), OTHER.replace("nodeName: node2", "nodeName: node3")).unwrap();
+    let gone = n2.next_of(AUTHORIZATION_TYPE_URL).await;
+    assert_eq!(gone.removed_resources, vec!["other/deny-all"]);
+    assert!(n1.quiet_of(AUTHORIZATION_TYPE_URL, Duration::from_millis(300)).await.is_ok());
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_shows_in_syncz_and_metrics() {
+    let cp = start(&[("demo.yaml", CONFIG), ("other.yaml", OTHER)]).await;
+    let mut n2 = Raw::connect(&cp, "node2").await;
+    std::fs::write(cp.config.path().join("policy.yaml"), OTHER_POLICY).unwrap();
+    let push = n2.next_of(AUTHORIZATION_TYPE_URL).await;
+    let reason = "other/deny-all: scope 7 is not a scope this agent knows";
+    n2.answer(&push, Some(reason)).await;
+
+    let mut doc = serde_json::Value::Null;
+    for _ in 0..50 {
+        let (status, body) = get(&cp.admin, "/debug/syncz").await;
+        assert!(status.contains("200"), "{status}");
+        doc = serde_json::from_str(&body).unwrap();
+        if !doc["agents"][0]["types"][AUTHORIZATION_TYPE_URL]["nacks"].as_object().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let agent = &doc["agents"][0];
+    assert_eq!(agent["node"], "node2");
+    let authz = &agent["types"][AUTHORIZATION_TYPE_URL];
+    assert_eq!(authz["nacks"]["other/deny-all"]["reason"], reason, "{doc}");
+    assert_eq!(authz["in_sync"], false);
+    assert_eq!(authz["last_sent_nonce"].as_u64().unwrap().to_string(), push.nonce);
+    assert_ne!(authz["last_acked_nonce"], authz["last_sent_nonce"]);
+    assert_eq!(agent["types"][REQUEST_AUTHENTICATION_TYPE_URL]["in_sync"], true, "{doc}");
+
+    let (_, metrics) = get(&cp.admin, "/metrics").await;
+    assert_eq!(metric(&metrics, "mesh_cp_nacks_total{type=\"Authorization\"}"), Some(1.0), "{metrics}");
+    for family in [
+        "# TYPE mesh_cp_pushes counter",
+        "mesh_cp_pushes_total{type=\"Address\",reason=\"initial\"} 1",
+        "mesh_cp_pushes_total{type=\"Authorization\",reason=\"change\"} 1",
+        "# TYPE mesh_cp_push_latency_seconds histogram",
+        "mesh_cp_connected_agents 1",
+        "mesh_cp_config_bytes{node=\"node2\"}",
+        "mesh_cp_snapshot_builds_total 2",
+    ] {
+        assert!(metrics.contains(family), "no {family:?} in:\n{metrics}");
+    }
+    let (status, _) = get(&cp.admin, "/nope").await;
+    assert!(status.contains("404"), "{status}");
+
+    // Hung up: no longer listed or counted.
+    drop(n2);
+    let mut left = false;
+    for _ in 0..100 {
+        let (_, body) = get(&cp.admin, "/debug/syncz").await;
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        left = doc["agents"].as_array().unwrap().is_empty();
+        if left {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(left, "a disconnected agent still listed");
+    let (_, metrics) = get(&cp.admin, "/metrics").await;
+    assert_eq!(metric(&metrics, "mesh_cp_connected_agents "), Some(0.0));
+    assert!(!metrics.contains("mesh_cp_config_bytes{node=\"node2\"}"), "{metrics}");
+    cp.stop().await;
+}
