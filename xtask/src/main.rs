@@ -1,5 +1,5 @@
 //! Developer commands: `cargo xtask demo`, `cargo xtask bench`, `cargo xtask bench-policy`,
-//! `cargo xtask bench-restart`, `cargo xtask bench-fastpath`, `cargo xtask bench-l7`,
+//! `cargo xtask bench-restart`, `cargo xtask bench-fastpath`, `cargo xtask bench-l7`, `cargo xtask bench-xds`,
 //! `cargo xtask cleanup`.
 
 mod bench;
@@ -7,6 +7,7 @@ mod bench_fastpath;
 mod bench_l7;
 mod bench_policy;
 mod bench_restart;
+mod bench_xds;
 mod demo;
 mod doc;
 
@@ -77,6 +78,23 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// The control plane at scale: 1,000 delta ADS clients (one per node), a series of
+    /// changes timed from the file write to the affected agents' ACKs, bytes, memory and
+    /// CPU; replaces its section of docs/benchmarks.md.
+    BenchXds {
+        /// Pods.
+        #[arg(long, default_value_t = 10_000)]
+        workloads: usize,
+        /// Services (the pods are spread evenly over them).
+        #[arg(long, default_value_t = 1_000)]
+        services: usize,
+        /// Nodes, each with one connected client.
+        #[arg(long, default_value_t = 1_000)]
+        nodes: usize,
+        /// Changes measured (alternating kinds).
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+    },
     /// Removes leftovers (namespaces, cgroups, bpffs folders) of killed test runs.
     Cleanup,
 }
@@ -95,6 +113,7 @@ fn main() -> Result<()> {
         Cmd::BenchRestart { requests, seconds } => bench_restart::run(requests, seconds),
         Cmd::BenchFastpath { seconds, round_trips, rounds } => bench_fastpath::run(seconds, round_trips, rounds.clamp(1, 20)),
         Cmd::BenchL7 { requests, rounds } => bench_l7::run(requests, rounds.clamp(1, 20)),
+        Cmd::BenchXds { workloads, services, nodes, changes } => bench_xds::run(workloads, services, nodes, changes.clamp(1, 200)),
         Cmd::Cleanup => {
             mesh_tests::cleanup::cleanup_stale();
             Ok(())

@@ -41,6 +41,13 @@ enum Cmd {
         #[arg(long)]
         netns_cookie: u64,
     },
+    /// Which resources each connected agent holds, and whether it is in sync with the
+    /// control plane (read from the control plane's /debug/syncz).
+    Sync {
+        /// The control plane's admin address (its --admin).
+        #[arg(long, env = "MESH_CP_ADMIN", default_value = "127.0.0.1:15014")]
+        control_plane: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -63,6 +70,13 @@ enum MapsCmd {
 
 fn main() {
     let cli = Cli::parse();
+    if let Cmd::Sync { control_plane } = &cli.cmd {
+        if let Err(e) = sync(control_plane, cli.json) {
+            eprintln!("meshctl: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if let Err(e) = run(&cli) {
         eprintln!("meshctl: {e}");
         std::process::exit(1);
@@ -86,6 +100,7 @@ fn run(cli: &Cli) -> Result<(), dump::DumpError> {
             }
         }
         Cmd::Explain { source, destination } => explain(cli, *source, *destination)?,
+        Cmd::Sync { .. } => unreachable!("handled in main"),
         Cmd::FastPath { state, netns_cookie } => {
             if let Err(e) = mesh_agent::kernel::fastpath::set_pinned(&cli.bpffs, *netns_cookie, state == "on") {
                 eprintln!("meshctl: {e}");
@@ -186,4 +201,70 @@ fn print_table(rows: &[serde_json::Value]) {
     for r in rows {
         println!("{}", line(cols.iter().map(|c| cell(r, c)).collect()));
     }
+}
+
+/// GET `path` from `addr` over plain HTTP/1.0: the body of a 200 answer.
+fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(5);
+    let sock: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, timeout).map_err(|e| {
+        format!("cannot reach the control plane's admin listener at {addr}: {e}; is the control plane running, with --admin {addr}?")
+    })?;
+    s.set_read_timeout(Some(timeout)).ok();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).map_err(|e| format!("{addr}: {e}"))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| format!("{addr}: reading the answer: {e}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{addr}: not an HTTP answer"))?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200") {
+        return Err(format!("{addr}{path}: {status}"));
+    }
+    Ok(body.to_string())
+}
+
+/// `meshctl sync`: one row per connected agent and type.
+fn sync(addr: &str, json: bool) -> Result<(), String> {
+    let body = http_get(addr, "/debug/syncz")?;
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let doc: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{addr}/debug/syncz: not JSON: {e}"))?;
+    let agents = doc["agents"].as_array().cloned().unwrap_or_default();
+    println!("snapshot generation {}, {} agent(s) connected", doc["generation"], agents.len());
+    println!("{:<20} {:<22} {:<22} {:>7} {:>6} {:>6} {:>5} {:<8}", "NODE", "PEER", "TYPE", "HELD", "SENT", "ACKED", "GEN", "STATUS");
+    let nonce = |v: &serde_json::Value| v.as_u64().map_or("-".to_string(), |n| n.to_string());
+    let mut nacks = Vec::new();
+    for a in &agents {
+        let node = a["node"].as_str().unwrap_or("?");
+        let peer = a["peer"].as_str().unwrap_or("?");
+        for (t, ts) in a["types"].as_object().into_iter().flatten() {
+            let short = t.rsplit(['/', '.']).next().unwrap_or(t);
+            let status = if ts["in_sync"] == true {
+                "SYNCED"
+            } else if ts["nacks"].as_object().is_some_and(|n| !n.is_empty()) {
+                "NACKED"
+            } else {
+                "STALE"
+            };
+            println!(
+                "{:<20} {:<22} {:<22} {:>7} {:>6} {:>6} {:>5} {:<8}",
+                node, peer, short, ts["held"], nonce(&ts["last_sent_nonce"]), nonce(&ts["last_acked_nonce"]), ts["generation"], status
+            );
+            for (name, n) in ts["nacks"].as_object().into_iter().flatten() {
+                nacks.push(format!("{node} {short} {name} (nonce {}): {}", n["nonce"], n["reason"].as_str().unwrap_or("?")));
+            }
+        }
+    }
+    if !nacks.is_empty() {
+        println!("\nrejected by agents (they keep the previous version):");
+        for n in nacks {
+            println!("  {n}");
+        }
+    }
+    Ok(())
 }
