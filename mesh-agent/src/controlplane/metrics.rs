@@ -77,14 +77,6 @@ impl CpMetrics {
         self.config_bytes.remove(&vec![("node", node.to_string())]);
     }
 
-    /// Total bytes pushed so far (all types).
-    pub fn pushed_bytes_total(&self) -> u64 {
-        crate::controlplane::scope::TYPES
-            .iter()
-            .map(|t| self.pushed_bytes.get_or_create(&vec![("type", super::scope::short_type(t).to_string())]).get())
-            .sum()
-    }
-
     pub fn encode(&self) -> String {
         crate::metrics::encode(&self.registry)
     }
