@@ -278,9 +278,9 @@ async fn drive(layout: &Layout, changes: usize, addr: &str, keys: &mesh_agent::n
     let mut first: HashMap<usize, usize> = HashMap::new();
     let (mut initial_bytes, mut synced_at) = (0usize, t0);
     while first.values().filter(|c| **c == TYPES.len()).count() < layout.nodes {
-        let e = tokio::time::timeout(Duration::from_secs(120), events.recv())
+        let e = tokio::time::timeout(Duration::from_secs(300), events.recv())
             .await
-            .context("agents did not sync within 120 s")?
+            .context("agents did not sync within 300 s (no answer for 300 s)")?
             .context("every client ended")?;
         *first.entry(e.node).or_default() += 1;
         initial_bytes += e.bytes;

@@ -21,6 +21,7 @@ pub mod admin;
 pub mod authorization;
 pub mod ca;
 pub mod folder;
+pub mod held;
 pub mod kube;
 pub mod metrics;
 pub mod model;

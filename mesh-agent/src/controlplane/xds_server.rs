@@ -6,16 +6,17 @@
 //! changed in it. Every push is tracked until the agent ACKs or NACKs it ([`sync`]).
 //! An agent shows its node token when it opens the stream, and must name that same
 //! node in its requests.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::held::{Held, Names};
 use super::metrics::CpMetrics;
 use super::model::{Resource as Served, Snapshot};
 pub use super::scope::resources_of;
@@ -37,11 +38,14 @@ pub struct View {
     /// Per type: the names added, changed or removed since `generation - 1`, with the
     /// encoded size each had then (0 if new).
     pub changed: BTreeMap<&'static str, BTreeMap<String, usize>>,
+    /// Its resource names, shared by what every agent holds.
+    pub names: Names,
 }
 
 impl View {
     pub fn first(snap: Arc<Snapshot>) -> Self {
-        View { index: Index::new(&snap), snap, generation: 1, published: Instant::now(), changed: BTreeMap::new() }
+        let names = Names::of(&snap, None);
+        View { index: Index::new(&snap), snap, generation: 1, published: Instant::now(), changed: BTreeMap::new(), names }
     }
 
     pub fn next(prev: &View, snap: Arc<Snapshot>) -> Self {
@@ -56,7 +60,8 @@ impl View {
             names.extend(old.iter().filter(|(n, _)| !new.contains_key(*n)).map(|(n, o)| (n.clone(), o.any.value.len())));
             changed.insert(t, names);
         }
-        View { index: Index::new(&snap), snap, generation: prev.generation + 1, published: Instant::now(), changed }
+        let names = Names::of(&snap, Some(&prev.names));
+        View { index: Index::new(&snap), snap, generation: prev.generation + 1, published: Instant::now(), changed, names }
     }
 }
 
@@ -86,24 +91,24 @@ fn wire(name: &str, r: &Served) -> Resource {
 }
 
 /// Changed and new resources of `scoped`, and names the client holds that are not in it.
-pub fn diff(held: &HashMap<String, String>, scoped: &Scoped<'_>) -> Delta {
+pub fn diff(held: &Held, scoped: &Scoped<'_>) -> Delta {
     let resources =
-        scoped.iter().filter(|(name, r)| held.get(**name) != Some(&r.version)).map(|(name, r)| wire(name, r)).collect();
-    let mut removed: Vec<String> = held.keys().filter(|n| !scoped.contains_key(n.as_str())).cloned().collect();
+        scoped.iter().filter(|(name, r)| !held.has_version(name, &r.version)).map(|(name, r)| wire(name, r)).collect();
+    let mut removed: Vec<String> = held.names().filter(|n| !scoped.contains_key(n)).map(str::to_string).collect();
     removed.sort();
     Delta { resources, removed }
 }
 
 /// The same as [`diff`] for a client whose `held` matched its scope of the previous
 /// view, with the same needs: only the names that changed are looked at.
-pub fn diff_changed(held: &HashMap<String, String>, view: &View, needs: &NodeNeeds, type_url: &str) -> Delta {
+pub fn diff_changed(held: &Held, view: &View, needs: &NodeNeeds, type_url: &str) -> Delta {
     let mut d = Delta::default();
     let (Some(changed), Some(served)) = (view.changed.get(type_url), resources_of(&view.snap, type_url)) else { return d };
     for name in changed.keys() {
         match served.get(name).filter(|_| view.index.admits(needs, type_url, name)) {
-            Some(r) if held.get(name) != Some(&r.version) => d.resources.push(wire(name, r)),
+            Some(r) if !held.has_version(name, &r.version) => d.resources.push(wire(name, r)),
             Some(_) => {}
-            None if held.contains_key(name) => d.removed.push(name.clone()),
+            None if held.contains(name) => d.removed.push(name.clone()),
             None => {}
         }
     }
@@ -111,9 +116,9 @@ pub fn diff_changed(held: &HashMap<String, String>, view: &View, needs: &NodeNee
 }
 
 /// Records a sent delta in the client's `held` map.
-pub fn record(held: &mut HashMap<String, String>, delta: &Delta) {
+pub fn record(held: &mut Held, delta: &Delta, names: &Names) {
     for r in &delta.resources {
-        held.insert(r.name.clone(), r.version.clone());
+        held.insert(names.intern(&r.name), &r.version);
     }
     for n in &delta.removed {
         held.remove(n);
@@ -142,7 +147,15 @@ pub struct XdsServer {
     tokens: Arc<node_token::Key>,
     metrics: Arc<CpMetrics>,
     agents: Arc<Registry>,
+    /// Turns for first answers (whole scopes, megabytes each at scale), so that 1,000
+    /// agents connecting at once do not all hold theirs in memory at the same time.
+    first_answers: Arc<Semaphore>,
 }
+
+/// Agents whose first answers may be in flight at once.
+const FIRST_ANSWERS_AT_ONCE: usize = 16;
+/// How long an agent may take to answer its first answers before its turn passes.
+const FIRST_ANSWER_TURN: Duration = Duration::from_secs(5);
 
 impl XdsServer {
     /// Starts indexing each snapshot `snapshots` publishes (a task that ends when its
@@ -161,7 +174,7 @@ impl XdsServer {
                 tx.send_replace(Arc::new(next));
             }
         });
-        Self { views, tokens, metrics, agents: Arc::default() }
+        Self { views, tokens, metrics, agents: Arc::default(), first_answers: Arc::new(Semaphore::new(FIRST_ANSWERS_AT_ONCE)) }
     }
 
     pub fn status(&self) -> XdsStatus {
@@ -194,6 +207,8 @@ impl AggregatedDiscoveryService for XdsServer {
             metrics: self.metrics.clone(),
             agents: self.agents.clone(),
             subs: BTreeMap::new(),
+            first_answers: self.first_answers.clone(),
+            turn: None,
         };
         tokio::spawn(conn.run(request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -203,7 +218,7 @@ impl AggregatedDiscoveryService for XdsServer {
 /// One subscribed type of one stream.
 struct Sub {
     /// What the agent holds (name -> version).
-    held: HashMap<String, String>,
+    held: Held,
     /// Encoded bytes of `held`.
     bytes: usize,
     /// The view and needs `held` matches.
@@ -221,6 +236,16 @@ struct Connection {
     metrics: Arc<CpMetrics>,
     agents: Arc<Registry>,
     subs: BTreeMap<&'static str, Sub>,
+    first_answers: Arc<Semaphore>,
+    /// This agent's turn for first answers: until they are all answered, or the deadline.
+    turn: Option<Turn>,
+}
+
+struct Turn {
+    _permit: OwnedSemaphorePermit,
+    /// Nonces of first answers not yet ACKed or NACKed.
+    unanswered: BTreeSet<u64>,
+    deadline: tokio::time::Instant,
 }
 
 impl Connection {
@@ -267,6 +292,10 @@ impl Connection {
                         return;
                     }
                 },
+                _ = tokio::time::sleep_until(self.turn.as_ref().map_or_else(tokio::time::Instant::now, |t| t.deadline)), if self.turn.is_some() => {
+                    tracing::debug!(parent: &span, "xds: agent slow to answer its first answers; its turn passes");
+                    self.turn = None;
+                }
                 changed = self.views.changed() => {
                     if changed.is_err() {
                         return; // shutting down: ends the response stream
@@ -298,6 +327,12 @@ impl Connection {
                 tracing::warn!(parent: span, nonce = req.response_nonce, type_url, "xds: agent answered a nonce we never send");
                 return true;
             };
+            if let Some(turn) = &mut self.turn {
+                turn.unanswered.remove(&nonce);
+                if turn.unanswered.is_empty() {
+                    self.turn = None;
+                }
+            }
             let error = req.error_detail.as_ref().map(|e| e.message.as_str());
             let answer = {
                 let mut a = registered.agent.lock().unwrap();
@@ -321,8 +356,14 @@ impl Connection {
             return true; // subscribed already; wildcard subscriptions only
         }
         let reason = if req.initial_resource_versions.is_empty() { Reason::Initial } else { Reason::Resume };
+        if self.turn.is_none() {
+            let Ok(permit) = self.first_answers.clone().acquire_owned().await else { return false };
+            let deadline = tokio::time::Instant::now() + FIRST_ANSWER_TURN;
+            self.turn = Some(Turn { _permit: permit, unanswered: BTreeSet::new(), deadline });
+        }
         let view = self.views.borrow_and_update().clone();
-        self.subs.insert(type_url, Sub { held: req.initial_resource_versions, bytes: 0, generation: 0, needs: Arc::default() });
+        let held = Held::from_versions(req.initial_resource_versions, &view.names);
+        self.subs.insert(type_url, Sub { held, bytes: 0, generation: 0, needs: Arc::default() });
         // The first response always goes out: it tells the agent it is synced.
         if !self.update(type_url, &view, reason, true, registered, span).await {
             return false;
@@ -355,7 +396,7 @@ impl Connection {
         let (delta, bytes) = if sub.generation + 1 == view.generation && *sub.needs == *needs {
             let delta = diff_changed(&sub.held, view, &needs, type_url);
             let old = view.changed.get(type_url);
-            let was: usize = delta.names().iter().filter(|n| sub.held.contains_key(*n)).map(|n| old.and_then(|o| o.get(n)).copied().unwrap_or(0)).sum();
+            let was: usize = delta.names().iter().filter(|n| sub.held.contains(n)).map(|n| old.and_then(|o| o.get(n)).copied().unwrap_or(0)).sum();
             let bytes = (sub.bytes + delta.bytes()).saturating_sub(was);
             (delta, bytes)
         } else {
@@ -363,7 +404,7 @@ impl Connection {
             let bytes = scoped.values().map(|r| r.any.value.len()).sum();
             (diff(&sub.held, &scoped), bytes)
         };
-        record(&mut sub.held, &delta);
+        record(&mut sub.held, &delta, &view.names);
         (sub.bytes, sub.generation, sub.needs) = (bytes, view.generation, needs);
         let held = sub.held.len();
         let total: usize = self.subs.values().map(|s| s.bytes).sum();
@@ -374,6 +415,11 @@ impl Connection {
         }
         tracing::debug!(parent: span, type_url, changed = delta.resources.len(), removed = delta.removed.len(), reason = reason.as_str(), "xds: push");
         let nonce = self.next_nonce();
+        if reason != Reason::Change {
+            if let Some(turn) = &mut self.turn {
+                turn.unanswered.insert(nonce);
+            }
+        }
         self.metrics.push(short_type(type_url), reason.as_str(), delta.bytes() as u64);
         {
             let mut a = registered.agent.lock().unwrap();
@@ -415,6 +461,8 @@ fn response(type_url: &str, nonce: u64, delta: Delta) -> DeltaDiscoveryResponse 
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::controlplane::model::Resource as Res;
     use crate::proto::ADDRESS_TYPE_URL;
@@ -438,21 +486,24 @@ mod tests {
 
     #[test]
     fn diff_sends_changed_and_new_and_removes_gone() {
-        let held: HashMap<String, String> =
-            [("same", "1"), ("changed", "1"), ("gone", "1")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-        let s = snap(&[("same", "1"), ("changed", "2"), ("new", "1")]);
+        let v = |n: u64| format!("{n:016x}");
+        let held = Held::from_versions(
+            [("same", v(1)), ("changed", v(1)), ("gone", v(1))].into_iter().map(|(a, b)| (a.to_string(), b)).collect(),
+            &Names::default(),
+        );
+        let s = snap(&[("same", &v(1)), ("changed", &v(2)), ("new", &v(1))]);
         let d = diff(&held, &all(&s));
         assert_eq!(names(&d), vec!["changed", "new"]);
         assert_eq!(d.removed, vec!["gone"]);
         let mut held = held;
-        record(&mut held, &d);
+        record(&mut held, &d, &Names::default());
         assert!(diff(&held, &all(&s)).is_empty(), "nothing changed: nothing to send");
     }
 
     #[test]
     fn diff_from_nothing_is_everything() {
         let s = snap(&[("a", "1"), ("b", "1")]);
-        let d = diff(&HashMap::new(), &all(&s));
+        let d = diff(&Held::default(), &all(&s));
         assert_eq!(names(&d), vec!["a", "b"]);
         assert!(d.removed.is_empty());
     }
@@ -501,16 +552,17 @@ spec: {rules: [{}]}
             for node in ["n1", "n2", "n9"] {
                 for t in TYPES {
                     let needs = v1.index.needs(node);
-                    let mut held: HashMap<String, String> = scope_type(&v1.snap, &v1.index, &needs, t)
+                    let versions: HashMap<String, String> = scope_type(&v1.snap, &v1.index, &needs, t)
                         .iter()
                         .map(|(n, r)| (n.to_string(), r.version.clone()))
                         .collect();
+                    let mut held = Held::from_versions(versions, &v1.names);
                     assert_eq!(*needs, *v2.index.needs(node), "edit {i} keeps the needs of {node}");
                     let full = diff(&held, &scope_type(&v2.snap, &v2.index, &needs, t));
                     let mut inc = diff_changed(&held, &v2, &needs, t);
                     inc.removed.sort();
                     assert_eq!(inc, full, "edit {i}, {node}, {t}");
-                    record(&mut held, &inc);
+                    record(&mut held, &inc, &v2.names);
                     assert!(diff(&held, &scope_type(&v2.snap, &v2.index, &needs, t)).is_empty());
                 }
             }
