@@ -251,11 +251,11 @@ async fn bench(layout: Layout, changes: usize) -> Result<()> {
     doc.push_str(&report);
     doc.push_str(
         "\nWhere the time and memory go: a change's latency is the debounce plus the folder's \
-         full reread and rebuild (the push itself, scoped and incremental, is the rest); the resident \
-         memory grows by about 3 MiB per connected agent holding the whole Address scope (2.8 MB \
-         encoded), which is the per-stream encode buffer the gRPC transport keeps at the largest \
-         message sent; chunking first answers, or on-demand workload lookup in the agent, would \
-         cut it.\n",
+         full reread and rebuild (parse + build above); the scoped, incremental push to the agents \
+         is the rest (tens of ms). Resident memory grows by about 3.4 MiB per connected agent that \
+         holds the whole Address scope (2.8 MB encoded). Not yet profiled; the likeliest holder is \
+         the per-stream encode buffer the gRPC transport keeps at the largest message it sent. \
+         Chunking first answers, or on-demand workload lookup in the agent, would cut it.\n",
     );
     println!("\n{doc}");
     let path = crate::doc::replace_section(SECTION, &doc)?;
