@@ -68,7 +68,7 @@ fn hbone_port_refuses_callers_without_a_mesh_certificate() -> Result<()> {
         assert!(out.contains("alert"), "{what}: the handshake was not refused:\n{out}");
         let line = wait_until(&format!("{what}: the agent logs the refusal"), Duration::from_secs(5), || {
             let log = bed.agent_log("node1");
-            Ok((refusals(&log) > before).then(|| log.lines().filter(|l| l.contains("mTLS handshake from")).next_back().unwrap_or_default().to_string()))
+            Ok((refusals(&log) > before).then(|| log.lines().rfind(|l| l.contains("mTLS handshake from")).unwrap_or_default().to_string()))
         })?;
         assert!(line.contains(agent_says), "{what}: the agent's reason: {line}");
         Ok(())

@@ -389,7 +389,10 @@ async fn control_plane_serves_xds_from_the_api_server() {
         "127.0.0.1:0".as_ref(),
         "--debounce-ms".as_ref(),
         "50".as_ref(),
-    ] as [&std::ffi::OsStr; 11])
+        // Test beds run side by side: no fixed admin port.
+        "--admin".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ] as [&std::ffi::OsStr; 13])
     .unwrap()
     .args;
     assert_eq!(args.source, SourceFlag::Kubernetes);
