@@ -243,16 +243,18 @@ async fn bench(layout: Layout, changes: usize) -> Result<()> {
         "`cargo xtask bench-xds`: the control plane as its own process (default {DEBOUNCE_MS} ms debounce), \
          {} pods behind {} services in {NAMESPACES} namespaces on {} nodes; one delta ADS client per node (tokio \
          tasks in the xtask process, node tokens, every push ACKed at once). Each change is a file written; \
-         latency runs from the write to the agent's ACK, so it includes the debounce and a full reread and \
-         rebuild of the folder (parse {parse_ms:.0} ms + build {build_ms:.0} ms measured apart for this size). \
+         latency runs from the write to the agent's ACK, so it includes the debounce, a reread of the whole \
+         folder (only changed files are parsed again; a cold parse of everything takes {parse_ms:.0} ms) and a \
+         rebuild ({build_ms:.0} ms, measured apart for this size). \
          `all ACKed` is per change: the last affected agent. Bytes are the encoded responses.\n",
         layout.workloads, layout.services, layout.nodes
     );
     doc.push_str(&report);
     doc.push_str(
         "\nWhere the time and memory go: a change's latency is the debounce plus the folder's \
-         full reread and rebuild (parse + build above); the scoped, incremental push to the agents \
-         is the rest (tens of ms). Resident memory grows by about 3.4 MiB per connected agent that \
+         reread (every file read and compared, unchanged ones taken from memory, all objects copied \
+         into the new view) and rebuild, then the scoped, incremental push to the agents; the next \
+         step is an incremental view instead of a full reread. Resident memory grows by about 3.4 MiB per connected agent that \
          holds the whole Address scope (2.8 MB encoded). Not yet profiled; the likeliest holder is \
          the per-stream encode buffer the gRPC transport keeps at the largest message it sent. \
          Chunking first answers, or on-demand workload lookup in the agent, would cut it.\n",

@@ -227,7 +227,15 @@ type Origin = (PathBuf, usize);
 #[derive(Default)]
 pub struct Folder {
     last_good: HashMap<ObjectKey, (Origin, Object)>,
+    /// Each file's text and its documents' objects, when every document of it parsed:
+    /// an unchanged file is not parsed again (a reload rereads the whole folder, and
+    /// parsing dominates at thousands of objects). Files with a rejected document are
+    /// always parsed again, so their errors are reported again.
+    parsed: HashMap<PathBuf, (String, Vec<ParsedDoc>)>,
 }
+
+/// A document that parsed: its index in the file, its first line, and its object.
+type ParsedDoc = (usize, usize, ObjectKey, Object);
 
 /// One document as text, with the file line it starts on (1-based).
 struct Doc<'a> {
@@ -419,6 +427,7 @@ impl Folder {
         let mut keep_origins: Vec<Origin> = Vec::new();
         let mut keep_files: Vec<PathBuf> = Vec::new();
         let mut keep_keys: Vec<ObjectKey> = Vec::new();
+        let mut parsed: HashMap<PathBuf, (String, Vec<ParsedDoc>)> = HashMap::new();
         for (path, text) in files {
             let file = path.display().to_string();
             let text = match text {
@@ -429,31 +438,46 @@ impl Folder {
                     continue;
                 }
             };
-            for (i, doc) in split_documents(&text).iter().enumerate() {
-                match parse_document(&file, doc) {
+            let docs: Vec<(usize, usize, Parsed)> = match self.parsed.remove(&path).filter(|(t, _)| *t == text) {
+                Some((_, objs)) => objs.into_iter().map(|(i, line, key, obj)| (i, line, Parsed::Ok(key, obj))).collect(),
+                None => split_documents(&text)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, doc)| (i, doc.first_line, parse_document(&file, doc)))
+                    .collect(),
+            };
+            let mut all_good = true;
+            let mut good: Vec<ParsedDoc> = Vec::new();
+            for (i, first_line, result) in docs {
+                match result {
                     Parsed::Empty => {}
                     Parsed::Skipped(kind) => {
-                        tracing::debug!(file, line = doc.first_line, kind, "config: skipping a kind this version does not use");
+                        tracing::debug!(file, line = first_line, kind, "config: skipping a kind this version does not use");
                     }
                     Parsed::Ok(key, obj) => {
                         if let Some(((f, _), _)) = next.get(&key) {
                             errors.push(Error::Object {
                                 file: file.clone(),
-                                line: doc.first_line,
+                                line: first_line,
                                 message: format!(
                                     "{} {}/{} is also defined in {}; the later definition wins",
                                     key.kind, key.namespace, key.name, f.display()
                                 ),
                             });
                         }
+                        good.push((i, first_line, key.clone(), obj.clone()));
                         next.insert(key, ((path.clone(), i), obj));
                     }
                     Parsed::Bad(key, e) => {
+                        all_good = false;
                         errors.push(e);
                         keep_origins.push((path.clone(), i));
                         keep_keys.extend(key);
                     }
                 }
+            }
+            if all_good {
+                parsed.insert(path.clone(), (text, good));
             }
         }
         // Last good config: a rejected document keeps what it (or its object) last served.
@@ -464,6 +488,7 @@ impl Folder {
             }
         }
         self.last_good = next;
+        self.parsed = parsed;
         let mut objects = Objects::default();
         let mut origins: Vec<&Origin> = self.last_good.values().map(|(o, _)| o).collect();
         origins.sort();
@@ -615,6 +640,30 @@ metadata: {name: vs, namespace: demo}
         assert!(errors[0].starts_with("a.yaml:1") && errors[0].contains("not valid YAML"), "{}", errors[0]);
         assert!(o.pods.is_empty());
         assert_eq!(o.services.len(), 1);
+    }
+
+    #[test]
+    fn unchanged_files_are_not_parsed_again_and_give_the_same_objects() {
+        let mut folder = Folder::default();
+        let other = "kind: Namespace\nmetadata: {name: other}\n";
+        let (first, _) = apply(&mut folder, &[("a.yaml", GOOD), ("b.yaml", other)]);
+        assert_eq!(folder.parsed.len(), 2, "both files parsed cleanly and are remembered");
+        // Only b.yaml changes: a.yaml's objects come from memory, and the result is what
+        // a fresh read gives.
+        let changed = "kind: Namespace\nmetadata: {name: other, labels: {x: y}}\n";
+        let (o, errors) = apply(&mut folder, &[("a.yaml", GOOD), ("b.yaml", changed)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let (fresh, _) = apply(&mut Folder::default(), &[("a.yaml", GOOD), ("b.yaml", changed)]);
+        assert_eq!(o, fresh);
+        assert_eq!(o.pods, first.pods);
+        // A file with a rejected document is not remembered, so its error is reported
+        // at every read.
+        let bad = GOOD.replace("podIP: 10.0.0.5", "podIP: not-an-ip");
+        for _ in 0..2 {
+            let (_, errors) = apply(&mut folder, &[("a.yaml", &bad), ("b.yaml", changed)]);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+        }
+        assert!(!folder.parsed.keys().any(|p| p.ends_with("a.yaml")));
     }
 
     #[test]

@@ -145,8 +145,9 @@ pub fn build_with(objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> 
         }
         snap.authorizations.insert(key.clone(), resource(crate::proto::AUTHORIZATION_TYPE_URL, authz));
     }
-    // Services first: their ports and selectors give each pod's `services` map.
-    let mut services: Vec<(String, &BTreeMap<String, String>, Vec<wl::Port>)> = Vec::new();
+    // Services first: their ports and selectors give each pod's `services` map. By
+    // namespace, so a pod is matched against its own namespace's services only.
+    let mut services: BTreeMap<&str, Vec<(String, &BTreeMap<String, String>, Vec<wl::Port>)>> = BTreeMap::new();
     for ((ns, name), svc) in &objects.services {
         let hostname = service_hostname(ns, name);
         let ports: Vec<wl::Port> = svc
@@ -181,7 +182,7 @@ pub fn build_with(objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> 
         let key = format!("{ns}/{hostname}");
         snap.resources.insert(key.clone(), address_resource(wl::Address { r#type: Some(wl::address::Type::Service(proto)) }));
         if !svc.spec.selector.is_empty() {
-            services.push((key, &svc.spec.selector, ports));
+            services.entry(ns.as_str()).or_default().push((key, &svc.spec.selector, ports));
         }
     }
     for ((ns, name), pod) in &objects.pods {
@@ -196,11 +197,10 @@ pub fn build_with(objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> 
             continue; // not scheduled or not started yet: nothing can reach it
         }
         let svc_map = services
-            .iter()
-            .filter(|(key, selector, _)| {
-                key.starts_with(&format!("{ns}/"))
-                    && selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v))
-            })
+            .get(ns.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|(_, selector, _)| selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v)))
             .map(|(key, _, ports)| (key.clone(), wl::PortList { ports: ports.clone() }))
             .collect();
         let labels = &pod.metadata.labels;
