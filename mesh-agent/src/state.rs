@@ -116,6 +116,9 @@ struct Stores {
     /// The merged, compiled rules of each set of RequestAuthentications that applies
     /// to some pod (emptied when any changes).
     compiled_authns: HashMap<Vec<String>, Arc<crate::jwt::Compiled>>,
+    /// Counts changes to `request_authns`: rules compiled from an older generation
+    /// are not kept.
+    authn_generation: u64,
 }
 
 /// One RequestAuthentication as the agent holds it.
@@ -246,6 +249,7 @@ impl State {
         let mut s = self.inner.write().unwrap();
         s.request_authns.insert(format!("{}/{}", r.namespace, r.name), Arc::new(r));
         s.compiled_authns.clear();
+        s.authn_generation += 1;
         drop(s);
         self.bump();
     }
@@ -255,6 +259,7 @@ impl State {
         let mut s = self.inner.write().unwrap();
         if s.request_authns.remove(name).is_some() {
             s.compiled_authns.clear();
+            s.authn_generation += 1;
             drop(s);
             self.bump();
         }
@@ -296,13 +301,19 @@ impl State {
                 Some(c) => c.clone(),
                 None => {
                     let rules = names.iter().flat_map(|n| s.request_authns[n].rules.iter().cloned()).collect();
+                    let generation = s.authn_generation;
                     drop(s);
                     let (c, errors) = crate::jwt::Compiled::new(rules);
                     for e in errors {
                         tracing::warn!(pod_namespace = namespace, %ip, "RequestAuthentication: {e}; that issuer's tokens are rejected");
                     }
                     let c = Arc::new(c);
-                    self.inner.write().unwrap().compiled_authns.insert(names, c.clone());
+                    // Compiled outside the lock: kept only if no RequestAuthentication
+                    // changed meanwhile (this request still uses what it read).
+                    let mut s = self.inner.write().unwrap();
+                    if s.authn_generation == generation {
+                        s.compiled_authns.insert(names, c.clone());
+                    }
                     c
                 }
             }

@@ -445,13 +445,18 @@ mod tests {
         }
     }
 
-    fn res(name: &str, a: &wl::Address) -> Resource {
+    /// `m` as the resource `name` of `type_url`, versioned as the control plane does.
+    fn resource_of(name: &str, type_url: &str, m: &impl prost::Message) -> Resource {
         Resource {
-            version: crate::controlplane::model::version_of(&a.encode_to_vec()),
-            resource: Some(prost_types::Any { type_url: ADDRESS_TYPE_URL.into(), value: a.encode_to_vec() }),
+            version: crate::controlplane::model::version_of(&m.encode_to_vec()),
+            resource: Some(prost_types::Any { type_url: type_url.into(), value: m.encode_to_vec() }),
             name: name.into(),
             aliases: vec![],
         }
+    }
+
+    fn res(name: &str, a: &wl::Address) -> Resource {
+        resource_of(name, ADDRESS_TYPE_URL, a)
     }
 
     #[test]
@@ -527,12 +532,7 @@ mod tests {
     }
 
     fn authz_res(name: &str, a: &crate::proto::security::Authorization) -> Resource {
-        Resource {
-            version: crate::controlplane::model::version_of(&a.encode_to_vec()),
-            resource: Some(prost_types::Any { type_url: AUTHORIZATION_TYPE_URL.into(), value: a.encode_to_vec() }),
-            name: name.into(),
-            aliases: vec![],
-        }
+        resource_of(name, AUTHORIZATION_TYPE_URL, a)
     }
 
     #[test]

@@ -578,19 +578,25 @@ pub fn aliased(spec: &PolicySpec, tds: &super::model::TrustDomains) -> PolicySpe
     out
 }
 
-/// Whether the policy picks a pod with these labels in `pod_namespace`: by its
-/// selector, or as a pod of a Service it targets (`services`: by namespace and name).
-pub fn picks(
+/// Whether a policy (AuthorizationPolicy or RequestAuthentication) in
+/// `policy_namespace` picks a pod with these labels in `pod_namespace`: as a pod of a
+/// Service it targets (`services`: by namespace and name), or else by its selector (a
+/// root-namespace selector picks in every namespace; no selector picks no pod by name).
+pub fn picks<'a>(
     policy_namespace: &str,
-    spec: &PolicySpec,
+    selector: Option<&Selector>,
+    targets: impl Iterator<Item = &'a TargetRef>,
     pod_namespace: &str,
     labels: &BTreeMap<String, String>,
     services: &BTreeMap<(String, String), super::folder::Service>,
 ) -> bool {
-    if spec.targets().next().is_none() {
-        return selects(policy_namespace, spec, pod_namespace, labels);
+    let mut targets = targets.peekable();
+    if targets.peek().is_some() {
+        return policy_namespace == pod_namespace && targets.any(|t| service_selects(services, pod_namespace, &t.name, labels));
     }
-    policy_namespace == pod_namespace && spec.targets().any(|t| service_selects(services, pod_namespace, &t.name, labels))
+    let Some(sel) = selector.filter(|s| !s.match_labels.is_empty()) else { return false };
+    (policy_namespace == ROOT_NAMESPACE || policy_namespace == pod_namespace)
+        && sel.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// Whether the Service `namespace/name` exists and selects a pod with these labels.
@@ -604,13 +610,6 @@ pub fn service_selects(
         let sel = &s.spec.selector;
         !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v))
     })
-}
-
-/// Whether the policy's selector picks a pod with these labels in `pod_namespace`.
-pub fn selects(policy_namespace: &str, spec: &PolicySpec, pod_namespace: &str, labels: &BTreeMap<String, String>) -> bool {
-    let Some(sel) = spec.selector.as_ref().filter(|s| !s.match_labels.is_empty()) else { return false };
-    (policy_namespace == ROOT_NAMESPACE || policy_namespace == pod_namespace)
-        && sel.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 #[cfg(test)]

@@ -90,6 +90,10 @@ fn address_resource(addr: wl::Address) -> Resource {
     resource(crate::proto::ADDRESS_TYPE_URL, &addr)
 }
 
+/// A Service with a selector, as pods are matched against it: resource name, selector,
+/// ports.
+type SelectingService<'a> = (String, &'a BTreeMap<String, String>, Vec<wl::Port>);
+
 /// The mesh's trust domain and its aliases (Istio's meshConfig.trustDomainAliases).
 #[derive(Clone, Debug, Default)]
 pub struct TrustDomains {
@@ -147,7 +151,7 @@ pub fn build_with(objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> 
     }
     // Services first: their ports and selectors give each pod's `services` map. By
     // namespace, so a pod is matched against its own namespace's services only.
-    let mut services: BTreeMap<&str, Vec<(String, &BTreeMap<String, String>, Vec<wl::Port>)>> = BTreeMap::new();
+    let mut services: BTreeMap<&str, Vec<SelectingService>> = BTreeMap::new();
     for ((ns, name), svc) in &objects.services {
         let hostname = service_hostname(ns, name);
         let ports: Vec<wl::Port> = svc
@@ -217,7 +221,9 @@ pub fn build_with(objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> 
         let mut authorization_policies: Vec<String> = objects
             .authorization_policies
             .iter()
-            .filter(|((pns, _), p)| authorization::picks(pns, &p.spec, ns, labels, &objects.services))
+            .filter(|((pns, _), p)| {
+                authorization::picks(pns, p.spec.selector.as_ref(), p.spec.targets(), ns, labels, &objects.services)
+            })
             .filter(|((pns, pname), _)| snap.authorizations.contains_key(&format!("{pns}/{pname}")))
             .map(|((pns, pname), _)| format!("{pns}/{pname}"))
             .collect();
@@ -248,15 +254,10 @@ pub fn build_with(objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> 
     }
     for ((ns, name), r) in &objects.request_authentications {
         let mut served = super::requestauth::convert(ns, name, &r.spec, jwks);
-        let targets: Vec<_> = r.spec.targets().collect();
-        if !served.selector.is_empty() || !targets.is_empty() {
+        if !served.selector.is_empty() || r.spec.targets().next().is_some() {
             served.by_workload = true;
             let picked = |pns: &str, labels: &BTreeMap<String, String>| {
-                if targets.is_empty() {
-                    (ns == ROOT_NAMESPACE || ns == pns) && served.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-                } else {
-                    ns == pns && targets.iter().any(|t| authorization::service_selects(&objects.services, pns, &t.name, labels))
-                }
+                authorization::picks(ns, r.spec.selector.as_ref(), r.spec.targets(), pns, labels, &objects.services)
             };
             served.workloads = objects
                 .pods

@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 
 use super::copy::{metered, AccessLog, Counted};
 use super::ProxyInputs;
-use crate::authz::http::{normalize, Normalization};
+use crate::authz::http::normalize;
 use crate::authz::{self, Attrs, Decision, RequestAuth};
 
 type Body = Either<Incoming, Full<Bytes>>;
@@ -49,7 +49,6 @@ pub(super) struct Judge {
     pub attrs: Attrs,
     /// The server name of the caller's TLS handshake (HBONE), for `connection.sni`.
     pub sni: Option<String>,
-    pub normalization: Normalization,
     /// Requests admitted and refused, for the connection's access-log record.
     pub admitted: AtomicU64,
     pub refused: AtomicU64,
@@ -69,7 +68,6 @@ pub(super) fn mode(decision: &Decision, inputs: &ProxyInputs, namespace: &str, a
 impl Judge {
     pub fn new(inputs: Arc<ProxyInputs>, namespace: &str, attrs: Attrs, sni: Option<String>) -> Arc<Judge> {
         Arc::new(Judge {
-            normalization: inputs.path_normalization,
             inputs,
             pod_namespace: namespace.to_string(),
             attrs,
@@ -125,7 +123,7 @@ impl Judge {
                 port = self.attrs.dst_port, %method, path = raw, status = status.as_u16(), "{why}");
             reply(status, body)
         };
-        let path = match normalize(&raw, self.normalization) {
+        let path = match normalize(&raw, self.inputs.path_normalization) {
             Ok(p) => p,
             Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("bad path: {e}"), format!("bad request path: {e}\n")),
         };
