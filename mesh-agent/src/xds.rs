@@ -399,7 +399,10 @@ async fn session(
             ..Default::default()
         };
         tx.send(ack).await.map_err(|_| Error::Closed)?;
-        seen.insert(resp.type_url.clone());
+        // A first answer split over several responses is complete at its last part.
+        if resp.system_version_info != crate::proto::MORE_TO_COME {
+            seen.insert(resp.type_url.clone());
+        }
         if seen.len() == TYPES.len() {
             synced.send_if_modified(|s| !std::mem::replace(s, true));
         }

@@ -90,6 +90,8 @@ struct Got {
     type_url: &'static str,
     at: Instant,
     bytes: usize,
+    /// Not a part of a split answer with more to come.
+    complete: bool,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -140,8 +142,9 @@ async fn client(
         let at = Instant::now();
         let type_url = TYPES.iter().copied().find(|t| *t == r.type_url).unwrap_or("?");
         let bytes = r.encoded_len();
+        let complete = r.system_version_info != mesh_agent::proto::MORE_TO_COME;
         tx.send(DeltaDiscoveryRequest { type_url: r.type_url, response_nonce: r.nonce, ..Default::default() }).await?;
-        let _ = events.send(Got { node, type_url, at, bytes });
+        let _ = events.send(Got { node, type_url, at, bytes, complete });
     }
     Ok(())
 }
@@ -226,7 +229,7 @@ async fn bench(layout: Layout, changes: usize) -> Result<()> {
         .args(["--listen", &addr, "--admin", &format!("127.0.0.1:{admin_port}"), "--state-dir"])
         .arg(&state)
         .args(["--debounce-ms", &DEBOUNCE_MS.to_string()])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("MESH_BENCH_CP_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
@@ -236,7 +239,9 @@ async fn bench(layout: Layout, changes: usize) -> Result<()> {
     let _ = cp.kill();
     let _ = cp.wait();
     let report = result?;
-    let _ = std::fs::remove_dir_all(&work);
+    if std::env::var_os("MESH_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     let mut doc = String::new();
     let _ = writeln!(
         doc,
@@ -309,7 +314,7 @@ async fn drive(layout: &Layout, changes: usize, addr: &str, keys: &mesh_agent::n
             .await
             .context("agents did not sync within 300 s (no answer for 300 s)")?
             .context("every client ended")?;
-        *first.entry(e.node).or_default() += 1;
+        *first.entry(e.node).or_default() += usize::from(e.complete);
         initial_bytes += e.bytes;
         synced_at = e.at;
     }

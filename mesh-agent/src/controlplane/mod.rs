@@ -350,11 +350,12 @@ async fn open_source(args: &ControlPlaneArgs) -> Result<(watch::Receiver<folder:
 
 /// Reads the folder, logging what it rejects.
 fn read(source: &mut folder::Folder, dir: &std::path::Path) -> std::io::Result<folder::Objects> {
+    let t = std::time::Instant::now();
     let (objects, errors) = source.load(dir)?;
     for e in &errors {
         tracing::warn!("config: {e}");
     }
-    tracing::info!(pods = objects.pods.len(), services = objects.services.len(), rejected = errors.len(), "config: loaded");
+    tracing::info!(pods = objects.pods.len(), services = objects.services.len(), rejected = errors.len(), took_ms = t.elapsed().as_secs_f64() * 1e3, "config: loaded");
     Ok(objects)
 }
 
@@ -368,6 +369,7 @@ fn report(objects: &folder::Objects) {
 /// The snapshot of `objects`, with the JWKS fetched so far (and the fetcher told
 /// which URIs are still named).
 fn build(objects: &folder::Objects, args: &ControlPlaneArgs, jwks: &crate::jwt::fetch::JwksCache) -> model::Snapshot {
+    let t = std::time::Instant::now();
     let uris = requestauth::jwks_uris(objects.request_authentications.values().map(|r| &r.spec));
     jwks.forget_except(&uris);
     let lookup = |uri: &str| jwks.get(uri).map(|k| k.as_str().to_owned());
@@ -376,6 +378,7 @@ fn build(objects: &folder::Objects, args: &ControlPlaneArgs, jwks: &crate::jwt::
         resources = snap.resources.len(),
         authorizations = snap.authorizations.len(),
         request_authentications = snap.request_authentications.len(),
+        took_ms = t.elapsed().as_secs_f64() * 1e3,
         "config: built"
     );
     snap
