@@ -38,21 +38,37 @@ pub const MAX_NACK_REASON_BYTES: usize = 4096;
 /// unreadable.
 pub const MAX_RESOURCE_BYTES: usize = 4 << 20;
 
+/// A limit an agent's request or a resource went over.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("a type URL of {0} bytes; the control plane accepts at most {MAX_TYPE_URL_BYTES} (MAX_TYPE_URL_BYTES)")]
+    TypeUrl(usize),
+    #[error("initial_resource_versions names {names} resources of {type_url}; the control plane accepts at most {MAX_RESUME_NAMES} (MAX_RESUME_NAMES)")]
+    ResumeNames { names: usize, type_url: String },
+    #[error("subscribed to more than {MAX_UNKNOWN_TYPES} types this control plane does not serve (MAX_UNKNOWN_TYPES), the last {0:?}; it serves {served}", served = super::scope::TYPES.join(", "))]
+    UnknownTypes(String),
+    #[error("{name}: its {type_url} resource encodes to {bytes} bytes, over the {MAX_RESOURCE_BYTES}-byte limit (MAX_RESOURCE_BYTES); split the object into smaller ones")]
+    ResourceTooLarge { name: String, type_url: String, bytes: usize },
+}
+
+/// The status that ends the stream of an agent that went over a limit.
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::TypeUrl(_) => Status::invalid_argument(e.to_string()),
+            _ => Status::resource_exhausted(e.to_string()),
+        }
+    }
+}
+
 /// Checks a request before it is acted on, and cuts what would be kept of it (a NACK's
-/// reason) to its limit. An error ends the stream with that status.
-pub fn check_request(req: &mut DeltaDiscoveryRequest) -> Result<(), Status> {
+/// reason) to its limit. An error ends the stream.
+pub fn check_request(req: &mut DeltaDiscoveryRequest) -> Result<(), Error> {
     if req.type_url.len() > MAX_TYPE_URL_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "a type URL of {} bytes; the control plane accepts at most {MAX_TYPE_URL_BYTES} (MAX_TYPE_URL_BYTES)",
-            req.type_url.len()
-        )));
+        return Err(Error::TypeUrl(req.type_url.len()));
     }
     if req.initial_resource_versions.len() > MAX_RESUME_NAMES {
-        return Err(Status::resource_exhausted(format!(
-            "initial_resource_versions names {} resources of {}; the control plane accepts at most {MAX_RESUME_NAMES} (MAX_RESUME_NAMES)",
-            req.initial_resource_versions.len(),
-            req.type_url
-        )));
+        return Err(Error::ResumeNames { names: req.initial_resource_versions.len(), type_url: req.type_url.clone() });
     }
     if let Some(e) = &mut req.error_detail {
         cut(&mut e.message, MAX_NACK_REASON_BYTES);
@@ -78,37 +94,25 @@ pub struct UnknownTypes(BTreeSet<String>);
 impl UnknownTypes {
     /// True the first time the stream names `type_url` (answer it), false after. An
     /// error once more than [`MAX_UNKNOWN_TYPES`] distinct ones were named.
-    pub fn first_time(&mut self, type_url: &str) -> Result<bool, Status> {
+    pub fn first_time(&mut self, type_url: &str) -> Result<bool, Error> {
         if self.0.contains(type_url) {
             return Ok(false);
         }
         if self.0.len() == MAX_UNKNOWN_TYPES {
-            return Err(Status::resource_exhausted(format!(
-                "subscribed to more than {MAX_UNKNOWN_TYPES} types this control plane does not serve (MAX_UNKNOWN_TYPES), the last {type_url:?}; it serves {}",
-                super::scope::TYPES.join(", ")
-            )));
+            return Err(Error::UnknownTypes(type_url.to_string()));
         }
         self.0.insert(type_url.to_string());
         Ok(true)
     }
 }
 
-/// A resource over [`MAX_RESOURCE_BYTES`].
-#[derive(Debug, PartialEq, thiserror::Error)]
-#[error("{name}: its {type_url} resource encodes to {bytes} bytes, over the {MAX_RESOURCE_BYTES}-byte limit (MAX_RESOURCE_BYTES); split the object into smaller ones")]
-pub struct TooLarge {
-    pub name: String,
-    pub type_url: String,
-    pub bytes: usize,
-}
-
-/// Whether the resource `name` of `any.type_url` may be served. For the snapshot build:
+/// Whether the resource `name` of `any.type_url` may be served ([`MAX_RESOURCE_BYTES`]). For the snapshot build:
 /// an object failing it is reported like an invalid one and not served.
-pub fn check_resource(name: &str, any: &prost_types::Any) -> Result<(), TooLarge> {
+pub fn check_resource(name: &str, any: &prost_types::Any) -> Result<(), Error> {
     if any.value.len() <= MAX_RESOURCE_BYTES {
         return Ok(());
     }
-    Err(TooLarge { name: name.to_string(), type_url: any.type_url.clone(), bytes: any.value.len() })
+    Err(Error::ResourceTooLarge { name: name.to_string(), type_url: any.type_url.clone(), bytes: any.value.len() })
 }
 
 #[cfg(test)]
@@ -128,19 +132,19 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(one("a").encoded_len(), 23);
-        assert!(MAX_REQUEST_BYTES / 23 < MAX_RESUME_NAMES, "a resume within the byte limit is within the name limit");
+        const { assert!(MAX_REQUEST_BYTES / 23 < MAX_RESUME_NAMES, "a resume within the byte limit is within the name limit") };
     }
 
     #[test]
     fn requests_over_a_limit_are_refused_naming_it() {
         let mut long = DeltaDiscoveryRequest { type_url: "t".repeat(MAX_TYPE_URL_BYTES + 1), ..Default::default() };
-        let s = check_request(&mut long).unwrap_err();
+        let s = Status::from(check_request(&mut long).unwrap_err());
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert!(s.message().contains("MAX_TYPE_URL_BYTES"), "{}", s.message());
 
         let names = (0..=MAX_RESUME_NAMES).map(|i| (i.to_string(), String::new())).collect();
         let mut many = DeltaDiscoveryRequest { type_url: ADDRESS_TYPE_URL.into(), initial_resource_versions: names, ..Default::default() };
-        let s = check_request(&mut many).unwrap_err();
+        let s = Status::from(check_request(&mut many).unwrap_err());
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         assert!(s.message().contains("names 200001 resources") && s.message().contains("at most 200000"), "{}", s.message());
 
@@ -171,7 +175,7 @@ mod tests {
         for i in 1..MAX_UNKNOWN_TYPES {
             assert_eq!(seen.first_time(&format!("t{i}")).ok(), Some(true));
         }
-        let s = seen.first_time("one.more").unwrap_err();
+        let s = Status::from(seen.first_time("one.more").unwrap_err());
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         assert!(s.message().contains("more than 32 types") && s.message().contains("\"one.more\""), "{}", s.message());
         assert_eq!(seen.first_time("t1").ok(), Some(false), "those seen are still known");
@@ -182,7 +186,7 @@ mod tests {
         let any = |bytes: usize| prost_types::Any { type_url: AUTHORIZATION_TYPE_URL.into(), value: vec![0; bytes] };
         assert_eq!(check_resource("ns/p", &any(MAX_RESOURCE_BYTES)), Ok(()));
         let e = check_resource("ns/p", &any(MAX_RESOURCE_BYTES + 1)).unwrap_err();
-        assert_eq!(e.bytes, MAX_RESOURCE_BYTES + 1);
+        assert!(matches!(e, Error::ResourceTooLarge { bytes, .. } if bytes == MAX_RESOURCE_BYTES + 1));
         let text = e.to_string();
         assert!(text.starts_with("ns/p: its type.googleapis.com/istio.security.Authorization resource encodes to 4194305 bytes"), "{text}");
     }
@@ -200,6 +204,6 @@ mod tests {
         };
         let any = prost_types::Any { type_url: AUTHORIZATION_TYPE_URL.into(), value: policy.encode_to_vec() };
         let e = check_resource("shop/allow-all-clients", &any).unwrap_err();
-        assert!(e.bytes > 8_000_000, "{e}");
+        assert!(matches!(e, Error::ResourceTooLarge { bytes, .. } if bytes > 8_000_000), "{e}");
     }
 }

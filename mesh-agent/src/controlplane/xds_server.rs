@@ -319,8 +319,8 @@ impl Connection {
 
     /// Handles one request: a subscription, an ACK or a NACK. False: the stream is gone.
     async fn request(&mut self, mut req: DeltaDiscoveryRequest, registered: &Connected, span: &tracing::Span) -> bool {
-        if let Err(status) = limits::check_request(&mut req) {
-            return self.refuse(status, span).await;
+        if let Err(e) = limits::check_request(&mut req) {
+            return self.refuse(e.into(), span).await;
         }
         let Some(type_url) = TYPES.iter().copied().find(|t| *t == req.type_url) else {
             return self.unknown_type(&req, span).await;
@@ -446,7 +446,7 @@ impl Connection {
                 self.send(response(&req.type_url, nonce, Delta::default()), span).await
             }
             Ok(false) => true,
-            Err(status) => self.refuse(status, span).await,
+            Err(e) => self.refuse(e.into(), span).await,
         }
     }
 
