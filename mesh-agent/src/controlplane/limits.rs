@@ -191,7 +191,7 @@ mod tests {
         assert!(text.starts_with("ns/p: its type.googleapis.com/istio.security.Authorization resource encodes to 4194305 bytes"), "{text}");
     }
 
-    /// A policy allowing 200,000 principals is ~9 MB once encoded: refused.
+    /// A policy allowing 200,000 principals is over 8 MB once encoded: refused.
     #[test]
     fn a_policy_with_200k_principals_is_too_large() {
         use crate::proto::security::{string_match::MatchType, Authorization, Group, Match, Rules, StringMatch};
