@@ -35,5 +35,5 @@ pub const REQUEST_AUTHENTICATION_TYPE_URL: &str = "type.googleapis.com/mesh.secu
 /// The xDS type URL of [`workload::Address`].
 pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 /// `DeltaDiscoveryResponse.system_version_info` of each part of a split response but
-/// the last (`controlplane::xds_server::MAX_RESPONSE_BYTES`): more of this answer follows.
+/// the last (`controlplane::xds_server::PART_BYTES`): more of this answer follows.
 pub const MORE_TO_COME: &str = "mesh:more-to-come";

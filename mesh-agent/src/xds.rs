@@ -26,6 +26,8 @@ pub enum Error {
     Connect(#[source] tonic::transport::Error),
     #[error("stream failed: {0}")]
     Stream(#[from] tonic::Status),
+    #[error("the control plane sent a response over this agent's limit of {MAX_RESPONSE_BYTES} bytes (MAX_RESPONSE_BYTES); is the mesh that large? {0}")]
+    TooLarge(String),
     #[error("the control plane closed the stream")]
     Closed,
     #[error(transparent)]
@@ -314,6 +316,19 @@ pub(crate) fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, String>
         .map_err(|e| format!("invalid address {addr:?}: {e}"))
 }
 
+/// Largest response the agent decodes. The largest is the first Address answer, the
+/// whole mesh: ~3 MB at 10,000 workloads, so 64 MiB leaves room for ~200,000.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// A failed response stream; one over [`MAX_RESPONSE_BYTES`] says so (tonic's own
+/// words for it: "decoded message length too large").
+fn stream_error(s: tonic::Status) -> Error {
+    if s.code() == tonic::Code::OutOfRange && s.message().contains("decoded message length too large") {
+        return Error::TooLarge(s.message().to_string());
+    }
+    Error::Stream(s)
+}
+
 /// The types the agent subscribes to.
 const TYPES: [&str; 3] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL];
 
@@ -338,7 +353,7 @@ pub async fn run(addr: String, node: String, credential: Credential, state: Stat
             Error::Stream(s) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied) => {
                 tracing::warn!("xds: the control plane at {addr} refused this agent as node {node}: {}; retrying in {delay:?}", s.message())
             }
-            Error::Credential(e) => tracing::warn!("xds: {e}; retrying in {delay:?}"),
+            Error::Credential(_) | Error::TooLarge(_) => tracing::warn!("xds: {cause}; retrying in {delay:?}"),
             _ => tracing::warn!("xds: cannot reach control plane at {addr}: {cause}; retrying in {delay:?}"),
         }
         tokio::time::sleep(delay).await;
@@ -356,7 +371,7 @@ async fn session(
     got_response: &mut bool,
 ) -> Result<(), Error> {
     let channel = endpoint(addr).map_err(Error::Address)?.connect().await.map_err(Error::Connect)?;
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
     let (tx, rx) = mpsc::channel(4);
     for type_url in TYPES {
         let subscribe = DeltaDiscoveryRequest {
@@ -372,7 +387,7 @@ async fn session(
     credential.authorize(&mut request)?;
     let mut responses = client.delta_aggregated_resources(request).await?.into_inner();
     tracing::info!(addr, held = cache.versions().len(), "xds: connected to the control plane");
-    while let Some(resp) = responses.message().await? {
+    while let Some(resp) = responses.message().await.map_err(stream_error)? {
         *got_response = true;
         if !TYPES.contains(&resp.type_url.as_str()) {
             tracing::debug!(type_url = resp.type_url, "xds: ignoring a type we did not ask for");
@@ -532,6 +547,43 @@ mod tests {
         let resp = DeltaDiscoveryResponse { removed_resources: vec![svc.into()], ..Default::default() };
         cache.apply(&resp, &state);
         assert!(state.services().is_empty() && cache.versions().is_empty());
+    }
+
+    /// A control plane that answers 5 MiB (over tonic's default 4 MiB: read), then
+    /// declares a length over MAX_RESPONSE_BYTES: the session fails naming the limit.
+    #[tokio::test]
+    async fn a_response_over_the_limit_fails_naming_it() {
+        use http_body_util::Full;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let svc = hyper::service::service_fn(|_req| async {
+                let big = DeltaDiscoveryResponse { type_url: "other".into(), system_version_info: "x".repeat(5 << 20), ..Default::default() };
+                let mut frame = vec![0u8];
+                frame.extend_from_slice(&(big.encoded_len() as u32).to_be_bytes());
+                frame.extend_from_slice(&big.encode_to_vec());
+                frame.push(0);
+                frame.extend_from_slice(&(MAX_RESPONSE_BYTES as u32 + 1).to_be_bytes());
+                let resp = http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(Full::new(bytes::Bytes::from(frame)))
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(resp)
+            });
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(io, svc).await;
+        });
+        let (synced, _) = watch::channel(false);
+        let (state, mut cache, mut got) = (State::default(), Cache::default(), false);
+        let session = session(&addr, "n1", &Credential::None, &state, &synced, &mut cache, &mut got);
+        let e = tokio::time::timeout(Duration::from_secs(5), session).await.expect("the session ends").unwrap_err();
+        assert!(matches!(e, Error::TooLarge(_)), "{e}");
+        let text = e.to_string();
+        assert!(got, "the 5 MiB answer was read");
+        assert!(text.contains("limit of 67108864 bytes (MAX_RESPONSE_BYTES)"), "{text}");
+        assert!(text.contains("found 67108865 bytes, the limit is: 67108864 bytes"), "{text}");
+        server.abort();
     }
 
     fn authz_res(name: &str, a: &crate::proto::security::Authorization) -> Resource {

@@ -7,6 +7,7 @@
 //! - [`peerauth`]: PeerAuthentication: precedence, and its DENY form for the workload API.
 //! - [`model`]: objects -> xDS resources, and which identities run on which node.
 //! - [`xds_server`]: per-agent delta streams.
+//! - [`limits`]: what one agent's stream may make it read and keep.
 //! - [`ca`]: the root and the certificate service.
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ pub mod ca;
 pub mod folder;
 pub mod held;
 pub mod kube;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod peerauth;
@@ -255,7 +257,8 @@ pub async fn serve_with_admin(
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, "control plane: serving xDS and CA");
     let routes = Routes {
-        xds: AggregatedDiscoveryServiceServer::new(xds),
+        // A request over the limit ends its stream with OUT_OF_RANGE naming it.
+        xds: AggregatedDiscoveryServiceServer::new(xds).max_decoding_message_size(limits::MAX_REQUEST_BYTES),
         ca: IstioCertificateServiceServer::new(ca_svc),
     };
     // On shutdown, stopping the reloader drops the snapshot sender, which ends every

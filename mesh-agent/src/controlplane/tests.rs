@@ -116,6 +116,7 @@ async fn agent_on(cp: &Running, node: &str) -> (State, tokio::task::JoinHandle<(
     (state, client)
 }
 
+mod badinput;
 mod push;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::held::Held;
+use super::limits::{self, UnknownTypes};
 use super::metrics::CpMetrics;
 use super::model::{Resource as Served, Snapshot};
 pub use super::scope::resources_of;
@@ -72,11 +73,11 @@ pub struct Delta {
     pub removed: Vec<String>,
 }
 
-/// Encoded resource bytes per response: a larger delta goes out in several responses.
+/// Encoded resource bytes per response part: a larger delta goes out in several responses.
 /// The gRPC transport keeps each stream's encode buffer at the size of the largest
 /// message it sent, so one 3 MB first answer per agent would stay resident per agent
 /// (3.4 MiB each at 10,000 workloads, measured with `cargo xtask bench-xds`).
-pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+pub const PART_BYTES: usize = 64 * 1024;
 
 
 impl Delta {
@@ -267,6 +268,7 @@ impl AggregatedDiscoveryService for XdsServer {
             subs: BTreeMap::new(),
             first_answers: self.first_answers.clone(),
             turn: None,
+            unknown: UnknownTypes::default(),
         };
         tokio::spawn(conn.run(request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -294,6 +296,8 @@ struct Connection {
     first_answers: Arc<Semaphore>,
     /// This agent's turn for first answers: until they are all answered, or the deadline.
     turn: Option<Turn>,
+    /// Types it asked for that we do not serve (answered once each, bounded).
+    unknown: UnknownTypes,
 }
 
 struct Turn {
@@ -309,7 +313,8 @@ impl Connection {
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {
-                tracing::debug!(peer = self.peer, "xds: stream failed before its first request: {e}");
+                let span = tracing::info_span!("xds", node = %self.node, peer = %self.peer);
+                self.unreadable(e, &span).await;
                 return;
             }
         };
@@ -343,7 +348,7 @@ impl Connection {
                         return;
                     }
                     Err(e) => {
-                        tracing::info!(parent: &span, "xds: agent stream ended: {e}");
+                        self.unreadable(e, &span).await;
                         return;
                     }
                 },
@@ -368,14 +373,12 @@ impl Connection {
     }
 
     /// Handles one request: a subscription, an ACK or a NACK. False: the stream is gone.
-    async fn request(&mut self, req: DeltaDiscoveryRequest, registered: &Connected, span: &tracing::Span) -> bool {
+    async fn request(&mut self, mut req: DeltaDiscoveryRequest, registered: &Connected, span: &tracing::Span) -> bool {
+        if let Err(e) = limits::check_request(&mut req) {
+            return self.refuse(e.into(), span).await;
+        }
         let Some(type_url) = TYPES.iter().copied().find(|t| *t == req.type_url) else {
-            // A type we do not serve: answer the subscription once with nothing.
-            if req.response_nonce.is_empty() {
-                let nonce = self.next_nonce();
-                return self.out.send(Ok(response(&req.type_url, nonce, Delta::default()))).await.is_ok();
-            }
-            return true;
+            return self.unknown_type(&req, span).await;
         };
         if !req.response_nonce.is_empty() {
             let Ok(nonce) = req.response_nonce.parse::<u64>() else {
@@ -476,7 +479,7 @@ impl Connection {
             return true;
         }
         tracing::debug!(parent: span, type_url, changed = delta.resources.len(), removed = delta.removed.len(), reason = reason.as_str(), "xds: push");
-        let parts = delta.split(MAX_RESPONSE_BYTES);
+        let parts = delta.split(PART_BYTES);
         let last = parts.len() - 1;
         for (i, part) in parts.into_iter().enumerate() {
             let nonce = self.next_nonce();
@@ -496,11 +499,73 @@ impl Connection {
             if i < last {
                 resp.system_version_info = MORE_TO_COME.to_string();
             }
-            if self.out.send(Ok(resp)).await.is_err() {
+            if !self.send(resp, span).await {
                 return false;
             }
         }
         true
+    }
+
+    /// A subscription to a type we do not serve: answered once with nothing, and
+    /// logged once; the stream is refused past `limits::MAX_UNKNOWN_TYPES` of them.
+    async fn unknown_type(&mut self, req: &DeltaDiscoveryRequest, span: &tracing::Span) -> bool {
+        if !req.response_nonce.is_empty() {
+            return true; // the ACK of our empty answer
+        }
+        match self.unknown.first_time(&req.type_url) {
+            Ok(true) => {
+                tracing::info!(parent: span, type_url = req.type_url, "xds: agent asked for a type this control plane does not serve; answered with nothing");
+                let nonce = self.next_nonce();
+                self.send(response(&req.type_url, nonce, Delta::default()), span).await
+            }
+            Ok(false) => true,
+            Err(e) => self.refuse(e.into(), span).await,
+        }
+    }
+
+    /// Ends the stream with `status`, which says why. Always false.
+    async fn refuse(&mut self, status: Status, span: &tracing::Span) -> bool {
+        tracing::warn!(parent: span, "xds: ending this agent's stream: {}", status.message());
+        let _ = self.out.send(Err(status)).await;
+        false
+    }
+
+    /// The request stream failed: a request we cannot decode ends the stream with a
+    /// status that says so; a broken connection is only logged.
+    async fn unreadable(&mut self, e: Status, span: &tracing::Span) {
+        let transport = e.message().starts_with("h2 protocol error") || !matches!(e.code(), tonic::Code::Internal | tonic::Code::OutOfRange);
+        if transport {
+            tracing::info!(parent: span, "xds: agent stream ended: {e}");
+            return;
+        }
+        let limit = if e.code() == tonic::Code::OutOfRange {
+            format!(" (requests are limited to {} bytes, MAX_REQUEST_BYTES)", limits::MAX_REQUEST_BYTES)
+        } else {
+            String::new()
+        };
+        let why = format!("the control plane cannot read this agent's delta ADS request{limit}: {}", e.message());
+        self.refuse(Status::new(e.code(), why), span).await;
+    }
+
+    /// Queues one response. An agent that does not read blocks here (its stream's
+    /// flow control is full) and skips to the latest snapshot once it reads again;
+    /// meanwhile its turn for first answers passes at its deadline, so that agents
+    /// that stopped reading cannot keep others from their first answers.
+    async fn send(&mut self, resp: DeltaDiscoveryResponse, span: &tracing::Span) -> bool {
+        loop {
+            let deadline = self.turn.as_ref().map(|t| t.deadline);
+            tokio::select! {
+                slot = self.out.reserve() => {
+                    let Ok(slot) = slot else { return false };
+                    slot.send(Ok(resp));
+                    return true;
+                }
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    tracing::info!(parent: span, "xds: agent is not reading its stream; its turn for first answers passes");
+                    self.turn = None;
+                }
+            }
+        }
     }
 
     fn next_nonce(&mut self) -> u64 {

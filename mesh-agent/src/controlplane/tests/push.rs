@@ -30,13 +30,13 @@ spec: {action: DENY, rules: [{}]}
 ";
 
 /// A raw delta ADS client subscribed to every served type.
-struct Raw {
+pub(super) struct Raw {
     tx: mpsc::Sender<DeltaDiscoveryRequest>,
     rx: tonic::Streaming<DeltaDiscoveryResponse>,
 }
 
 impl Raw {
-    async fn connect(cp: &Running, node: &str) -> Raw {
+    pub(super) async fn connect(cp: &Running, node: &str) -> Raw {
         let (tx, rx) = mpsc::channel(16);
         for t in TYPES {
             tx.send(DeltaDiscoveryRequest {
@@ -66,12 +66,12 @@ impl Raw {
     }
 
     /// The next response within 3 s, or `None`.
-    async fn next(&mut self) -> Option<DeltaDiscoveryResponse> {
+    pub(super) async fn next(&mut self) -> Option<DeltaDiscoveryResponse> {
         tokio::time::timeout(Duration::from_secs(3), self.rx.message()).await.ok().and_then(|r| r.unwrap())
     }
 
     /// The next response of `type_url` within 3 s (others are ACKed on the way).
-    async fn next_of(&mut self, type_url: &str) -> DeltaDiscoveryResponse {
+    pub(super) async fn next_of(&mut self, type_url: &str) -> DeltaDiscoveryResponse {
         loop {
             let r = self.next().await.unwrap_or_else(|| panic!("no {type_url} push within 3 s"));
             if r.type_url == type_url {
@@ -82,7 +82,7 @@ impl Raw {
     }
 
     /// Nothing at all for `d`.
-    async fn quiet(&mut self, d: Duration) -> Result<(), DeltaDiscoveryResponse> {
+    pub(super) async fn quiet(&mut self, d: Duration) -> Result<(), DeltaDiscoveryResponse> {
         match tokio::time::timeout(d, self.rx.message()).await {
             Err(_) => Ok(()),
             Ok(r) => Err(r.unwrap().expect("stream open")),
@@ -90,7 +90,7 @@ impl Raw {
     }
 
     /// Nothing of `type_url` for `d` (others are ACKed).
-    async fn quiet_of(&mut self, type_url: &str, d: Duration) -> Result<(), DeltaDiscoveryResponse> {
+    pub(super) async fn quiet_of(&mut self, type_url: &str, d: Duration) -> Result<(), DeltaDiscoveryResponse> {
         let until = tokio::time::Instant::now() + d;
         loop {
             match tokio::time::timeout_at(until, self.rx.message()).await {
@@ -106,7 +106,7 @@ impl Raw {
         }
     }
 
-    async fn answer(&self, r: &DeltaDiscoveryResponse, error: Option<&str>) {
+    pub(super) async fn answer(&self, r: &DeltaDiscoveryResponse, error: Option<&str>) {
         let error_detail = error.map(|m| crate::proto::discovery::Status { code: 3, message: m.into(), details: vec![] });
         let ack = DeltaDiscoveryRequest {
             type_url: r.type_url.clone(),
@@ -119,7 +119,7 @@ impl Raw {
 }
 
 /// GET `path` from the admin listener: (status line, body).
-async fn get(admin: &str, path: &str) -> (String, String) {
+pub(super) async fn get(admin: &str, path: &str) -> (String, String) {
     let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: cp\r\n\r\n").as_bytes()).await.unwrap();
     let mut text = String::new();
@@ -129,7 +129,7 @@ async fn get(admin: &str, path: &str) -> (String, String) {
 }
 
 /// The value of the metric line that starts with `prefix`.
-fn metric(text: &str, prefix: &str) -> Option<f64> {
+pub(super) fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
 }
 
