@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -178,31 +179,33 @@ impl Pod {
 
 /// One object of a kind we understand.
 #[derive(Clone, Debug, PartialEq)]
+/// Shared: the folder, the Kubernetes store and every `Objects` handed out hold the
+/// same copy, so handing out the whole config after a change costs no deep copies.
 pub enum Object {
-    Namespace(Namespace),
-    ServiceAccount(ServiceAccount),
-    Service(Service),
-    Pod(Pod),
-    AuthorizationPolicy(AuthorizationPolicy),
-    PeerAuthentication(PeerAuthentication),
-    RequestAuthentication(super::requestauth::RequestAuthentication),
+    Namespace(Arc<Namespace>),
+    ServiceAccount(Arc<ServiceAccount>),
+    Service(Arc<Service>),
+    Pod(Arc<Pod>),
+    AuthorizationPolicy(Arc<AuthorizationPolicy>),
+    PeerAuthentication(Arc<PeerAuthentication>),
+    RequestAuthentication(Arc<super::requestauth::RequestAuthentication>),
 }
 
-/// Everything the folder holds now, by kind.
+/// Everything the folder holds now, by kind (objects shared, see [`Object`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Objects {
-    pub namespaces: BTreeMap<String, Namespace>,
-    pub service_accounts: BTreeMap<(String, String), ServiceAccount>,
-    pub services: BTreeMap<(String, String), Service>,
-    pub pods: BTreeMap<(String, String), Pod>,
-    pub authorization_policies: BTreeMap<(String, String), AuthorizationPolicy>,
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    pub service_accounts: BTreeMap<(String, String), Arc<ServiceAccount>>,
+    pub services: BTreeMap<(String, String), Arc<Service>>,
+    pub pods: BTreeMap<(String, String), Arc<Pod>>,
+    pub authorization_policies: BTreeMap<(String, String), Arc<AuthorizationPolicy>>,
     /// With the order they were read in (file, then document): the tie-break of
     /// PeerAuthentications of one age.
-    pub peer_authentications: BTreeMap<(String, String), (usize, PeerAuthentication)>,
-    pub request_authentications: BTreeMap<(String, String), super::requestauth::RequestAuthentication>,
+    pub peer_authentications: BTreeMap<(String, String), (usize, Arc<PeerAuthentication>)>,
+    pub request_authentications: BTreeMap<(String, String), Arc<super::requestauth::RequestAuthentication>>,
     /// From the Kubernetes source only; the model does not read them yet.
-    pub nodes: BTreeMap<String, super::kube::Node>,
-    pub endpoint_slices: BTreeMap<(String, String), super::kube::EndpointSlice>,
+    pub nodes: BTreeMap<String, Arc<super::kube::Node>>,
+    pub endpoint_slices: BTreeMap<(String, String), Arc<super::kube::EndpointSlice>>,
 }
 
 impl Objects {
@@ -221,7 +224,7 @@ impl Objects {
 }
 
 /// Where an object came from: file and document index.
-type Origin = (PathBuf, usize);
+type Origin = (Arc<Path>, usize);
 
 /// The folder's parsed state, remembering the last good version of every object.
 #[derive(Default)]
@@ -317,10 +320,10 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
         serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
     }
     let result = match kind.as_str() {
-        "Namespace" => typed(doc.text).map(Object::Namespace),
-        "ServiceAccount" => typed(doc.text).map(Object::ServiceAccount),
-        "Service" => typed(doc.text).map(Object::Service),
-        "Pod" => typed(doc.text).map(Object::Pod),
+        "Namespace" => typed(doc.text).map(|o| Object::Namespace(Arc::new(o))),
+        "ServiceAccount" => typed(doc.text).map(|o| Object::ServiceAccount(Arc::new(o))),
+        "Service" => typed(doc.text).map(|o| Object::Service(Arc::new(o))),
+        "Pod" => typed(doc.text).map(|o| Object::Pod(Arc::new(o))),
         "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication" => {
             let api = api_version.unwrap_or_default();
             if !matches!(api.as_str(), "security.istio.io/v1" | "security.istio.io/v1beta1") {
@@ -336,7 +339,7 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
             if kind == "AuthorizationPolicy" {
                 match typed::<AuthorizationPolicy>(doc.text) {
                     Ok(p) => match p.spec.validate() {
-                        Ok(()) => Ok(Object::AuthorizationPolicy(p)),
+                        Ok(()) => Ok(Object::AuthorizationPolicy(Arc::new(p))),
                         Err(e) => return Parsed::Bad(key, invalid_field(file, doc, &kind, &e)),
                     },
                     Err(e) => Err(e),
@@ -344,7 +347,7 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
             } else if kind == "RequestAuthentication" {
                 match typed::<super::requestauth::RequestAuthentication>(doc.text) {
                     Ok(ra) => match ra.spec.validate() {
-                        Ok(()) => Ok(Object::RequestAuthentication(ra)),
+                        Ok(()) => Ok(Object::RequestAuthentication(Arc::new(ra))),
                         Err(e) => return Parsed::Bad(key, invalid_field(file, doc, &kind, &e)),
                     },
                     Err(e) => Err(e),
@@ -352,7 +355,7 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
             } else {
                 match typed::<PeerAuthentication>(doc.text) {
                     Ok(pa) => match pa.spec.validate() {
-                        Ok(()) => Ok(Object::PeerAuthentication(pa)),
+                        Ok(()) => Ok(Object::PeerAuthentication(Arc::new(pa))),
                         Err(e) => return Parsed::Bad(key, invalid_field(file, doc, &kind, &e)),
                     },
                     Err(e) => Err(e),
@@ -425,16 +428,17 @@ impl Folder {
         let mut errors = Vec::new();
         let mut next: HashMap<ObjectKey, (Origin, Object)> = HashMap::new();
         let mut keep_origins: Vec<Origin> = Vec::new();
-        let mut keep_files: Vec<PathBuf> = Vec::new();
+        let mut keep_files: Vec<Arc<Path>> = Vec::new();
         let mut keep_keys: Vec<ObjectKey> = Vec::new();
         let mut parsed: HashMap<PathBuf, (String, Vec<ParsedDoc>)> = HashMap::new();
         for (path, text) in files {
             let file = path.display().to_string();
+            let origin_file: Arc<Path> = Arc::from(path.as_path());
             let text = match text {
                 Ok(t) => t,
                 Err(source) => {
                     errors.push(Error::Read { file, source });
-                    keep_files.push(path);
+                    keep_files.push(origin_file);
                     continue;
                 }
             };
@@ -466,12 +470,12 @@ impl Folder {
                             });
                         }
                         good.push((i, first_line, key.clone(), obj.clone()));
-                        next.insert(key, ((path.clone(), i), obj));
+                        next.insert(key, ((origin_file.clone(), i), obj));
                     }
                     Parsed::Bad(key, e) => {
                         all_good = false;
                         errors.push(e);
-                        keep_origins.push((path.clone(), i));
+                        keep_origins.push((origin_file.clone(), i));
                         keep_keys.extend(key);
                     }
                 }
@@ -490,10 +494,19 @@ impl Folder {
         self.last_good = next;
         self.parsed = parsed;
         let mut objects = Objects::default();
-        let mut origins: Vec<&Origin> = self.last_good.values().map(|(o, _)| o).collect();
+        // Reading order matters only among PeerAuthentications (their tie-break).
+        let mut origins: Vec<&Origin> = self
+            .last_good
+            .values()
+            .filter(|(_, o)| matches!(o, Object::PeerAuthentication(_)))
+            .map(|(o, _)| o)
+            .collect();
         origins.sort();
         for (key, (origin, obj)) in &self.last_good {
-            let order = origins.binary_search(&origin).unwrap_or_default();
+            let order = match obj {
+                Object::PeerAuthentication(_) => origins.binary_search(&origin).unwrap_or_default(),
+                _ => 0,
+            };
             objects.insert(key, order, obj.clone());
         }
         (objects, errors)

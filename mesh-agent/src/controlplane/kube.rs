@@ -17,6 +17,7 @@
 //! kind, namespace, name and field, and its last good version keeps serving.
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -174,8 +175,8 @@ pub struct EndpointPort {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Item {
     Object(Object),
-    Node(Node),
-    EndpointSlice(EndpointSlice),
+    Node(Arc<Node>),
+    EndpointSlice(Arc<EndpointSlice>),
 }
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped kinds.
@@ -204,26 +205,26 @@ pub fn decode(kind: Kind, json: serde_json::Value) -> Result<Item, String> {
         })
     }
     Ok(match kind {
-        Kind::Namespace => Item::Object(Object::Namespace(typed(json)?)),
-        Kind::ServiceAccount => Item::Object(Object::ServiceAccount(typed(json)?)),
-        Kind::Service => Item::Object(Object::Service(typed(json)?)),
-        Kind::Pod => Item::Object(Object::Pod(typed(json)?)),
-        Kind::Node => Item::Node(typed(json)?),
-        Kind::EndpointSlice => Item::EndpointSlice(typed(json)?),
+        Kind::Namespace => Item::Object(Object::Namespace(Arc::new(typed(json)?))),
+        Kind::ServiceAccount => Item::Object(Object::ServiceAccount(Arc::new(typed(json)?))),
+        Kind::Service => Item::Object(Object::Service(Arc::new(typed(json)?))),
+        Kind::Pod => Item::Object(Object::Pod(Arc::new(typed(json)?))),
+        Kind::Node => Item::Node(Arc::new(typed(json)?)),
+        Kind::EndpointSlice => Item::EndpointSlice(Arc::new(typed(json)?)),
         Kind::AuthorizationPolicy => {
             let p: folder::AuthorizationPolicy = typed(json)?;
             checked(p.spec.validate())?;
-            Item::Object(Object::AuthorizationPolicy(p))
+            Item::Object(Object::AuthorizationPolicy(Arc::new(p)))
         }
         Kind::PeerAuthentication => {
             let p: folder::PeerAuthentication = typed(json)?;
             checked(p.spec.validate())?;
-            Item::Object(Object::PeerAuthentication(p))
+            Item::Object(Object::PeerAuthentication(Arc::new(p)))
         }
         Kind::RequestAuthentication => {
             let r: super::requestauth::RequestAuthentication = typed(json)?;
             checked(r.spec.validate())?;
-            Item::Object(Object::RequestAuthentication(r))
+            Item::Object(Object::RequestAuthentication(Arc::new(r)))
         }
     })
 }

@@ -221,7 +221,8 @@ pub async fn serve_with_admin(
         Duration::from_secs(args.jwks_refresh_secs.max(1)),
         jwks_tls(args.jwks_ca_cert.as_deref())?,
     ));
-    let (snap_tx, snap_rx) = watch::channel(Arc::new(build(&objects, &args, &jwks)));
+    let mut builder = model::Builder::default();
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(build(&mut builder, &objects, &args, &jwks)));
 
     let reload_args = args.clone();
     let mut keys_changed = jwks.changed();
@@ -239,7 +240,7 @@ pub async fn serve_with_admin(
                 // New keys for a jwksUri: the RequestAuthentications naming it change.
                 r = keys_changed.changed() => if r.is_err() { return },
             }
-            let next = build(&objects, &reload_args, &jwks);
+            let next = build(&mut builder, &objects, &reload_args, &jwks);
             snap_tx.send_if_modified(|cur| {
                 let changed = **cur != next;
                 if changed {
@@ -371,12 +372,17 @@ fn report(objects: &folder::Objects) {
 
 /// The snapshot of `objects`, with the JWKS fetched so far (and the fetcher told
 /// which URIs are still named).
-fn build(objects: &folder::Objects, args: &ControlPlaneArgs, jwks: &crate::jwt::fetch::JwksCache) -> model::Snapshot {
+fn build(
+    builder: &mut model::Builder,
+    objects: &folder::Objects,
+    args: &ControlPlaneArgs,
+    jwks: &crate::jwt::fetch::JwksCache,
+) -> model::Snapshot {
     let t = std::time::Instant::now();
     let uris = requestauth::jwks_uris(objects.request_authentications.values().map(|r| &r.spec));
     jwks.forget_except(&uris);
     let lookup = |uri: &str| jwks.get(uri).map(|k| k.as_str().to_owned());
-    let snap = model::build_with(objects, &model::TrustDomains::new(&args.trust_domain, &args.trust_domain_aliases), &lookup);
+    let snap = builder.build(objects, &model::TrustDomains::new(&args.trust_domain, &args.trust_domain_aliases), &lookup);
     tracing::info!(
         resources = snap.resources.len(),
         authorizations = snap.authorizations.len(),

@@ -2,8 +2,9 @@
 //! `istio.workload.Address` per pod (Workload) and per Kubernetes Service, one
 //! `istio.security.Authorization` per ALLOW or DENY AuthorizationPolicy, and the DENY
 //! policies PeerAuthentication STRICT becomes (`peerauth::convert`).
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::authorization::{self, ROOT_NAMESPACE};
 use super::peerauth;
@@ -132,145 +133,197 @@ pub fn build(objects: &Objects, trust_domain: &str) -> Snapshot {
 /// Builds every resource; `jwks` gives the keys fetched for a RequestAuthentication's
 /// `jwksUri`, or `None` while they are unknown.
 pub fn build_with(objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> Option<String>) -> Snapshot {
-    let trust_domain = tds.own.as_str();
-    let mut snap = Snapshot::default();
-    for ((ns, name), p) in &objects.authorization_policies {
-        if let Some(authz) = authorization::convert(ns, name, &authorization::aliased(&p.spec, tds)) {
-            let r = resource(crate::proto::AUTHORIZATION_TYPE_URL, &authz);
-            snap.authorizations.insert(format!("{ns}/{name}"), r);
-        }
+    Builder::default().build(objects, tds, jwks)
+}
+
+/// Builds snapshots one after another, reusing what did not change: a pod's Workload
+/// is encoded again only when the pod, or anything of its namespace that goes into it
+/// (the Namespace, its Services and AuthorizationPolicies, the root namespace's
+/// policies, its converted PeerAuthentications), is a different object than at the
+/// previous build. Objects are shared (`Arc`), so "different" is a pointer comparison.
+#[derive(Default)]
+pub struct Builder {
+    pods: HashMap<(String, String), Memo>,
+}
+
+/// A pod's Workload as last built, and what it was built from.
+struct Memo {
+    pod: Arc<Pod>,
+    context: u64,
+    selected: Vec<String>,
+    resource: Resource,
+}
+
+/// What of namespace `ns` goes into its pods' Workloads, as object identities.
+fn namespace_context(objects: &Objects, ns: &str, trust_domain: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    trust_domain.hash(&mut h);
+    objects.namespaces.get(ns).map(Arc::as_ptr).hash(&mut h);
+    for (k, svc) in objects.services.iter().filter(|(k, _)| k.0 == ns) {
+        (k, Arc::as_ptr(svc)).hash(&mut h);
     }
-    let converted = peer_authentications(objects);
-    for (key, authz) in &converted.policies {
-        if snap.authorizations.contains_key(key) {
-            tracing::warn!(policy = %key, "an AuthorizationPolicy uses the name of a converted PeerAuthentication \
-                (names starting with istio_converted_ or converted_peer_authentication_ are reserved); \
-                the PeerAuthentication's is served");
-        }
-        snap.authorizations.insert(key.clone(), resource(crate::proto::AUTHORIZATION_TYPE_URL, authz));
+    for (k, p) in objects.authorization_policies.iter().filter(|(k, _)| k.0 == ns || k.0 == ROOT_NAMESPACE) {
+        (k, Arc::as_ptr(p)).hash(&mut h);
     }
-    // Services first: their ports and selectors give each pod's `services` map. By
-    // namespace, so a pod is matched against its own namespace's services only.
-    let mut services: BTreeMap<&str, Vec<SelectingService>> = BTreeMap::new();
-    for ((ns, name), svc) in &objects.services {
-        let hostname = service_hostname(ns, name);
-        let ports: Vec<wl::Port> = svc
-            .spec
-            .ports
-            .iter()
-            .filter(|p| p.protocol.as_deref().is_none_or(|p| p.eq_ignore_ascii_case("TCP")))
-            .map(|p| wl::Port {
-                service_port: u32::from(p.port),
-                target_port: u32::from(p.target_port.map_or(p.port, |t| t.0)),
-            })
-            .collect();
-        let mut ips: Vec<&str> = svc.spec.cluster_ips.iter().map(String::as_str).collect();
-        if let Some(ip) = svc.spec.cluster_ip.as_deref() {
-            if !ips.contains(&ip) {
-                ips.insert(0, ip);
+    h.finish()
+}
+
+impl Builder {
+    pub fn build(&mut self, objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> Option<String>) -> Snapshot {
+        let trust_domain = tds.own.as_str();
+        let mut snap = Snapshot::default();
+        for ((ns, name), p) in &objects.authorization_policies {
+            if let Some(authz) = authorization::convert(ns, name, &authorization::aliased(&p.spec, tds)) {
+                let r = resource(crate::proto::AUTHORIZATION_TYPE_URL, &authz);
+                snap.authorizations.insert(format!("{ns}/{name}"), r);
             }
         }
-        let addresses = ips
-            .iter()
-            .filter_map(|ip| ip.parse::<IpAddr>().ok()) // "None" (headless) and "" have no VIP
-            .map(|ip| wl::NetworkAddress { network: String::new(), address: ip_bytes(&ip) })
-            .collect();
-        let proto = wl::Service {
-            name: name.clone(),
-            namespace: ns.clone(),
-            hostname: hostname.clone(),
-            addresses,
-            ports: ports.clone(),
-            subject_alt_names: vec![],
-        };
-        let key = format!("{ns}/{hostname}");
-        snap.resources.insert(key.clone(), address_resource(wl::Address { r#type: Some(wl::address::Type::Service(proto)) }));
-        if !svc.spec.selector.is_empty() {
-            services.entry(ns.as_str()).or_default().push((key, &svc.spec.selector, ports));
-        }
-    }
-    for ((ns, name), pod) in &objects.pods {
-        let sa = pod.service_account().to_string();
-        let node = pod.spec.node_name.clone().unwrap_or_default();
-        if !node.is_empty() {
-            let id = Identity { trust_domain: trust_domain.into(), namespace: ns.clone(), service_account: sa.clone() };
-            snap.identities.insert((node.clone(), id));
-        }
-        let ips = pod.ips();
-        if ips.is_empty() {
-            continue; // not scheduled or not started yet: nothing can reach it
-        }
-        let svc_map = services
-            .get(ns.as_str())
-            .into_iter()
-            .flatten()
-            .filter(|(_, selector, _)| selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v)))
-            .map(|(key, _, ports)| (key.clone(), wl::PortList { ports: ports.clone() }))
-            .collect();
-        let labels = &pod.metadata.labels;
-        let canonical_name = ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
-            .iter()
-            .find_map(|k| labels.get(*k).cloned())
-            .unwrap_or_else(|| name.clone());
-        let canonical_revision = ["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]
-            .iter()
-            .find_map(|k| labels.get(*k).cloned())
-            .unwrap_or_else(|| "latest".into());
-        let tunnel = if in_mesh(objects, pod) { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None };
-        let uid = workload_uid(ns, name);
-        let mut authorization_policies: Vec<String> = objects
-            .authorization_policies
-            .iter()
-            .filter(|((pns, _), p)| {
-                authorization::picks(pns, p.spec.selector.as_ref(), p.spec.targets(), ns, labels, &objects.services)
-            })
-            .filter(|((pns, pname), _)| snap.authorizations.contains_key(&format!("{pns}/{pname}")))
-            .map(|((pns, pname), _)| format!("{pns}/{pname}"))
-            .collect();
-        for key in converted.selected.get(&(ns.clone(), name.clone())).into_iter().flatten() {
-            if !authorization_policies.contains(key) {
-                authorization_policies.push(key.clone());
+        let converted = peer_authentications(objects);
+        for (key, authz) in &converted.policies {
+            if snap.authorizations.contains_key(key) {
+                tracing::warn!(policy = %key, "an AuthorizationPolicy uses the name of a converted PeerAuthentication \
+                    (names starting with istio_converted_ or converted_peer_authentication_ are reserved); \
+                    the PeerAuthentication's is served");
             }
+            snap.authorizations.insert(key.clone(), resource(crate::proto::AUTHORIZATION_TYPE_URL, authz));
         }
-        let proto = wl::Workload {
-            uid: uid.clone(),
-            name: name.clone(),
-            namespace: ns.clone(),
-            addresses: ips.iter().map(ip_bytes).collect(),
-            tunnel_protocol: tunnel as i32,
-            trust_domain: trust_domain.into(),
-            service_account: sa,
-            node,
-            canonical_name,
-            canonical_revision,
-            workload_type: wl::WorkloadType::Pod as i32,
-            workload_name: name.clone(),
-            services: svc_map,
-            cluster_id: "Kubernetes".into(),
-            authorization_policies,
-            ..Default::default()
-        };
-        snap.resources.insert(uid, address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(proto)) }));
-    }
-    for ((ns, name), r) in &objects.request_authentications {
-        let mut served = super::requestauth::convert(ns, name, &r.spec, jwks);
-        if !served.selector.is_empty() || r.spec.targets().next().is_some() {
-            served.by_workload = true;
-            let picked = |pns: &str, labels: &BTreeMap<String, String>| {
-                authorization::picks(ns, r.spec.selector.as_ref(), r.spec.targets(), pns, labels, &objects.services)
-            };
-            served.workloads = objects
-                .pods
+        // Services first: their ports and selectors give each pod's `services` map. By
+        // namespace, so a pod is matched against its own namespace's services only.
+        let mut services: BTreeMap<&str, Vec<SelectingService>> = BTreeMap::new();
+        for ((ns, name), svc) in &objects.services {
+            let hostname = service_hostname(ns, name);
+            let ports: Vec<wl::Port> = svc
+                .spec
+                .ports
                 .iter()
-                .filter(|((pns, _), pod)| in_mesh(objects, pod) && picked(pns, &pod.metadata.labels))
-                .map(|((pns, pname), _)| workload_uid(pns, pname))
-                .filter(|uid| snap.resources.contains_key(uid))
+                .filter(|p| p.protocol.as_deref().is_none_or(|p| p.eq_ignore_ascii_case("TCP")))
+                .map(|p| wl::Port {
+                    service_port: u32::from(p.port),
+                    target_port: u32::from(p.target_port.map_or(p.port, |t| t.0)),
+                })
                 .collect();
+            let mut ips: Vec<&str> = svc.spec.cluster_ips.iter().map(String::as_str).collect();
+            if let Some(ip) = svc.spec.cluster_ip.as_deref() {
+                if !ips.contains(&ip) {
+                    ips.insert(0, ip);
+                }
+            }
+            let addresses = ips
+                .iter()
+                .filter_map(|ip| ip.parse::<IpAddr>().ok()) // "None" (headless) and "" have no VIP
+                .map(|ip| wl::NetworkAddress { network: String::new(), address: ip_bytes(&ip) })
+                .collect();
+            let proto = wl::Service {
+                name: name.clone(),
+                namespace: ns.clone(),
+                hostname: hostname.clone(),
+                addresses,
+                ports: ports.clone(),
+                subject_alt_names: vec![],
+            };
+            let key = format!("{ns}/{hostname}");
+            snap.resources.insert(key.clone(), address_resource(wl::Address { r#type: Some(wl::address::Type::Service(proto)) }));
+            if !svc.spec.selector.is_empty() {
+                services.entry(ns.as_str()).or_default().push((key, &svc.spec.selector, ports));
+            }
         }
-        snap.request_authentications
-            .insert(format!("{ns}/{name}"), resource(crate::proto::REQUEST_AUTHENTICATION_TYPE_URL, &served));
+        let mut contexts: HashMap<&str, u64> = HashMap::new();
+        let mut memo = HashMap::with_capacity(objects.pods.len());
+        for ((ns, name), pod) in &objects.pods {
+            let sa = pod.service_account().to_string();
+            let node = pod.spec.node_name.clone().unwrap_or_default();
+            if !node.is_empty() {
+                let id = Identity { trust_domain: trust_domain.into(), namespace: ns.clone(), service_account: sa.clone() };
+                snap.identities.insert((node.clone(), id));
+            }
+            let ips = pod.ips();
+            if ips.is_empty() {
+                continue; // not scheduled or not started yet: nothing can reach it
+            }
+            let context = *contexts.entry(ns.as_str()).or_insert_with(|| namespace_context(objects, ns, trust_domain));
+            let key = (ns.clone(), name.clone());
+            let selected = converted.selected.get(&key).cloned().unwrap_or_default();
+            let uid = workload_uid(ns, name);
+            let resource = match self.pods.remove(&key) {
+                Some(m) if Arc::ptr_eq(&m.pod, pod) && m.context == context && m.selected == selected => m.resource,
+                _ => {
+                    let svc_map = services
+                        .get(ns.as_str())
+                        .into_iter()
+                        .flatten()
+                        .filter(|(_, selector, _)| selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v)))
+                        .map(|(key, _, ports)| (key.clone(), wl::PortList { ports: ports.clone() }))
+                        .collect();
+                    let labels = &pod.metadata.labels;
+                    let canonical_name = ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
+                        .iter()
+                        .find_map(|k| labels.get(*k).cloned())
+                        .unwrap_or_else(|| name.clone());
+                    let canonical_revision = ["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]
+                        .iter()
+                        .find_map(|k| labels.get(*k).cloned())
+                        .unwrap_or_else(|| "latest".into());
+                    let tunnel = if in_mesh(objects, pod) { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None };
+                    let mut authorization_policies: Vec<String> = objects
+                        .authorization_policies
+                        .iter()
+                        .filter(|((pns, _), p)| {
+                            authorization::picks(pns, p.spec.selector.as_ref(), p.spec.targets(), ns, labels, &objects.services)
+                        })
+                        .filter(|((pns, pname), _)| snap.authorizations.contains_key(&format!("{pns}/{pname}")))
+                        .map(|((pns, pname), _)| format!("{pns}/{pname}"))
+                        .collect();
+                    for key in &selected {
+                        if !authorization_policies.contains(key) {
+                            authorization_policies.push(key.clone());
+                        }
+                    }
+                    let proto = wl::Workload {
+                        uid: uid.clone(),
+                        name: name.clone(),
+                        namespace: ns.clone(),
+                        addresses: ips.iter().map(ip_bytes).collect(),
+                        tunnel_protocol: tunnel as i32,
+                        trust_domain: trust_domain.into(),
+                        service_account: sa,
+                        node,
+                        canonical_name,
+                        canonical_revision,
+                        workload_type: wl::WorkloadType::Pod as i32,
+                        workload_name: name.clone(),
+                        services: svc_map,
+                        cluster_id: "Kubernetes".into(),
+                        authorization_policies,
+                        ..Default::default()
+                    };
+                    address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(proto)) })
+                }
+            };
+            snap.resources.insert(uid, resource.clone());
+            memo.insert(key, Memo { pod: pod.clone(), context, selected, resource });
+        }
+        self.pods = memo;
+        for ((ns, name), r) in &objects.request_authentications {
+            let mut served = super::requestauth::convert(ns, name, &r.spec, jwks);
+            if !served.selector.is_empty() || r.spec.targets().next().is_some() {
+                served.by_workload = true;
+                let picked = |pns: &str, labels: &BTreeMap<String, String>| {
+                    authorization::picks(ns, r.spec.selector.as_ref(), r.spec.targets(), pns, labels, &objects.services)
+                };
+                served.workloads = objects
+                    .pods
+                    .iter()
+                    .filter(|((pns, _), pod)| in_mesh(objects, pod) && picked(pns, &pod.metadata.labels))
+                    .map(|((pns, pname), _)| workload_uid(pns, pname))
+                    .filter(|uid| snap.resources.contains_key(uid))
+                    .collect();
+            }
+            snap.request_authentications
+                .insert(format!("{ns}/{name}"), resource(crate::proto::REQUEST_AUTHENTICATION_TYPE_URL, &served));
+        }
+        snap
     }
-    snap
 }
 
 /// The folder's PeerAuthentications as the precedence rules take them.
