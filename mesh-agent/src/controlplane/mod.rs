@@ -25,6 +25,7 @@ pub mod held;
 pub mod kube;
 pub mod metrics;
 pub mod model;
+pub mod networking;
 pub mod peerauth;
 pub mod requestauth;
 pub mod scope;
