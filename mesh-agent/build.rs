@@ -8,14 +8,15 @@ fn main() -> anyhow::Result<()> {
         "../proto/istio_ca.proto",
         "../proto/istio_authorization.proto",
     ];
-    // Our own extension is compiled on its own: `istio.security` refers to it by the
-    // module path `proto::mesh_security` (the packages are flat modules there).
-    let ours = "../proto/mesh_authorization.proto";
-    for p in protos.iter().chain([&ours]) {
+    // Our own schemas are compiled on their own: `istio.security` refers to
+    // `mesh.security` by the module path `proto::mesh_security` (the packages are flat
+    // modules there).
+    let ours = ["../proto/mesh_authorization.proto", "../proto/mesh_networking.proto"];
+    for p in protos.iter().chain(&ours) {
         println!("cargo::rerun-if-changed={p}");
     }
     let hint = "compiling proto/ (is protoc installed? run scripts/setup.sh)";
-    tonic_build::configure().compile_protos(&[ours], &["../proto"]).context(hint)?;
+    tonic_build::configure().compile_protos(&ours, &["../proto"]).context(hint)?;
     tonic_build::configure()
         .build_server(true)
         .build_client(true)

@@ -26,6 +26,18 @@ pub mod mesh_security {
     tonic::include_proto!("mesh.security");
 }
 
+/// mesh's L7 routing resources (`mesh.networking`): VirtualService and
+/// DestinationRule with hosts resolved.
+pub mod mesh_networking {
+    tonic::include_proto!("mesh.networking");
+}
+
+/// The xDS type URL of [`mesh_networking::VirtualService`] (ours, not Istio's).
+pub const VIRTUAL_SERVICE_TYPE_URL: &str = "type.googleapis.com/mesh.networking.VirtualService";
+
+/// The xDS type URL of [`mesh_networking::DestinationRule`] (ours, not Istio's).
+pub const DESTINATION_RULE_TYPE_URL: &str = "type.googleapis.com/mesh.networking.DestinationRule";
+
 /// The xDS type URL of [`security::Authorization`].
 pub const AUTHORIZATION_TYPE_URL: &str = "type.googleapis.com/istio.security.Authorization";
 

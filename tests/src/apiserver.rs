@@ -82,9 +82,10 @@ impl Drop for ApiServer {
 /// `/api/v1/pods` for `v1` `Pod`, `/apis/security.istio.io/v1/authorizationpolicies`...
 pub fn collection(api_version: &str, kind: &str) -> String {
     let lower = kind.to_ascii_lowercase();
+    // `policy` -> `policies`, `gateway` -> `gateways`.
     let plural = match lower.strip_suffix('y') {
-        Some(stem) => format!("{stem}ies"),
-        None => format!("{lower}s"),
+        Some(stem) if !stem.ends_with(['a', 'e', 'i', 'o', 'u']) => format!("{stem}ies"),
+        _ => format!("{lower}s"),
     };
     if api_version.contains('/') {
         format!("/apis/{api_version}/{plural}")

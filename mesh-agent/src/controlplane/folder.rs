@@ -13,6 +13,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 pub use super::authorization::AuthorizationPolicy;
+use super::networking::{self, DestinationRule, Gateway, ServiceEntry, Sidecar, VirtualService, WorkloadEntry};
 pub use super::peerauth::PeerAuthentication;
 
 /// A document that could not be used; the message is meant for the operator.
@@ -177,10 +178,10 @@ impl Pod {
     }
 }
 
-/// One object of a kind we understand.
+/// One object of a kind we understand. Shared: the folder, the Kubernetes store and
+/// every `Objects` handed out hold the same copy, so handing out the whole config after
+/// a change costs no deep copies (and the model tells changed objects by pointer).
 #[derive(Clone, Debug, PartialEq)]
-/// Shared: the folder, the Kubernetes store and every `Objects` handed out hold the
-/// same copy, so handing out the whole config after a change costs no deep copies.
 pub enum Object {
     Namespace(Arc<Namespace>),
     ServiceAccount(Arc<ServiceAccount>),
@@ -189,6 +190,12 @@ pub enum Object {
     AuthorizationPolicy(Arc<AuthorizationPolicy>),
     PeerAuthentication(Arc<PeerAuthentication>),
     RequestAuthentication(Arc<super::requestauth::RequestAuthentication>),
+    VirtualService(Arc<VirtualService>),
+    DestinationRule(Arc<DestinationRule>),
+    Gateway(Arc<Gateway>),
+    ServiceEntry(Arc<ServiceEntry>),
+    Sidecar(Arc<Sidecar>),
+    WorkloadEntry(Arc<WorkloadEntry>),
 }
 
 /// Everything the folder holds now, by kind (objects shared, see [`Object`]).
@@ -203,6 +210,14 @@ pub struct Objects {
     /// PeerAuthentications of one age.
     pub peer_authentications: BTreeMap<(String, String), (usize, Arc<PeerAuthentication>)>,
     pub request_authentications: BTreeMap<(String, String), Arc<super::requestauth::RequestAuthentication>>,
+    /// `networking.istio.io` kinds, validated; see `networking::convert` for their
+    /// served forms.
+    pub virtual_services: BTreeMap<(String, String), Arc<VirtualService>>,
+    pub destination_rules: BTreeMap<(String, String), Arc<DestinationRule>>,
+    pub gateways: BTreeMap<(String, String), Arc<Gateway>>,
+    pub service_entries: BTreeMap<(String, String), Arc<ServiceEntry>>,
+    pub sidecars: BTreeMap<(String, String), Arc<Sidecar>>,
+    pub workload_entries: BTreeMap<(String, String), Arc<WorkloadEntry>>,
     /// From the Kubernetes source only; the model does not read them yet.
     pub nodes: BTreeMap<String, Arc<super::kube::Node>>,
     pub endpoint_slices: BTreeMap<(String, String), Arc<super::kube::EndpointSlice>>,
@@ -210,15 +225,26 @@ pub struct Objects {
 
 impl Objects {
     fn insert(&mut self, key: &ObjectKey, order: usize, o: Object) {
-        let nn = (key.namespace.clone(), key.name.clone());
+        self.insert_named((key.namespace.clone(), key.name.clone()), order, o);
+    }
+
+    /// Puts `o` in its kind's map under `(namespace, name)` (a Namespace under its
+    /// name); `order` is the PeerAuthentication tie-break.
+    pub(super) fn insert_named(&mut self, nn: (String, String), order: usize, o: Object) {
         match o {
-            Object::Namespace(n) => drop(self.namespaces.insert(key.name.clone(), n)),
+            Object::Namespace(n) => drop(self.namespaces.insert(nn.1, n)),
             Object::ServiceAccount(s) => drop(self.service_accounts.insert(nn, s)),
             Object::Service(s) => drop(self.services.insert(nn, s)),
             Object::Pod(p) => drop(self.pods.insert(nn, p)),
             Object::AuthorizationPolicy(p) => drop(self.authorization_policies.insert(nn, p)),
             Object::PeerAuthentication(p) => drop(self.peer_authentications.insert(nn, (order, p))),
             Object::RequestAuthentication(r) => drop(self.request_authentications.insert(nn, r)),
+            Object::VirtualService(v) => drop(self.virtual_services.insert(nn, v)),
+            Object::DestinationRule(d) => drop(self.destination_rules.insert(nn, d)),
+            Object::Gateway(g) => drop(self.gateways.insert(nn, g)),
+            Object::ServiceEntry(e) => drop(self.service_entries.insert(nn, e)),
+            Object::Sidecar(s) => drop(self.sidecars.insert(nn, s)),
+            Object::WorkloadEntry(w) => drop(self.workload_entries.insert(nn, w)),
         }
     }
 }
@@ -327,14 +353,7 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
         "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication" => {
             let api = api_version.unwrap_or_default();
             if !matches!(api.as_str(), "security.istio.io/v1" | "security.istio.io/v1beta1") {
-                return Parsed::Bad(key, Error::Object {
-                    file: file.into(),
-                    line: doc.first_line,
-                    message: format!(
-                        "{kind} with apiVersion {api:?}: expected security.istio.io/v1 or v1beta1; \
-                         this document is ignored and the last good version of its object keeps serving"
-                    ),
-                });
+                return Parsed::Bad(key, wrong_api(file, doc, &kind, &api, "security.istio.io/v1 or v1beta1"));
             }
             if kind == "AuthorizationPolicy" {
                 match typed::<AuthorizationPolicy>(doc.text) {
@@ -362,6 +381,25 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
                 }
             }
         }
+        k if networking::KINDS.contains(&k) => {
+            let api = api_version.unwrap_or_default();
+            if !networking::API_VERSIONS.contains(&api.as_str()) {
+                return Parsed::Bad(key, wrong_api(file, doc, &kind, &api, "networking.istio.io/v1, v1beta1 or v1alpha3"));
+            }
+            let checked = match k {
+                "VirtualService" => validated(doc.text, |o| Object::VirtualService(Arc::new(o))),
+                "DestinationRule" => validated(doc.text, |o| Object::DestinationRule(Arc::new(o))),
+                "Gateway" => validated(doc.text, |o| Object::Gateway(Arc::new(o))),
+                "ServiceEntry" => validated(doc.text, |o| Object::ServiceEntry(Arc::new(o))),
+                "Sidecar" => validated(doc.text, |o| Object::Sidecar(Arc::new(o))),
+                _ => validated(doc.text, |o| Object::WorkloadEntry(Arc::new(o))),
+            };
+            match checked {
+                Ok(Err(e)) => return Parsed::Bad(key, invalid_field(file, doc, &kind, &e)),
+                Ok(Ok(o)) => Ok(o),
+                Err(e) => Err(e),
+            }
+        }
         other => return Parsed::Skipped(other.to_string()),
     };
     match result {
@@ -376,18 +414,79 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
         Err(e) => {
             let line = line_of(e.inner());
             let path = e.path().to_string();
-            Parsed::Bad(key, Error::Field { file: file.into(), line, kind, path, message: strip_location(e.inner()) })
+            // serde_yaml may start its message with (part of) the path we already name.
+            let message = strip_location(e.inner());
+            let message = match message.split_once(": ") {
+                Some((p, rest)) if !p.is_empty() && !p.contains(' ') && path.starts_with(p) => rest.to_string(),
+                _ => message,
+            };
+            Parsed::Bad(key, Error::Field { file: file.into(), line, kind, path, message })
         }
     }
 }
 
-/// A semantic check's `"<path>: <message>"` as a field error, on the line of the
-/// path's last named key in the document (its first line if not found).
+type TypedError = serde_path_to_error::Error<serde_yaml::Error>;
+
+/// A networking object read and checked: `Ok(Err(why))` when it reads but is invalid.
+fn validated<S>(text: &str, wrap: fn(networking::Object<S>) -> Object) -> Result<Result<Object, String>, TypedError>
+where
+    S: serde::de::DeserializeOwned + networking::SpecCheck + Default,
+{
+    let o: networking::Object<S> = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))?;
+    Ok(o.validate().map(|()| wrap(o)))
+}
+
+fn wrong_api(file: &str, doc: &Doc<'_>, kind: &str, api: &str, expected: &str) -> Error {
+    Error::Object {
+        file: file.into(),
+        line: doc.first_line,
+        message: format!(
+            "{kind} with apiVersion {api:?}: expected {expected}; \
+             this document is ignored and the last good version of its object keeps serving"
+        ),
+    }
+}
+
+/// A semantic check's `"<path>: <message>"` as a field error, on the line the path
+/// leads to in the document (its first line if the path cannot be followed).
 fn invalid_field(file: &str, doc: &Doc<'_>, kind: &str, e: &str) -> Error {
     let (path, message) = e.split_once(": ").unwrap_or(("spec", e));
-    let last = path.rsplit('.').find(|s| s.chars().next().is_some_and(char::is_alphabetic)).unwrap_or("spec");
-    let offset = doc.text.lines().position(|l| l.contains(last)).unwrap_or(0);
-    Error::Field { file: file.into(), line: doc.first_line + offset, kind: kind.into(), path: path.into(), message: message.into() }
+    let line = doc.first_line + line_of_path(doc.text, path);
+    Error::Field { file: file.into(), line, kind: kind.into(), path: path.into(), message: message.into() }
+}
+
+/// The 0-based line of `path` (`spec.http[1].route[0].weight`) in block-style YAML:
+/// each key is looked for below the previous one, and `[i]` picks the i-th `- ` item
+/// under its key. Stops at the deepest part it can follow.
+fn line_of_path(text: &str, path: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    let is_key = |l: &str, key: &str| {
+        let t = l.trim_start();
+        let t = t.strip_prefix("- ").unwrap_or(t);
+        t.starts_with(&format!("{key}:")) || l.contains(&format!("{{{key}:")) || l.contains(&format!(", {key}:"))
+    };
+    let mut at = 0;
+    for segment in path.split('.') {
+        let (key, index) = match segment.split_once('[') {
+            Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        if !key.chars().next().is_some_and(char::is_alphabetic) {
+            continue;
+        }
+        let Some(found) = lines.iter().skip(at).position(|l| is_key(l, key)) else { break };
+        at += found;
+        if let Some(i) = index {
+            let indent = |l: &str| l.len() - l.trim_start().len();
+            let items: Vec<usize> = (at + 1..lines.len()).filter(|&n| lines[n].trim_start().starts_with("- ")).collect();
+            let Some(&first) = items.first() else { break };
+            match items.iter().filter(|&&n| indent(lines[n]) == indent(lines[first])).nth(i) {
+                Some(&n) => at = n,
+                None => break,
+            }
+        }
+    }
+    at
 }
 
 /// serde_yaml appends " at line L column C"; we report the file line ourselves.
@@ -607,9 +706,9 @@ spec:
   ports:
   - {name: http, port: 80, targetPort: 8080}
 ---
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: vs, namespace: demo}
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: t, namespace: demo}
 ";
 
     #[test]

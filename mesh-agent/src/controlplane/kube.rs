@@ -2,8 +2,9 @@
 //! into the same [`Objects`] the folder source makes, emitted after each debounced burst.
 //!
 //! One kube-runtime `watcher` per kind (Namespaces, Nodes, ServiceAccounts, Services,
-//! EndpointSlices, Pods, and `security.istio.io/v1` AuthorizationPolicy,
-//! PeerAuthentication, RequestAuthentication). The watcher lists, then watches from the
+//! EndpointSlices, Pods, `security.istio.io/v1` AuthorizationPolicy,
+//! PeerAuthentication, RequestAuthentication, and `networking.istio.io/v1`
+//! VirtualService, DestinationRule, Gateway, ServiceEntry, Sidecar, WorkloadEntry). The watcher lists, then watches from the
 //! list's resourceVersion with bookmarks requested, resumes a dropped stream from the last
 //! version it saw (a bookmark's too), and on `410 Gone` lists again: a relist replaces
 //! the kind's objects as a whole when it completes (`InitDone`), so objects deleted
@@ -69,10 +70,16 @@ pub enum Kind {
     AuthorizationPolicy,
     PeerAuthentication,
     RequestAuthentication,
+    VirtualService,
+    DestinationRule,
+    Gateway,
+    ServiceEntry,
+    Sidecar,
+    WorkloadEntry,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Namespace,
         Kind::Node,
         Kind::ServiceAccount,
@@ -82,11 +89,19 @@ impl Kind {
         Kind::AuthorizationPolicy,
         Kind::PeerAuthentication,
         Kind::RequestAuthentication,
+        Kind::VirtualService,
+        Kind::DestinationRule,
+        Kind::Gateway,
+        Kind::ServiceEntry,
+        Kind::Sidecar,
+        Kind::WorkloadEntry,
     ];
 
     /// Group, version and plural, as the API server serves them (no discovery needed).
     pub fn resource(self) -> ApiResource {
         let istio = |kind| ApiResource::from_gvk(&GroupVersionKind::gvk("security.istio.io", "v1", kind));
+        let networking =
+            |kind, plural| ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("networking.istio.io", "v1", kind), plural);
         match self {
             Kind::Namespace => ApiResource::erase::<core::Namespace>(&()),
             Kind::Node => ApiResource::erase::<core::Node>(&()),
@@ -97,6 +112,12 @@ impl Kind {
             Kind::AuthorizationPolicy => istio("AuthorizationPolicy"),
             Kind::PeerAuthentication => istio("PeerAuthentication"),
             Kind::RequestAuthentication => istio("RequestAuthentication"),
+            Kind::VirtualService => networking("VirtualService", "virtualservices"),
+            Kind::DestinationRule => networking("DestinationRule", "destinationrules"),
+            Kind::Gateway => networking("Gateway", "gateways"),
+            Kind::ServiceEntry => networking("ServiceEntry", "serviceentries"),
+            Kind::Sidecar => networking("Sidecar", "sidecars"),
+            Kind::WorkloadEntry => networking("WorkloadEntry", "workloadentries"),
         }
     }
 
@@ -111,6 +132,12 @@ impl Kind {
             Kind::AuthorizationPolicy => "AuthorizationPolicy",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::RequestAuthentication => "RequestAuthentication",
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+            Kind::Gateway => "Gateway",
+            Kind::ServiceEntry => "ServiceEntry",
+            Kind::Sidecar => "Sidecar",
+            Kind::WorkloadEntry => "WorkloadEntry",
         }
     }
 }
@@ -204,6 +231,14 @@ pub fn decode(kind: Kind, json: serde_json::Value) -> Result<Item, String> {
             None => e,
         })
     }
+    fn networking<S>(json: serde_json::Value) -> Result<super::networking::Object<S>, String>
+    where
+        S: serde::de::DeserializeOwned + super::networking::SpecCheck + Default,
+    {
+        let o: super::networking::Object<S> = typed(json)?;
+        checked(o.validate())?;
+        Ok(o)
+    }
     Ok(match kind {
         Kind::Namespace => Item::Object(Object::Namespace(Arc::new(typed(json)?))),
         Kind::ServiceAccount => Item::Object(Object::ServiceAccount(Arc::new(typed(json)?))),
@@ -226,6 +261,12 @@ pub fn decode(kind: Kind, json: serde_json::Value) -> Result<Item, String> {
             checked(r.spec.validate())?;
             Item::Object(Object::RequestAuthentication(Arc::new(r)))
         }
+        Kind::VirtualService => Item::Object(Object::VirtualService(Arc::new(networking(json)?))),
+        Kind::DestinationRule => Item::Object(Object::DestinationRule(Arc::new(networking(json)?))),
+        Kind::Gateway => Item::Object(Object::Gateway(Arc::new(networking(json)?))),
+        Kind::ServiceEntry => Item::Object(Object::ServiceEntry(Arc::new(networking(json)?))),
+        Kind::Sidecar => Item::Object(Object::Sidecar(Arc::new(networking(json)?))),
+        Kind::WorkloadEntry => Item::Object(Object::WorkloadEntry(Arc::new(networking(json)?))),
     })
 }
 
@@ -320,17 +361,11 @@ impl Store {
             for ((ns, name), item) in &state.items {
                 let nn = (ns.clone(), name.clone());
                 match item.clone() {
-                    Item::Object(Object::Namespace(n)) => drop(o.namespaces.insert(name.clone(), n)),
-                    Item::Object(Object::ServiceAccount(s)) => drop(o.service_accounts.insert(nn, s)),
-                    Item::Object(Object::Service(s)) => drop(o.services.insert(nn, s)),
-                    Item::Object(Object::Pod(p)) => drop(o.pods.insert(nn, p)),
-                    Item::Object(Object::AuthorizationPolicy(p)) => drop(o.authorization_policies.insert(nn, p)),
-                    // Of two of one age, the first by namespace/name wins.
-                    Item::Object(Object::PeerAuthentication(p)) => {
+                    // Of two PeerAuthentications of one age, the first by namespace/name wins.
+                    Item::Object(obj) => {
                         let order = o.peer_authentications.len();
-                        drop(o.peer_authentications.insert(nn, (order, p)))
+                        o.insert_named(nn, order, obj)
                     }
-                    Item::Object(Object::RequestAuthentication(r)) => drop(o.request_authentications.insert(nn, r)),
                     Item::Node(n) => drop(o.nodes.insert(name.clone(), n)),
                     Item::EndpointSlice(e) => drop(o.endpoint_slices.insert(nn, e)),
                 }

@@ -27,6 +27,7 @@ pub mod kube;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod networking;
 pub mod peerauth;
 pub mod requestauth;
 pub mod scope;

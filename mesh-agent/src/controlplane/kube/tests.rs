@@ -58,6 +58,15 @@ fn seed(api: &ApiServer) {
     api.apply(json!({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
                      "metadata": {"name": "jwt", "namespace": "shop"},
                      "spec": {"jwtRules": [{"issuer": "https://issuer.example", "jwksUri": "https://issuer.example/.well-known/jwks.json"}]}}));
+    let networking = |kind: &str, name: &str, spec: Value| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": kind, "metadata": {"name": name, "namespace": "shop"}, "spec": spec})
+    };
+    api.apply(networking("VirtualService", "echo", json!({"hosts": ["echo"], "http": [{"route": [{"destination": {"host": "echo", "subset": "v1"}}]}]})));
+    api.apply(networking("DestinationRule", "echo", json!({"host": "echo", "subsets": [{"name": "v1", "labels": {"version": "v1"}}]})));
+    api.apply(networking("Gateway", "ingress", json!({"servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*/echo.example.com"]}]})));
+    api.apply(networking("ServiceEntry", "ext", json!({"hosts": ["api.example.com"], "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}], "resolution": "DNS"})));
+    api.apply(networking("Sidecar", "default", json!({"egress": [{"hosts": ["./*", "istio-system/*"]}]})));
+    api.apply(networking("WorkloadEntry", "vm1", json!({"address": "10.1.0.7", "labels": {"app": "echo"}})));
 }
 
 async fn start_source(api: &ApiServer) -> Source {
@@ -120,6 +129,12 @@ async fn initial_list_fills_objects_and_changes_arrive_within_the_debounce() {
         assert!(o.authorization_policies.contains_key(&nn("shop", "allow-get")));
         assert!(o.peer_authentications.contains_key(&nn("shop", "strict")));
         assert!(o.request_authentications.contains_key(&nn("shop", "jwt")));
+        assert_eq!(o.virtual_services[&nn("shop", "echo")].spec.hosts, vec!["echo"]);
+        assert!(o.destination_rules.contains_key(&nn("shop", "echo")));
+        assert!(o.gateways.contains_key(&nn("shop", "ingress")));
+        assert!(o.service_entries.contains_key(&nn("shop", "ext")));
+        assert!(o.sidecars.contains_key(&nn("shop", "default")));
+        assert_eq!(o.workload_entries[&nn("shop", "vm1")].spec.address, "10.1.0.7");
     }
     assert!(source.rejected.borrow().is_empty(), "{:?}", source.rejected.borrow());
     // Lists were consistent reads and watches asked for bookmarks.
@@ -425,4 +440,22 @@ async fn control_plane_serves_xds_from_the_api_server() {
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
     client.abort();
+}
+
+#[test]
+fn networking_kinds_are_checked_as_the_folder_checks_them() {
+    let vs = |weight: i64| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "r", "namespace": "shop"},
+               "spec": {"hosts": ["r"], "http": [{"route": [{"destination": {"host": "r"}, "weight": weight}]}]}})
+    };
+    assert!(matches!(decode(Kind::VirtualService, vs(100)), Ok(Item::Object(Object::VirtualService(_)))));
+    let err = decode(Kind::VirtualService, vs(-1)).unwrap_err();
+    assert_eq!(err, "field `spec.http[0].route[0].weight`: weight -1 < 0");
+    let err = decode(Kind::Gateway, json!({"metadata": {"name": "g"}, "spec": {"servers": [], "bogus": 1}})).unwrap_err();
+    assert!(err.starts_with("field `spec.bogus`: unknown field `bogus`"), "{err}");
+    for k in [Kind::VirtualService, Kind::DestinationRule, Kind::Gateway, Kind::ServiceEntry, Kind::Sidecar, Kind::WorkloadEntry] {
+        let r = k.resource();
+        assert_eq!((r.group.as_str(), r.version.as_str()), ("networking.istio.io", "v1"), "{k}");
+        assert_eq!(mesh_tests::apiserver::collection("networking.istio.io/v1", &k.to_string()), format!("/apis/networking.istio.io/v1/{}", r.plural));
+    }
 }
