@@ -103,9 +103,24 @@ impl Admin {
             })
             .collect();
         policies.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        let routing: Vec<_> = self
+            .state
+            .routing()
+            .iter()
+            .map(|r| match r {
+                crate::state::Routing::VirtualService(v) => json!({
+                    "name": r.key(), "hosts": v.hosts, "gateways": v.gateways,
+                    "http_routes": v.http.len(), "tls_routes": v.tls.len(), "tcp_routes": v.tcp.len(),
+                }),
+                crate::state::Routing::DestinationRule(d) => json!({
+                    "name": r.key(), "host": d.host,
+                    "subsets": d.subsets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+                }),
+            })
+            .collect();
         json!({
             "workloads": workloads, "services": services, "authorization_policies": policies,
-            "pods": self.pods.pods(), "certificates": certs,
+            "routing": routing, "pods": self.pods.pods(), "certificates": certs,
         })
     }
 }

@@ -119,6 +119,25 @@ struct Stores {
     /// Counts changes to `request_authns`: rules compiled from an older generation
     /// are not kept.
     authn_generation: u64,
+    /// L7 routing config by resource name `namespace/name`, held for the L7 router.
+    routing: BTreeMap<String, Routing>,
+}
+
+/// One L7 routing resource as the control plane sent it (`proto/mesh_networking.proto`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Routing {
+    VirtualService(Arc<crate::proto::mesh_networking::VirtualService>),
+    DestinationRule(Arc<crate::proto::mesh_networking::DestinationRule>),
+}
+
+impl Routing {
+    /// `virtualservice/<namespace>/<name>` or `destinationrule/<namespace>/<name>`.
+    pub fn key(&self) -> String {
+        match self {
+            Routing::VirtualService(v) => format!("virtualservice/{}/{}", v.namespace, v.name),
+            Routing::DestinationRule(d) => format!("destinationrule/{}/{}", d.namespace, d.name),
+        }
+    }
 }
 
 /// One RequestAuthentication as the agent holds it.
@@ -263,6 +282,24 @@ impl State {
             drop(s);
             self.bump();
         }
+    }
+
+    /// Adds or replaces an L7 routing resource (by [`Routing::key`]).
+    pub fn upsert_routing(&self, r: Routing) {
+        self.inner.write().unwrap().routing.insert(r.key(), r);
+        self.bump();
+    }
+
+    /// Removes an L7 routing resource by [`Routing::key`].
+    pub fn remove_routing(&self, key: &str) {
+        if self.inner.write().unwrap().routing.remove(key).is_some() {
+            self.bump();
+        }
+    }
+
+    /// Every L7 routing resource held, by key.
+    pub fn routing(&self) -> Vec<Routing> {
+        self.inner.read().unwrap().routing.values().cloned().collect()
     }
 
     /// The names of the RequestAuthentications that apply to the pod at `ip` in

@@ -15,7 +15,10 @@ use crate::proto::discovery::{
 };
 use crate::node_token::Credential;
 use crate::proto::workload as wl;
-use crate::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL};
+use crate::proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, DESTINATION_RULE_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL,
+    VIRTUAL_SERVICE_TYPE_URL,
+};
 use crate::state::{self, State, TunnelProtocol};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,8 @@ pub enum ConvertError {
     DecodeAuthorization(String, String),
     #[error("{0}: not a mesh.security.RequestAuthentication: {1}")]
     DecodeRequestAuthn(String, String),
+    #[error("{0}: not a {1}: {2}")]
+    DecodeRouting(String, &'static str, String),
     #[error(transparent)]
     Authorization(#[from] crate::authz::ConvertError),
 }
@@ -148,6 +153,32 @@ pub fn decode_authorization(r: &Resource) -> Result<crate::authz::Policy, Conver
     Ok(crate::authz::convert(&r.name, &a)?)
 }
 
+/// Decodes one VirtualService (`vs`) or DestinationRule resource. Pure.
+pub fn decode_routing(r: &Resource, vs: bool) -> Result<state::Routing, ConvertError> {
+    use crate::proto::mesh_networking::{DestinationRule, VirtualService};
+    let (what, url) = if vs {
+        ("mesh.networking.VirtualService", VIRTUAL_SERVICE_TYPE_URL)
+    } else {
+        ("mesh.networking.DestinationRule", DESTINATION_RULE_TYPE_URL)
+    };
+    let bad = |e: String| ConvertError::DecodeRouting(r.name.clone(), what, e);
+    let any = r.resource.as_ref().ok_or_else(|| bad("resource without a body".into()))?;
+    if any.type_url != url {
+        return Err(bad(format!("type {}", any.type_url)));
+    }
+    let bytes = any.value.as_slice();
+    let routing = if vs {
+        state::Routing::VirtualService(std::sync::Arc::new(VirtualService::decode(bytes).map_err(|e| bad(e.to_string()))?))
+    } else {
+        state::Routing::DestinationRule(std::sync::Arc::new(DestinationRule::decode(bytes).map_err(|e| bad(e.to_string()))?))
+    };
+    // The key must be the resource name: removals come by name.
+    if routing.key().split_once('/').map(|(_, n)| n) != Some(r.name.as_str()) {
+        return Err(bad(format!("names {} but its resource name is {}", routing.key(), r.name)));
+    }
+    Ok(routing)
+}
+
 /// Decodes one RequestAuthentication resource. Pure.
 pub fn decode_request_authn(r: &Resource) -> Result<state::RequestAuthn, ConvertError> {
     use crate::proto::mesh_security::RequestAuthentication;
@@ -194,6 +225,9 @@ pub struct Cache {
     authz_versions: HashMap<String, String>,
     /// name -> version of every RequestAuthentication resource applied.
     authn_versions: HashMap<String, String>,
+    /// name -> version of every VirtualService and DestinationRule applied.
+    vs_versions: HashMap<String, String>,
+    dr_versions: HashMap<String, String>,
     /// workload uid -> services it backs.
     backs: HashMap<String, BTreeMap<String, BTreeMap<u16, u16>>>,
     /// service name -> service (endpoints filled on upsert).
@@ -209,6 +243,9 @@ impl Cache {
         }
         if resp.type_url == REQUEST_AUTHENTICATION_TYPE_URL {
             return self.apply_request_authns(resp, state);
+        }
+        if resp.type_url == VIRTUAL_SERVICE_TYPE_URL || resp.type_url == DESTINATION_RULE_TYPE_URL {
+            return self.apply_routing(resp, state);
         }
         let mut errors = Vec::new();
         let mut touched: BTreeSet<String> = BTreeSet::new();
@@ -295,10 +332,35 @@ impl Cache {
     }
 
     /// What the client holds of `type_url` (name -> version).
+    /// VirtualServices and DestinationRules: held for the L7 router as sent; one that
+    /// does not decode is NACKed and its previous version stays.
+    fn apply_routing(&mut self, resp: &DeltaDiscoveryResponse, state: &State) -> Vec<ConvertError> {
+        let vs = resp.type_url == VIRTUAL_SERVICE_TYPE_URL;
+        let mut errors = Vec::new();
+        for r in &resp.resources {
+            match decode_routing(r, vs) {
+                Ok(routing) => {
+                    state.upsert_routing(routing);
+                    let versions = if vs { &mut self.vs_versions } else { &mut self.dr_versions };
+                    versions.insert(r.name.clone(), r.version.clone());
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        for name in &resp.removed_resources {
+            let versions = if vs { &mut self.vs_versions } else { &mut self.dr_versions };
+            versions.remove(name);
+            state.remove_routing(&format!("{}/{name}", if vs { "virtualservice" } else { "destinationrule" }));
+        }
+        errors
+    }
+
     pub fn versions_of(&self, type_url: &str) -> &HashMap<String, String> {
         match type_url {
             AUTHORIZATION_TYPE_URL => &self.authz_versions,
             REQUEST_AUTHENTICATION_TYPE_URL => &self.authn_versions,
+            VIRTUAL_SERVICE_TYPE_URL => &self.vs_versions,
+            DESTINATION_RULE_TYPE_URL => &self.dr_versions,
             _ => &self.versions,
         }
     }
@@ -330,7 +392,13 @@ fn stream_error(s: tonic::Status) -> Error {
 }
 
 /// The types the agent subscribes to.
-const TYPES: [&str; 3] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL];
+const TYPES: [&str; 5] = [
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
+    REQUEST_AUTHENTICATION_TYPE_URL,
+    VIRTUAL_SERVICE_TYPE_URL,
+    DESTINATION_RULE_TYPE_URL,
+];
 
 /// Runs the client until dropped or aborted. `synced` turns true once the first
 /// response of every type is applied.
@@ -372,7 +440,8 @@ async fn session(
 ) -> Result<(), Error> {
     let channel = endpoint(addr).map_err(Error::Address)?.connect().await.map_err(Error::Connect)?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
-    let (tx, rx) = mpsc::channel(4);
+    // Room for every subscription before the stream starts reading, and for ACKs.
+    let (tx, rx) = mpsc::channel(TYPES.len() + 4);
     for type_url in TYPES {
         let subscribe = DeltaDiscoveryRequest {
             node: Some(Node { id: node.to_string(), ..Default::default() }),

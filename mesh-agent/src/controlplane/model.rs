@@ -34,6 +34,10 @@ pub struct Snapshot {
     pub authorizations: BTreeMap<String, Resource>,
     /// `mesh.security.RequestAuthentication` by resource name `<namespace>/<name>`.
     pub request_authentications: BTreeMap<String, Resource>,
+    /// `mesh.networking.VirtualService` by `<namespace>/<name>`.
+    pub virtual_services: BTreeMap<String, Resource>,
+    /// `mesh.networking.DestinationRule` by `<namespace>/<name>`.
+    pub destination_rules: BTreeMap<String, Resource>,
     /// Which identities run on which node: the CA issues only these.
     pub identities: BTreeSet<(String, Identity)>,
 }
@@ -322,7 +326,49 @@ impl Builder {
             snap.request_authentications
                 .insert(format!("{ns}/{name}"), resource(crate::proto::REQUEST_AUTHENTICATION_TYPE_URL, &served));
         }
+        networking_resources(objects, trust_domain, &mut snap);
         snap
+    }
+}
+
+/// VirtualServices and DestinationRules as our L7 resources; ServiceEntries as
+/// Services (a Kubernetes Service of the same name wins) with their inline endpoints
+/// as Workloads; WorkloadEntries as Workloads, members of the ServiceEntries of their
+/// namespace whose `workloadSelector` picks them (as istiod's ambient index does).
+fn networking_resources(objects: &Objects, trust_domain: &str, snap: &mut Snapshot) {
+    use super::networking::convert::{self, entry};
+    for ((ns, name), vs) in &objects.virtual_services {
+        let msg = convert::virtual_service(ns, name, &vs.spec);
+        snap.virtual_services.insert(format!("{ns}/{name}"), resource(crate::proto::VIRTUAL_SERVICE_TYPE_URL, &msg));
+    }
+    for ((ns, name), dr) in &objects.destination_rules {
+        let msg = convert::destination_rule(ns, name, &dr.spec);
+        snap.destination_rules.insert(format!("{ns}/{name}"), resource(crate::proto::DESTINATION_RULE_TYPE_URL, &msg));
+    }
+    for ((ns, name), se) in &objects.service_entries {
+        for (key, svc) in entry::services(ns, name, &se.spec) {
+            snap.resources
+                .entry(key)
+                .or_insert_with(|| address_resource(wl::Address { r#type: Some(wl::address::Type::Service(svc)) }));
+        }
+        for w in entry::endpoint_workloads(ns, name, &se.spec, trust_domain) {
+            let uid = w.uid.clone();
+            snap.resources.insert(uid, address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(w)) }));
+        }
+    }
+    for ((ns, name), we) in &objects.workload_entries {
+        let mut w = entry::workload_entry(ns, name, &we.spec, trust_domain);
+        let picks = |sel: &BTreeMap<String, String>| !sel.is_empty() && sel.iter().all(|(k, v)| we.spec.labels.get(k) == Some(v));
+        for ((_, _), se) in objects.service_entries.range((ns.clone(), String::new())..).take_while(|((sns, _), _)| sns == ns) {
+            if se.spec.workload_selector.as_ref().is_some_and(|s| picks(&s.labels)) {
+                let ports = entry::ports_for(&se.spec, &we.spec.ports);
+                for h in &se.spec.hosts {
+                    w.services.insert(format!("{ns}/{h}"), ports.clone());
+                }
+            }
+        }
+        let uid = w.uid.clone();
+        snap.resources.insert(uid, address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(w)) }));
     }
 }
 

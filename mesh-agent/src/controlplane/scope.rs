@@ -14,6 +14,9 @@
 //!   (mesh-wide or in its namespace, and, when it lists workloads, listing one of the
 //!   node's).
 //!
+//! - `mesh.networking.VirtualService` and `DestinationRule`: all of them (a Sidecar's
+//!   egress hosts and `exportTo` will narrow them as they narrow services).
+//!
 //! A node's pods are the snapshot's workloads whose `node` is the node, plus the
 //! identities scheduled there (pods bound to the node that have no IP yet), so that a
 //! starting pod's namespace policies arrive before it can take traffic.
@@ -25,10 +28,19 @@ use prost::Message as _;
 use super::model::{Resource as Served, Snapshot};
 use crate::proto::security::Scope;
 use crate::proto::workload as wl;
-use crate::proto::{ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL};
+use crate::proto::{
+    ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, DESTINATION_RULE_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL,
+    VIRTUAL_SERVICE_TYPE_URL,
+};
 
 /// The types served, in the order they are answered.
-pub const TYPES: [&str; 3] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, REQUEST_AUTHENTICATION_TYPE_URL];
+pub const TYPES: [&str; 5] = [
+    ADDRESS_TYPE_URL,
+    AUTHORIZATION_TYPE_URL,
+    REQUEST_AUTHENTICATION_TYPE_URL,
+    VIRTUAL_SERVICE_TYPE_URL,
+    DESTINATION_RULE_TYPE_URL,
+];
 
 /// The short name of a served type for metrics and tables (`Address`, ...).
 pub fn short_type(type_url: &str) -> &str {
@@ -151,6 +163,9 @@ impl Index {
                 let in_ns = m.mesh_wide || needs.namespaces.contains(&m.namespace);
                 in_ns && m.workloads.as_ref().is_none_or(|w| w.iter().any(|u| needs.workloads.contains(u)))
             }),
+            // Every node's pods may call every host (no Sidecar narrowing or
+            // exportTo yet), so every node gets every route and destination rule.
+            VIRTUAL_SERVICE_TYPE_URL | DESTINATION_RULE_TYPE_URL => true,
             _ => false,
         }
     }
@@ -165,6 +180,8 @@ pub fn resources_of<'a>(snap: &'a Snapshot, type_url: &str) -> Option<&'a BTreeM
         ADDRESS_TYPE_URL => Some(&snap.resources),
         AUTHORIZATION_TYPE_URL => Some(&snap.authorizations),
         REQUEST_AUTHENTICATION_TYPE_URL => Some(&snap.request_authentications),
+        VIRTUAL_SERVICE_TYPE_URL => Some(&snap.virtual_services),
+        DESTINATION_RULE_TYPE_URL => Some(&snap.destination_rules),
         _ => None,
     }
 }

@@ -117,6 +117,7 @@ async fn agent_on(cp: &Running, node: &str) -> (State, tokio::task::JoinHandle<(
 }
 
 mod badinput;
+mod networking;
 mod push;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,7 +160,7 @@ async fn idle_sends_nothing_and_a_change_reaches_only_the_nodes_it_concerns() {
         let (_, body) = get(&cp.admin, "/debug/syncz").await;
         let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
         in_sync = doc["agents"].as_array().unwrap().iter().all(|a| {
-            a["types"].as_object().unwrap().values().all(|t| t["in_sync"] == true) && a["types"].as_object().unwrap().len() == 3
+            a["types"].as_object().unwrap().values().all(|t| t["in_sync"] == true) && a["types"].as_object().unwrap().len() == TYPES.len()
         });
         if in_sync {
             break;
