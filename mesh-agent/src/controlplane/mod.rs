@@ -243,7 +243,7 @@ pub async fn serve_with_admin(
             }
             let next = build(&mut builder, &objects, &reload_args, &jwks);
             snap_tx.send_if_modified(|cur| {
-                let changed = **cur != next;
+                let changed = !cur.same_as(&next);
                 if changed {
                     *cur = Arc::new(next);
                 }

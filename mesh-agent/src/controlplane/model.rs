@@ -24,25 +24,41 @@ pub struct Resource {
     pub any: prost_types::Any,
 }
 
+/// One type's resources by name: a persistent map, so that a snapshot is a cheap copy
+/// of the previous one with what changed replaced, and an unchanged resource is the
+/// same `Arc` in both (the push tells changes by pointer first).
+pub type Resources = imbl::OrdMap<String, Arc<Resource>>;
+
 /// Everything the control plane serves at one point in time.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
     /// By xDS resource name: workload uid or `<namespace>/<hostname>`.
-    pub resources: BTreeMap<String, Resource>,
+    pub resources: Resources,
     /// `istio.security.Authorization` by resource name `<namespace>/<name>`, both
     /// AuthorizationPolicies and converted PeerAuthentications.
-    pub authorizations: BTreeMap<String, Resource>,
+    pub authorizations: Resources,
     /// `mesh.security.RequestAuthentication` by resource name `<namespace>/<name>`.
-    pub request_authentications: BTreeMap<String, Resource>,
+    pub request_authentications: Resources,
     /// `mesh.networking.VirtualService` by `<namespace>/<name>`.
-    pub virtual_services: BTreeMap<String, Resource>,
+    pub virtual_services: Resources,
     /// `mesh.networking.DestinationRule` by `<namespace>/<name>`.
-    pub destination_rules: BTreeMap<String, Resource>,
+    pub destination_rules: Resources,
     /// Which identities run on which node: the CA issues only these.
-    pub identities: BTreeSet<(String, Identity)>,
+    pub identities: imbl::OrdSet<(String, Identity)>,
 }
 
 impl Snapshot {
+    /// Whether `other` is this snapshot, unchanged: what a build that changed nothing
+    /// returns (its maps are the previous ones).
+    pub fn same_as(&self, other: &Snapshot) -> bool {
+        self.resources.ptr_eq(&other.resources)
+            && self.authorizations.ptr_eq(&other.authorizations)
+            && self.request_authentications.ptr_eq(&other.request_authentications)
+            && self.virtual_services.ptr_eq(&other.virtual_services)
+            && self.destination_rules.ptr_eq(&other.destination_rules)
+            && self.identities.ptr_eq(&other.identities)
+    }
+
     pub fn node_runs(&self, node: &str, id: &Identity) -> bool {
         self.identities.contains(&(node.to_string(), id.clone()))
     }
@@ -145,9 +161,21 @@ pub fn build_with(objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> 
 /// (the Namespace, its Services and AuthorizationPolicies, the root namespace's
 /// policies, its converted PeerAuthentications), is a different object than at the
 /// previous build. Objects are shared (`Arc`), so "different" is a pointer comparison.
+///
+/// Each build starts from a copy of the previous snapshot (persistent maps: the copy
+/// is cheap) and replaces only what changed, so an unchanged resource stays the same
+/// `Arc` and a build costs little more than the pods that changed.
 #[derive(Default)]
 pub struct Builder {
+    last: Snapshot,
+    /// Builds so far: a memo not seen in the current build is a pod that is gone.
+    builds: u64,
     pods: HashMap<(String, String), Memo>,
+    /// Identities by (node, identity): how many pods run them.
+    identities: HashMap<(String, Identity), usize>,
+    /// Address names that are not pods (Services, ServiceEntry hosts and endpoints,
+    /// WorkloadEntries), as last built.
+    others: BTreeSet<String>,
 }
 
 /// A pod's Workload as last built, and what it was built from.
@@ -155,7 +183,31 @@ struct Memo {
     pod: Arc<Pod>,
     context: u64,
     selected: Vec<String>,
-    resource: Resource,
+    /// Its uid, when it has a Workload (it has addresses).
+    uid: Option<String>,
+    identity: Option<(String, Identity)>,
+    seen: u64,
+}
+
+/// Brings `map` to `fresh`: removes names in `known` that `fresh` lacks, replaces
+/// those whose version changed, and leaves the others (the same `Arc`) alone. `known`
+/// becomes `fresh`'s names.
+fn sync(map: &mut Resources, known: &mut BTreeSet<String>, fresh: BTreeMap<String, Resource>) {
+    for gone in known.iter().filter(|n| !fresh.contains_key(*n)) {
+        map.remove(gone);
+    }
+    *known = fresh.keys().cloned().collect();
+    for (name, r) in fresh {
+        if map.get(&name).is_none_or(|old| old.version != r.version) {
+            map.insert(name, Arc::new(r));
+        }
+    }
+}
+
+/// [`sync`] for a map that holds nothing else.
+fn replace(map: &mut Resources, fresh: BTreeMap<String, Resource>) {
+    let mut known: BTreeSet<String> = map.keys().cloned().collect();
+    sync(map, &mut known, fresh);
 }
 
 /// What of namespace `ns` goes into its pods' Workloads, as object identities.
@@ -176,21 +228,26 @@ fn namespace_context(objects: &Objects, ns: &str, trust_domain: &str) -> u64 {
 impl Builder {
     pub fn build(&mut self, objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> Option<String>) -> Snapshot {
         let trust_domain = tds.own.as_str();
-        let mut snap = Snapshot::default();
+        let mut snap = self.last.clone();
+        self.builds += 1;
+        // Everything but pods is rebuilt in full (there are few of them) into `fresh`
+        // maps, then synced into the snapshot.
+        let mut authorizations: BTreeMap<String, Resource> = BTreeMap::new();
+        let mut others: BTreeMap<String, Resource> = BTreeMap::new();
         for ((ns, name), p) in &objects.authorization_policies {
             if let Some(authz) = authorization::convert(ns, name, &authorization::aliased(&p.spec, tds)) {
                 let r = resource(crate::proto::AUTHORIZATION_TYPE_URL, &authz);
-                snap.authorizations.insert(format!("{ns}/{name}"), r);
+                authorizations.insert(format!("{ns}/{name}"), r);
             }
         }
         let converted = peer_authentications(objects);
         for (key, authz) in &converted.policies {
-            if snap.authorizations.contains_key(key) {
+            if authorizations.contains_key(key) {
                 tracing::warn!(policy = %key, "an AuthorizationPolicy uses the name of a converted PeerAuthentication \
                     (names starting with istio_converted_ or converted_peer_authentication_ are reserved); \
                     the PeerAuthentication's is served");
             }
-            snap.authorizations.insert(key.clone(), resource(crate::proto::AUTHORIZATION_TYPE_URL, authz));
+            authorizations.insert(key.clone(), resource(crate::proto::AUTHORIZATION_TYPE_URL, authz));
         }
         // Services first: their ports and selectors give each pod's `services` map. By
         // namespace, so a pod is matched against its own namespace's services only.
@@ -227,87 +284,125 @@ impl Builder {
                 subject_alt_names: vec![],
             };
             let key = format!("{ns}/{hostname}");
-            snap.resources.insert(key.clone(), address_resource(wl::Address { r#type: Some(wl::address::Type::Service(proto)) }));
+            others.insert(key.clone(), address_resource(wl::Address { r#type: Some(wl::address::Type::Service(proto)) }));
             if !svc.spec.selector.is_empty() {
                 services.entry(ns.as_str()).or_default().push((key, &svc.spec.selector, ports));
             }
         }
         let mut contexts: HashMap<&str, u64> = HashMap::new();
-        let mut memo = HashMap::with_capacity(objects.pods.len());
+        let builds = self.builds;
         for ((ns, name), pod) in &objects.pods {
-            let sa = pod.service_account().to_string();
-            let node = pod.spec.node_name.clone().unwrap_or_default();
-            if !node.is_empty() {
-                let id = Identity { trust_domain: trust_domain.into(), namespace: ns.clone(), service_account: sa.clone() };
-                snap.identities.insert((node.clone(), id));
-            }
-            let ips = pod.ips();
-            if ips.is_empty() {
-                continue; // not scheduled or not started yet: nothing can reach it
-            }
             let context = *contexts.entry(ns.as_str()).or_insert_with(|| namespace_context(objects, ns, trust_domain));
             let key = (ns.clone(), name.clone());
             let selected = converted.selected.get(&key).cloned().unwrap_or_default();
-            let uid = workload_uid(ns, name);
-            let resource = match self.pods.remove(&key) {
-                Some(m) if Arc::ptr_eq(&m.pod, pod) && m.context == context && m.selected == selected => m.resource,
-                _ => {
-                    let svc_map = services
-                        .get(ns.as_str())
-                        .into_iter()
-                        .flatten()
-                        .filter(|(_, selector, _)| selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v)))
-                        .map(|(key, _, ports)| (key.clone(), wl::PortList { ports: ports.clone() }))
-                        .collect();
-                    let labels = &pod.metadata.labels;
-                    let canonical_name = ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
-                        .iter()
-                        .find_map(|k| labels.get(*k).cloned())
-                        .unwrap_or_else(|| name.clone());
-                    let canonical_revision = ["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]
-                        .iter()
-                        .find_map(|k| labels.get(*k).cloned())
-                        .unwrap_or_else(|| "latest".into());
-                    let tunnel = if in_mesh(objects, pod) { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None };
-                    let mut authorization_policies: Vec<String> = objects
-                        .authorization_policies
-                        .iter()
-                        .filter(|((pns, _), p)| {
-                            authorization::picks(pns, p.spec.selector.as_ref(), p.spec.targets(), ns, labels, &objects.services)
-                        })
-                        .filter(|((pns, pname), _)| snap.authorizations.contains_key(&format!("{pns}/{pname}")))
-                        .map(|((pns, pname), _)| format!("{pns}/{pname}"))
-                        .collect();
-                    for key in &selected {
-                        if !authorization_policies.contains(key) {
-                            authorization_policies.push(key.clone());
-                        }
-                    }
-                    let proto = wl::Workload {
-                        uid: uid.clone(),
-                        name: name.clone(),
-                        namespace: ns.clone(),
-                        addresses: ips.iter().map(ip_bytes).collect(),
-                        tunnel_protocol: tunnel as i32,
-                        trust_domain: trust_domain.into(),
-                        service_account: sa,
-                        node,
-                        canonical_name,
-                        canonical_revision,
-                        workload_type: wl::WorkloadType::Pod as i32,
-                        workload_name: name.clone(),
-                        services: svc_map,
-                        cluster_id: "Kubernetes".into(),
-                        authorization_policies,
-                        ..Default::default()
-                    };
-                    address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(proto)) })
+            if let Some(m) = self.pods.get_mut(&key) {
+                if Arc::ptr_eq(&m.pod, pod) && m.context == context && m.selected == selected {
+                    m.seen = builds;
+                    continue;
                 }
-            };
-            snap.resources.insert(uid, resource.clone());
-            memo.insert(key, Memo { pod: pod.clone(), context, selected, resource });
+            }
+            // New or changed: its identity and Workload again.
+            let old = self.pods.remove(&key);
+            let sa = pod.service_account().to_string();
+            let node = pod.spec.node_name.clone().unwrap_or_default();
+            let identity = (!node.is_empty()).then(|| {
+                (node.clone(), Identity { trust_domain: trust_domain.into(), namespace: ns.clone(), service_account: sa.clone() })
+            });
+            if let Some(id) = &identity {
+                *self.identities.entry(id.clone()).or_default() += 1;
+                snap.identities.insert(id.clone());
+            }
+            if let Some(id) = old.as_ref().and_then(|m| m.identity.as_ref()) {
+                forget_identity(&mut self.identities, &mut snap.identities, id);
+            }
+            let ips = pod.ips();
+            let uid = workload_uid(ns, name);
+            // Not scheduled or not started yet: nothing can reach it, no Workload.
+            let has = !ips.is_empty();
+            if has {
+                let svc_map = services
+                    .get(ns.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, selector, _)| selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v)))
+                    .map(|(key, _, ports)| (key.clone(), wl::PortList { ports: ports.clone() }))
+                    .collect();
+                let labels = &pod.metadata.labels;
+                let canonical_name = ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
+                    .iter()
+                    .find_map(|k| labels.get(*k).cloned())
+                    .unwrap_or_else(|| name.clone());
+                let canonical_revision = ["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]
+                    .iter()
+                    .find_map(|k| labels.get(*k).cloned())
+                    .unwrap_or_else(|| "latest".into());
+                let tunnel = if in_mesh(objects, pod) { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None };
+                let mut authorization_policies: Vec<String> = objects
+                    .authorization_policies
+                    .range((ns.clone(), String::new())..)
+                    .take_while(|((pns, _), _)| pns == ns)
+                    .chain(if ns == ROOT_NAMESPACE {
+                        objects.authorization_policies.range((String::new(), String::new())..(String::new(), String::new()))
+                    } else {
+                        objects
+                            .authorization_policies
+                            .range((ROOT_NAMESPACE.to_string(), String::new())..)
+                    }.take_while(|((pns, _), _)| pns == ROOT_NAMESPACE))
+                    .filter(|((pns, _), p)| {
+                        authorization::picks(pns, p.spec.selector.as_ref(), p.spec.targets(), ns, labels, &objects.services)
+                    })
+                    .map(|((pns, pname), _)| format!("{pns}/{pname}"))
+                    .filter(|key| authorizations.contains_key(key))
+                    .collect();
+                authorization_policies.sort();
+                for key in &selected {
+                    if !authorization_policies.contains(key) {
+                        authorization_policies.push(key.clone());
+                    }
+                }
+                let proto = wl::Workload {
+                    uid: uid.clone(),
+                    name: name.clone(),
+                    namespace: ns.clone(),
+                    addresses: ips.iter().map(ip_bytes).collect(),
+                    tunnel_protocol: tunnel as i32,
+                    trust_domain: trust_domain.into(),
+                    service_account: sa,
+                    node,
+                    canonical_name,
+                    canonical_revision,
+                    workload_type: wl::WorkloadType::Pod as i32,
+                    workload_name: name.clone(),
+                    services: svc_map,
+                    cluster_id: "Kubernetes".into(),
+                    authorization_policies,
+                    ..Default::default()
+                };
+                let r = address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(proto)) });
+                if snap.resources.get(&uid).is_none_or(|old| old.version != r.version) {
+                    snap.resources.insert(uid.clone(), Arc::new(r));
+                }
+            } else if old.as_ref().is_some_and(|m| m.uid.is_some()) {
+                snap.resources.remove(&uid);
+            }
+            let memo = Memo { pod: pod.clone(), context, selected, uid: has.then_some(uid), identity, seen: builds };
+            self.pods.insert(key, memo);
         }
-        self.pods = memo;
+        // Pods that are gone.
+        let (identities, ids) = (&mut self.identities, &mut snap.identities);
+        self.pods.retain(|_, m| {
+            if m.seen == builds {
+                return true;
+            }
+            if let Some(uid) = &m.uid {
+                snap.resources.remove(uid);
+            }
+            if let Some(id) = &m.identity {
+                forget_identity(identities, ids, id);
+            }
+            false
+        });
+        let mut request_authentications = BTreeMap::new();
         for ((ns, name), r) in &objects.request_authentications {
             let mut served = super::requestauth::convert(ns, name, &r.spec, jwks);
             if !served.selector.is_empty() || r.spec.targets().next().is_some() {
@@ -323,11 +418,29 @@ impl Builder {
                     .filter(|uid| snap.resources.contains_key(uid))
                     .collect();
             }
-            snap.request_authentications
+            request_authentications
                 .insert(format!("{ns}/{name}"), resource(crate::proto::REQUEST_AUTHENTICATION_TYPE_URL, &served));
         }
-        networking_resources(objects, trust_domain, &mut snap);
+        let (mut virtual_services, mut destination_rules) = (BTreeMap::new(), BTreeMap::new());
+        networking_resources(objects, trust_domain, &mut others, &mut virtual_services, &mut destination_rules);
+        sync(&mut snap.resources, &mut self.others, others);
+        replace(&mut snap.authorizations, authorizations);
+        replace(&mut snap.request_authentications, request_authentications);
+        replace(&mut snap.virtual_services, virtual_services);
+        replace(&mut snap.destination_rules, destination_rules);
+        self.last = snap.clone();
         snap
+    }
+}
+
+/// One pod fewer runs `id`: the last one takes it out of `ids`.
+fn forget_identity(counts: &mut HashMap<(String, Identity), usize>, ids: &mut imbl::OrdSet<(String, Identity)>, id: &(String, Identity)) {
+    if let Some(n) = counts.get_mut(id) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(id);
+            ids.remove(id);
+        }
     }
 }
 
@@ -335,25 +448,31 @@ impl Builder {
 /// Services (a Kubernetes Service of the same name wins) with their inline endpoints
 /// as Workloads; WorkloadEntries as Workloads, members of the ServiceEntries of their
 /// namespace whose `workloadSelector` picks them (as istiod's ambient index does).
-fn networking_resources(objects: &Objects, trust_domain: &str, snap: &mut Snapshot) {
+fn networking_resources(
+    objects: &Objects,
+    trust_domain: &str,
+    addresses: &mut BTreeMap<String, Resource>,
+    virtual_services: &mut BTreeMap<String, Resource>,
+    destination_rules: &mut BTreeMap<String, Resource>,
+) {
     use super::networking::convert::{self, entry};
     for ((ns, name), vs) in &objects.virtual_services {
         let msg = convert::virtual_service(ns, name, &vs.spec);
-        snap.virtual_services.insert(format!("{ns}/{name}"), resource(crate::proto::VIRTUAL_SERVICE_TYPE_URL, &msg));
+        virtual_services.insert(format!("{ns}/{name}"), resource(crate::proto::VIRTUAL_SERVICE_TYPE_URL, &msg));
     }
     for ((ns, name), dr) in &objects.destination_rules {
         let msg = convert::destination_rule(ns, name, &dr.spec);
-        snap.destination_rules.insert(format!("{ns}/{name}"), resource(crate::proto::DESTINATION_RULE_TYPE_URL, &msg));
+        destination_rules.insert(format!("{ns}/{name}"), resource(crate::proto::DESTINATION_RULE_TYPE_URL, &msg));
     }
     for ((ns, name), se) in &objects.service_entries {
         for (key, svc) in entry::services(ns, name, &se.spec) {
-            snap.resources
+            addresses
                 .entry(key)
                 .or_insert_with(|| address_resource(wl::Address { r#type: Some(wl::address::Type::Service(svc)) }));
         }
         for w in entry::endpoint_workloads(ns, name, &se.spec, trust_domain) {
             let uid = w.uid.clone();
-            snap.resources.insert(uid, address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(w)) }));
+            addresses.insert(uid, address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(w)) }));
         }
     }
     for ((ns, name), we) in &objects.workload_entries {
@@ -368,7 +487,7 @@ fn networking_resources(objects: &Objects, trust_domain: &str, snap: &mut Snapsh
             }
         }
         let uid = w.uid.clone();
-        snap.resources.insert(uid, address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(w)) }));
+        addresses.insert(uid, address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(w)) }));
     }
 }
 
@@ -407,6 +526,75 @@ mod tests {
         let (o, errors) = Folder::default().apply(vec![("t.yaml".into(), Ok(yaml.to_string()))]);
         assert!(errors.is_empty(), "{errors:?}");
         o
+    }
+
+    /// A builder that reuses its previous snapshot gives, after every kind of edit, what
+    /// a fresh build of the same objects gives; and a build with nothing changed is
+    /// the same snapshot (shared maps).
+    #[test]
+    fn incremental_builds_equal_fresh_builds() {
+        let base = "
+kind: Namespace
+metadata: {name: a, labels: {istio.io/dataplane-mode: ambient}}
+---
+kind: Namespace
+metadata: {name: b, labels: {istio.io/dataplane-mode: ambient}}
+---
+kind: Pod
+metadata: {name: p1, namespace: a, labels: {app: x}}
+spec: {nodeName: n1, serviceAccountName: sa1}
+status: {podIP: 10.0.0.1}
+---
+kind: Pod
+metadata: {name: p2, namespace: a, labels: {app: y}}
+spec: {nodeName: n2, serviceAccountName: sa1}
+status: {podIP: 10.0.0.2}
+---
+kind: Pod
+metadata: {name: q1, namespace: b, labels: {app: x}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.1.1}
+---
+kind: Service
+metadata: {name: x, namespace: a}
+spec: {clusterIP: 10.96.0.1, selector: {app: x}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: sel, namespace: a}
+spec: {selector: {matchLabels: {app: y}}, rules: [{}]}
+";
+        let edits: Vec<(&str, String)> = vec![
+            ("the start", base.to_string()),
+            ("nothing", base.to_string()),
+            ("a pod's address", base.replace("10.0.0.2", "10.0.0.3")),
+            ("a pod's labels", base.replace("{app: y}}\nspec: {nodeName: n2", "{app: x}}\nspec: {nodeName: n2")),
+            ("a pod loses its address", base.replace("status: {podIP: 10.0.0.2}", "status: {}")),
+            ("a pod moves node", base.replace("nodeName: n2", "nodeName: n1")),
+            ("a pod is gone", base.replace("name: q1", "name: q1, labels: {}}\n---\nkind: ConfigMap\nmetadata: {name: q1x")),
+            ("a service's selector", base.replace("selector: {app: x}", "selector: {app: y}")),
+            ("a service is gone", base.replace("kind: Service", "kind: ConfigMap")),
+            ("a policy's selector", base.replace("matchLabels: {app: y}", "matchLabels: {app: x}")),
+            ("a root-namespace policy", format!("{base}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: r, namespace: istio-system}}\nspec: {{selector: {{matchLabels: {{app: x}}}}, rules: [{{}}]}}\n")),
+            ("a namespace leaves the mesh", base.replace("name: b, labels: {istio.io/dataplane-mode: ambient}", "name: b")),
+            ("a PeerAuthentication", format!("{base}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: s, namespace: a}}\nspec: {{selector: {{matchLabels: {{app: x}}}}, mtls: {{mode: STRICT}}}}\n")),
+            ("back to the start", base.to_string()),
+        ];
+        let tds = TrustDomains::new("cluster.local", &[]);
+        let mut folder = Folder::default();
+        let mut builder = Builder::default();
+        let mut prev: Option<Snapshot> = None;
+        for (what, yaml) in &edits {
+            let (o, errors) = folder.apply(vec![("t.yaml".into(), Ok(yaml.clone()))]);
+            assert!(errors.is_empty(), "{what}: {errors:?}");
+            let inc = builder.build(&o, &tds, &|_| None);
+            let fresh = build(&o, "cluster.local");
+            assert_eq!(inc, fresh, "after {what}");
+            if let Some(p) = &prev {
+                assert_eq!(inc.same_as(p), *what == "nothing", "{what}: unchanged exactly when nothing changed");
+            }
+            prev = Some(inc);
+        }
     }
 
     fn decode(r: &Resource) -> wl::address::Type {
@@ -501,7 +689,7 @@ spec: {mtls: {mode: PERMISSIVE}}
 ";
         let s = build(&objects(&format!("{YAML}{pa}")), "td");
         let key = "istio-system/istio_converted_static_strict";
-        assert!(s.authorizations.contains_key(key), "{:?}", s.authorizations.keys());
+        assert!(s.authorizations.contains_key(key), "{:?}", s.authorizations.keys().collect::<Vec<_>>());
         assert!(workload(&s, "Kubernetes//Pod/mesh/a").authorization_policies.contains(&key.to_string()));
         assert!(workload(&s, "Kubernetes//Pod/plain/c").authorization_policies.is_empty(), "PERMISSIVE namespace");
     }

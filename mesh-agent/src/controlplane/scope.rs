@@ -175,7 +175,7 @@ impl Index {
 pub type Scoped<'a> = BTreeMap<&'a str, &'a Served>;
 
 /// Resources of `type_url` in `snap` (`None`: a type we do not serve).
-pub fn resources_of<'a>(snap: &'a Snapshot, type_url: &str) -> Option<&'a BTreeMap<String, Served>> {
+pub fn resources_of<'a>(snap: &'a Snapshot, type_url: &str) -> Option<&'a super::model::Resources> {
     match type_url {
         ADDRESS_TYPE_URL => Some(&snap.resources),
         AUTHORIZATION_TYPE_URL => Some(&snap.authorizations),
@@ -192,7 +192,7 @@ pub fn scope_type<'a>(snap: &'a Snapshot, index: &Index, needs: &NodeNeeds, type
         .into_iter()
         .flatten()
         .filter(|(name, _)| index.admits(needs, type_url, name))
-        .map(|(name, r)| (name.as_str(), r))
+        .map(|(name, r)| (name.as_str(), &**r))
         .collect()
 }
 

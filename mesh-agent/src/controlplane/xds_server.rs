@@ -54,16 +54,54 @@ impl View {
         let mut changed = BTreeMap::new();
         for t in TYPES {
             let (old, new) = (resources_of(&prev.snap, t).expect("served"), resources_of(&snap, t).expect("served"));
-            let mut names: BTreeMap<String, usize> = new
-                .iter()
-                .filter(|(n, r)| old.get(*n).is_none_or(|o| o.version != r.version))
-                .map(|(n, _)| (n.clone(), old.get(n).map_or(0, |o| o.any.value.len())))
-                .collect();
-            names.extend(old.iter().filter(|(n, _)| !new.contains_key(*n)).map(|(n, o)| (n.clone(), o.any.value.len())));
-            changed.insert(t, names);
+            changed.insert(t, changes(old, new));
         }
         View { index: Index::new(&snap), snap, generation: prev.generation + 1, published: Instant::now(), changed }
     }
+}
+
+/// Names added, changed or removed from `old` to `new`, with the encoded size each had
+/// in `old` (0 if new). Both are sorted: one pass over them in step, where a resource
+/// that is the same `Arc` in both (the builder keeps unchanged ones) costs a pointer
+/// comparison.
+fn changes(old: &super::model::Resources, new: &super::model::Resources) -> BTreeMap<String, usize> {
+    use std::cmp::Ordering;
+    let mut out = BTreeMap::new();
+    if old.ptr_eq(new) {
+        return out;
+    }
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((n, o)), None) => {
+                out.insert(n.to_string(), o.any.value.len());
+                a.next();
+            }
+            (None, Some((n, _))) => {
+                out.insert(n.to_string(), 0);
+                b.next();
+            }
+            (Some((na, o)), Some((nb, r))) => match na.cmp(nb) {
+                Ordering::Less => {
+                    out.insert(na.to_string(), o.any.value.len());
+                    a.next();
+                }
+                Ordering::Greater => {
+                    out.insert(nb.to_string(), 0);
+                    b.next();
+                }
+                Ordering::Equal => {
+                    if !Arc::ptr_eq(o, r) && o.version != r.version {
+                        out.insert(na.to_string(), o.any.value.len());
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+    out
 }
 
 /// What to send so that a client holding `held` (name -> version) matches its scope.
@@ -128,7 +166,7 @@ pub enum Holds {
 
 impl Holds {
     fn served<'a>(view: &'a View, needs: &NodeNeeds, type_url: &str, name: &str) -> Option<&'a Served> {
-        resources_of(&view.snap, type_url)?.get(name).filter(|_| view.index.admits(needs, type_url, name))
+        resources_of(&view.snap, type_url)?.get(name).filter(|_| view.index.admits(needs, type_url, name)).map(|r| &**r)
     }
 
     pub fn has_version(&self, type_url: &str, name: &str, version: &str) -> bool {
@@ -609,13 +647,13 @@ mod tests {
         let mut s = Snapshot::default();
         for (n, v) in items {
             let any = prost_types::Any { type_url: ADDRESS_TYPE_URL.into(), value: v.as_bytes().to_vec() };
-            s.resources.insert(n.to_string(), Res { version: v.to_string(), any });
+            s.resources.insert(n.to_string(), Arc::new(Res { version: v.to_string(), any }));
         }
         s
     }
 
     fn all(s: &Snapshot) -> Scoped<'_> {
-        s.resources.iter().map(|(n, r)| (n.as_str(), r)).collect()
+        s.resources.iter().map(|(n, r)| (n.as_str(), &**r)).collect()
     }
 
     fn names(d: &Delta) -> Vec<&str> {
