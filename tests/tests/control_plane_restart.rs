@@ -23,7 +23,10 @@ const LOAD_SECONDS: u64 = 25;
 const H2_CONNS: u64 = 2;
 const H2_RPS: u64 = 8;
 const H2_REQUESTS: u64 = H2_CONNS * H2_RPS * LOAD_SECONDS;
-const TYPES: [&str; 3] = ["Address", "Authorization", "RequestAuthentication"];
+/// Every type an agent subscribes to; the agents here hold Address and Authorization
+/// resources, and none of the others.
+const TYPES: [&str; 5] = ["Address", "Authorization", "RequestAuthentication", "VirtualService", "DestinationRule"];
+const HELD: [&str; 2] = ["Address", "Authorization"];
 
 fn service(name: &str, vip: &str, port: u16, target: u16) -> String {
     format!(
@@ -180,14 +183,16 @@ fn outage(scene: &mut Scene, what: &str, during: impl FnOnce(&mut Scene) -> Resu
         );
     }
     // Both agents hold Address and Authorization resources: those resume, one first
-    // answer per agent. Neither holds a RequestAuthentication; a first answer to an
+    // answer per agent. Of the other types they hold nothing; a first answer to an
     // agent that names nothing counts as initial (the protocol cannot tell it from a
     // new agent), and must carry nothing.
-    for t in ["Address", "Authorization"] {
+    for t in HELD {
         ensure!(pushes.count(t, "resume") == 2, "{what}: {t}: expected a resume per agent:\n{}", pushes.metrics);
         ensure!(pushes.count(t, "initial") == 0, "{what}: {t}: a full push instead of a resume:\n{}", pushes.metrics);
     }
-    ensure!(pushes.bytes("RequestAuthentication") == 0, "{what}: RequestAuthentication pushed to agents that hold none");
+    for t in TYPES.iter().filter(|t| !HELD.contains(t)) {
+        ensure!(pushes.bytes(t) == 0, "{what}: {t} pushed to agents that hold none:\n{}", pushes.metrics);
+    }
     Ok(pushes)
 }
 
