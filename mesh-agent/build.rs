@@ -16,8 +16,14 @@ fn main() -> anyhow::Result<()> {
         println!("cargo::rerun-if-changed={p}");
     }
     let hint = "compiling proto/ (is protoc installed? run scripts/setup.sh)";
-    tonic_build::configure().compile_protos(&ours, &["../proto"]).context(hint)?;
+    // Maps in served resources are BTreeMaps: a resource's version is a hash of its
+    // encoding, and a HashMap encodes in a random order per instance, so the same
+    // content would get a new version in every process (a restarted control plane
+    // would re-send what the agents hold) and at every rebuild. Every map of ours is
+    // in a served resource.
+    tonic_build::configure().btree_map(["."]).compile_protos(&ours, &["../proto"]).context(hint)?;
     tonic_build::configure()
+        .btree_map([".istio.workload.Workload.services"])
         .build_server(true)
         .build_client(true)
         .extern_path(".mesh.security", "crate::proto::mesh_security")

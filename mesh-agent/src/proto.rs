@@ -49,3 +49,28 @@ pub const ADDRESS_TYPE_URL: &str = "type.googleapis.com/istio.workload.Address";
 /// `DeltaDiscoveryResponse.system_version_info` of each part of a split response but
 /// the last (`controlplane::xds_server::PART_BYTES`): more of this answer follows.
 pub const MORE_TO_COME: &str = "mesh:more-to-come";
+
+#[cfg(test)]
+mod tests {
+    use super::{mesh_security, workload};
+    use prost::Message as _;
+
+    /// The same content encodes to the same bytes however its maps were built: the
+    /// control plane's versions hash the encoding (see build.rs).
+    #[test]
+    fn maps_in_resources_encode_in_one_order() {
+        let keys: Vec<String> = (0..8).map(|i| format!("ns/svc-{i}")).collect();
+        let workload = |keys: &mut dyn Iterator<Item = &String>| workload::Workload {
+            services: keys.map(|k| (k.clone(), workload::PortList::default())).collect(),
+            ..Default::default()
+        };
+        let forward = workload(&mut keys.iter()).encode_to_vec();
+        let backward = workload(&mut keys.iter().rev()).encode_to_vec();
+        assert_eq!(forward, backward);
+        let ra = |keys: &mut dyn Iterator<Item = &String>| mesh_security::RequestAuthentication {
+            selector: keys.map(|k| (k.clone(), "v".to_string())).collect(),
+            ..Default::default()
+        };
+        assert_eq!(ra(&mut keys.iter()).encode_to_vec(), ra(&mut keys.iter().rev()).encode_to_vec());
+    }
+}

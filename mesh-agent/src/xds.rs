@@ -499,7 +499,7 @@ mod tests {
     use super::*;
 
     fn workload_addr(uid: &str, backs: &[(&str, u32, u32)]) -> wl::Address {
-        let mut services = HashMap::new();
+        let mut services = BTreeMap::new();
         for (svc, sp, tp) in backs {
             services.insert(svc.to_string(), wl::PortList { ports: vec![wl::Port { service_port: *sp, target_port: *tp }] });
         }

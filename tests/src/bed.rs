@@ -171,6 +171,8 @@ pub struct TestBed {
     pods: Vec<Pod>,
     control_plane: Option<Proc>,
     cp_port: u16,
+    /// The control plane's `--admin` port: picked once, kept across restarts.
+    cp_admin_port: u16,
     agents: BTreeMap<String, Agent>,
     /// Other processes of the bed (node-level tools); killed on drop.
     pub procs: Vec<Proc>,
@@ -221,6 +223,7 @@ impl TestBed {
             pods: Vec::new(),
             control_plane: None,
             cp_port: 0,
+            cp_admin_port: 0,
             agents: BTreeMap::new(),
             procs: Vec::new(),
             finished: false,
@@ -377,6 +380,16 @@ impl TestBed {
         st
     }
 
+    /// Kills the control plane (SIGKILL), as a crash or an evicted pod would: no
+    /// goodbye to the agents, no flushing. Returns once it is gone.
+    pub fn kill_control_plane(&mut self) -> Option<std::process::ExitStatus> {
+        let mut cp = self.control_plane.take()?;
+        cp.signal(libc::SIGKILL);
+        let st = cp.wait_timeout(Duration::from_secs(10));
+        let _ = std::fs::copy(&cp.log, self.log_dir.join("control-plane.killed.log"));
+        st
+    }
+
     /// Starts the control plane again on the port the agents were given.
     pub fn restart_control_plane(&mut self) -> Result<()> {
         if self.cp_port == 0 {
@@ -413,6 +426,10 @@ impl TestBed {
         let state = self.cp_state_dir();
         std::fs::create_dir_all(&state)?;
         let listen = format!("127.0.0.1:{port}");
+        if self.cp_admin_port == 0 {
+            self.cp_admin_port = free_port()?;
+        }
+        let admin = self.cp_admin();
         let bin = agent_binary()?;
         let args = [
             bin.to_str().unwrap_or("mesh-agent"),
@@ -425,9 +442,9 @@ impl TestBed {
             state.to_str().unwrap_or_default(),
             "--trust-domain",
             TRUST_DOMAIN,
-            // Beds run side by side: no fixed admin port.
+            // Beds run side by side: a port of this bed's, the same after a restart.
             "--admin",
-            "127.0.0.1:0",
+            &admin,
         ];
         let args: Vec<&str> = args.into_iter().chain(self.control_plane_args.iter().map(String::as_str)).collect();
         let mut cmd = proc::command(&args, None, Some(&self.cgroup_root.join("sys")))?;
@@ -446,6 +463,32 @@ impl TestBed {
 
     pub fn control_plane_log(&self) -> String {
         self.control_plane.as_ref().map(|p| p.output()).unwrap_or_default()
+    }
+
+    /// The control plane's admin address (its `--admin`: `/metrics`, `/debug/syncz`).
+    pub fn cp_admin(&self) -> String {
+        format!("127.0.0.1:{}", self.cp_admin_port)
+    }
+
+    /// The control plane's Prometheus metrics (`mesh_cp_*`).
+    pub fn cp_metrics(&self) -> Result<String> {
+        let url = format!("http://{}/metrics", self.cp_admin());
+        let (code, body) = http_get(&url)?;
+        if code != 200 {
+            bail!("GET {url}: HTTP {code}");
+        }
+        Ok(body)
+    }
+
+    /// `meshctl sync --control-plane <admin>`: its table, one row per agent and type.
+    pub fn cp_sync(&self) -> Result<String> {
+        let bin = meshctl_binary()?;
+        let admin = self.cp_admin();
+        let out = proc::run(&[bin.to_str().unwrap_or("meshctl"), "sync", "--control-plane", &admin], None, None, Duration::from_secs(10))?;
+        if !out.status.success() {
+            bail!("meshctl sync --control-plane {admin} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Starts the agent of `node` in the host network namespace; returns once its CNI
@@ -627,12 +670,7 @@ impl TestBed {
     /// The value of one metric series, e.g. `mesh_connections_total{direction="outbound",result="success"}`
     /// (0 when absent).
     pub fn metric(&self, node: &str, series: &str) -> Result<u64> {
-        let m = self.metrics(node)?;
-        Ok(m.lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0))
+        Ok(series_value(&self.metrics(node)?, series))
     }
 
     /// The agent's Prometheus metrics (text exposition).
@@ -842,6 +880,17 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::write(&tmp, text)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in a Prometheus text
+/// exposition; 0 when absent.
+pub fn series_value(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn find_workload<'a>(dump: &'a Value, ip: &str) -> Option<&'a Value> {

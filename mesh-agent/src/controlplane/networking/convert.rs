@@ -106,9 +106,9 @@ fn gateways(names: &[String], namespace: &str) -> Vec<String> {
     names.iter().map(|g| resolve_gateway(g, namespace)).collect()
 }
 
-/// prost's maps are `HashMap`s.
-pub(crate) fn hash<V: Clone>(m: &BTreeMap<String, V>) -> std::collections::HashMap<String, V> {
-    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+/// A map as prost holds it (a `BTreeMap`: see build.rs).
+pub(crate) fn hash<V: Clone>(m: &BTreeMap<String, V>) -> BTreeMap<String, V> {
+    m.clone()
 }
 
 fn route_destinations(route: &[vs::RouteDestination], ns: &str) -> Vec<mn::RouteDestination> {
@@ -134,7 +134,7 @@ fn string_match(m: &StringMatch) -> mn::StringMatch {
     mn::StringMatch { match_type }
 }
 
-fn string_matches(m: &BTreeMap<String, StringMatch>) -> std::collections::HashMap<String, mn::StringMatch> {
+fn string_matches(m: &BTreeMap<String, StringMatch>) -> BTreeMap<String, mn::StringMatch> {
     m.iter().map(|(k, v)| (k.clone(), string_match(v))).collect()
 }
 

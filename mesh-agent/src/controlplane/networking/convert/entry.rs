@@ -3,7 +3,7 @@
 //! a Workload per WorkloadEntry and per inline endpoint. Which WorkloadEntries a
 //! ServiceEntry's `workloadSelector` picks is the caller's to decide; [`ports_for`]
 //! gives the port list of such a pick.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::controlplane::networking::service_entry::{Spec, WorkloadEntrySpec};
@@ -104,7 +104,7 @@ pub fn endpoint_workloads(namespace: &str, name: &str, spec: &Spec, trust_domain
         .map(|e| {
             let mut w = workload(service_entry_endpoint_uid(namespace, name, &e.address), namespace, name, e, trust_domain);
             let ports = ports_for(spec, &e.ports);
-            w.services = spec.hosts.iter().map(|h| (format!("{namespace}/{h}"), ports.clone())).collect::<HashMap<_, _>>();
+            w.services = spec.hosts.iter().map(|h| (format!("{namespace}/{h}"), ports.clone())).collect();
             w
         })
         .collect()
