@@ -3,7 +3,7 @@
 //! Each YAML document is parsed on its own: a bad document is reported (file, line, field
 //! path) and rejected, the others apply, and the last good version of the object it held
 //! keeps serving.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -224,10 +224,6 @@ pub struct Objects {
 }
 
 impl Objects {
-    fn insert(&mut self, key: &ObjectKey, order: usize, o: Object) {
-        self.insert_named((key.namespace.clone(), key.name.clone()), order, o);
-    }
-
     /// Puts `o` in its kind's map under `(namespace, name)` (a Namespace under its
     /// name); `order` is the PeerAuthentication tie-break.
     pub(super) fn insert_named(&mut self, nn: (String, String), order: usize, o: Object) {
@@ -247,24 +243,50 @@ impl Objects {
             Object::WorkloadEntry(w) => drop(self.workload_entries.insert(nn, w)),
         }
     }
+
+    /// Takes `(namespace, name)` out of the map of `o`'s kind.
+    fn remove_named(&mut self, nn: &(String, String), o: &Object) {
+        match o {
+            Object::Namespace(_) => drop(self.namespaces.remove(&nn.1)),
+            Object::ServiceAccount(_) => drop(self.service_accounts.remove(nn)),
+            Object::Service(_) => drop(self.services.remove(nn)),
+            Object::Pod(_) => drop(self.pods.remove(nn)),
+            Object::AuthorizationPolicy(_) => drop(self.authorization_policies.remove(nn)),
+            Object::PeerAuthentication(_) => drop(self.peer_authentications.remove(nn)),
+            Object::RequestAuthentication(_) => drop(self.request_authentications.remove(nn)),
+            Object::VirtualService(_) => drop(self.virtual_services.remove(nn)),
+            Object::DestinationRule(_) => drop(self.destination_rules.remove(nn)),
+            Object::Gateway(_) => drop(self.gateways.remove(nn)),
+            Object::ServiceEntry(_) => drop(self.service_entries.remove(nn)),
+            Object::Sidecar(_) => drop(self.sidecars.remove(nn)),
+            Object::WorkloadEntry(_) => drop(self.workload_entries.remove(nn)),
+        }
+    }
 }
 
 /// Where an object came from: file and document index.
 type Origin = (Arc<Path>, usize);
 
 /// The folder's parsed state, remembering the last good version of every object.
+///
+/// A reload reads every file, but only the files whose text changed (and files with a
+/// rejected document, whose errors are reported again) are parsed and applied: their
+/// old definitions are retracted, their new ones added, and only the keys they touch
+/// are settled again, so a reload costs what changed, not the size of the folder.
 #[derive(Default)]
 pub struct Folder {
+    /// What serves now: each object's last good version and where it came from.
     last_good: HashMap<ObjectKey, (Origin, Object)>,
-    /// Each file's text and its documents' objects, when every document of it parsed:
-    /// an unchanged file is not parsed again (a reload rereads the whole folder, and
-    /// parsing dominates at thousands of objects). Files with a rejected document are
-    /// always parsed again, so their errors are reported again.
-    parsed: HashMap<PathBuf, (String, Vec<ParsedDoc>)>,
+    /// Each file whose documents all parsed: its text (an unchanged file is skipped).
+    parsed: HashMap<PathBuf, String>,
+    /// Every good definition of each key now, by origin: the last one serves (a key
+    /// defined twice is reported, and the later definition wins).
+    defs: HashMap<ObjectKey, BTreeMap<Origin, Object>>,
+    /// The keys each file defines now.
+    file_keys: HashMap<PathBuf, Vec<ObjectKey>>,
+    /// `last_good` by kind.
+    objects: Objects,
 }
-
-/// A document that parsed: its index in the file, its first line, and its object.
-type ParsedDoc = (usize, usize, ObjectKey, Object);
 
 /// One document as text, with the file line it starts on (1-based).
 struct Doc<'a> {
@@ -525,11 +547,20 @@ impl Folder {
     /// Returns what serves now and the documents that were rejected.
     pub fn apply(&mut self, files: Vec<(PathBuf, std::io::Result<String>)>) -> (Objects, Vec<Error>) {
         let mut errors = Vec::new();
-        let mut next: HashMap<ObjectKey, (Origin, Object)> = HashMap::new();
         let mut keep_origins: Vec<Origin> = Vec::new();
         let mut keep_files: Vec<Arc<Path>> = Vec::new();
         let mut keep_keys: Vec<ObjectKey> = Vec::new();
-        let mut parsed: HashMap<PathBuf, (String, Vec<ParsedDoc>)> = HashMap::new();
+        // Files that changed (or went away): what they defined, and what they served,
+        // is settled again.
+        let mut changed: HashSet<Arc<Path>> = HashSet::new();
+        let mut touched: HashSet<ObjectKey> = HashSet::new();
+        let listed: HashSet<&Path> = files.iter().map(|(p, _)| p.as_path()).collect();
+        let gone: Vec<PathBuf> = self.file_keys.keys().filter(|p| !listed.contains(p.as_path())).cloned().collect();
+        for path in gone {
+            self.retract(&path, &mut touched);
+            self.parsed.remove(&path);
+            changed.insert(Arc::from(path.as_path()));
+        }
         for (path, text) in files {
             let file = path.display().to_string();
             let origin_file: Arc<Path> = Arc::from(path.as_path());
@@ -537,78 +568,122 @@ impl Folder {
                 Ok(t) => t,
                 Err(source) => {
                     errors.push(Error::Read { file, source });
-                    keep_files.push(origin_file);
+                    self.retract(&path, &mut touched);
+                    self.parsed.remove(&path);
+                    keep_files.push(origin_file.clone());
+                    changed.insert(origin_file);
                     continue;
                 }
             };
-            let docs: Vec<(usize, usize, Parsed)> = match self.parsed.remove(&path).filter(|(t, _)| *t == text) {
-                Some((_, objs)) => objs.into_iter().map(|(i, line, key, obj)| (i, line, Parsed::Ok(key, obj))).collect(),
-                None => split_documents(&text)
-                    .iter()
-                    .enumerate()
-                    .map(|(i, doc)| (i, doc.first_line, parse_document(&file, doc)))
-                    .collect(),
-            };
+            if self.parsed.get(&path).is_some_and(|t| *t == text) {
+                continue;
+            }
+            self.retract(&path, &mut touched);
+            changed.insert(origin_file.clone());
             let mut all_good = true;
-            let mut good: Vec<ParsedDoc> = Vec::new();
-            for (i, first_line, result) in docs {
-                match result {
+            let mut keys = Vec::new();
+            for (i, doc) in split_documents(&text).iter().enumerate() {
+                match parse_document(&file, doc) {
                     Parsed::Empty => {}
                     Parsed::Skipped(kind) => {
-                        tracing::debug!(file, line = first_line, kind, "config: skipping a kind this version does not use");
+                        tracing::debug!(file, line = doc.first_line, kind, "config: skipping a kind this version does not use");
                     }
                     Parsed::Ok(key, obj) => {
-                        if let Some(((f, _), _)) = next.get(&key) {
+                        let defs = self.defs.entry(key.clone()).or_default();
+                        if let Some(((f, _), _)) = defs.iter().next() {
                             errors.push(Error::Object {
                                 file: file.clone(),
-                                line: first_line,
+                                line: doc.first_line,
                                 message: format!(
                                     "{} {}/{} is also defined in {}; the later definition wins",
                                     key.kind, key.namespace, key.name, f.display()
                                 ),
                             });
                         }
-                        good.push((i, first_line, key.clone(), obj.clone()));
-                        next.insert(key, ((origin_file.clone(), i), obj));
+                        defs.insert((origin_file.clone(), i), obj);
+                        touched.insert(key.clone());
+                        keys.push(key);
                     }
                     Parsed::Bad(key, e) => {
                         all_good = false;
                         errors.push(e);
                         keep_origins.push((origin_file.clone(), i));
+                        touched.extend(key.clone());
                         keep_keys.extend(key);
                     }
                 }
             }
+            self.file_keys.insert(path.clone(), keys);
             if all_good {
-                parsed.insert(path.clone(), (text, good));
+                self.parsed.insert(path, text);
+            } else {
+                self.parsed.remove(&path);
             }
         }
-        // Last good config: a rejected document keeps what it (or its object) last served.
-        for (key, (origin, obj)) in &self.last_good {
-            let keep = keep_keys.contains(key) || keep_origins.contains(origin) || keep_files.contains(&origin.0);
-            if keep && !next.contains_key(key) {
-                next.insert(key.clone(), (origin.clone(), obj.clone()));
+        if changed.is_empty() {
+            return (self.objects.clone(), errors);
+        }
+        // What a changed file served is settled again too (it may have to go, or stay
+        // as the last good version of a rejected document).
+        touched.extend(self.last_good.iter().filter(|(_, ((f, _), _))| changed.contains(f)).map(|(k, _)| k.clone()));
+        let mut peer_authentications = false;
+        for key in touched {
+            let serving = self.defs.get(&key).and_then(|d| d.iter().next_back()).map(|(o, obj)| (o.clone(), obj.clone()));
+            let nn = (key.namespace.clone(), key.name.clone());
+            let next = match serving {
+                Some(s) => Some(s),
+                // Last good config: a rejected document keeps what it (or its object) last served.
+                None => self.last_good.get(&key).filter(|(origin, _)| {
+                    keep_keys.contains(&key) || keep_origins.contains(origin) || keep_files.contains(&origin.0)
+                }).cloned(),
+            };
+            if let Some((_, obj)) = self.last_good.get(&key) {
+                peer_authentications |= matches!(obj, Object::PeerAuthentication(_));
+                self.objects.remove_named(&nn, obj);
+            }
+            match next {
+                Some((origin, obj)) => {
+                    peer_authentications |= matches!(obj, Object::PeerAuthentication(_));
+                    self.objects.insert_named(nn, 0, obj.clone());
+                    self.last_good.insert(key, (origin, obj));
+                }
+                None => drop(self.last_good.remove(&key)),
             }
         }
-        self.last_good = next;
-        self.parsed = parsed;
-        let mut objects = Objects::default();
-        // Reading order matters only among PeerAuthentications (their tie-break).
-        let mut origins: Vec<&Origin> = self
+        if peer_authentications {
+            self.order_peer_authentications();
+        }
+        (self.objects.clone(), errors)
+    }
+
+    /// Takes back what `path` defined; the keys it defined are `touched`.
+    fn retract(&mut self, path: &Path, touched: &mut HashSet<ObjectKey>) {
+        for key in self.file_keys.remove(path).unwrap_or_default() {
+            if let Some(defs) = self.defs.get_mut(&key) {
+                defs.retain(|(f, _), _| **f != *path);
+                if defs.is_empty() {
+                    self.defs.remove(&key);
+                }
+            }
+            touched.insert(key);
+        }
+    }
+
+    /// Reading order (file, then document) is the tie-break of PeerAuthentications of
+    /// one age.
+    fn order_peer_authentications(&mut self) {
+        let mut origins: Vec<(&Origin, &ObjectKey)> = self
             .last_good
-            .values()
-            .filter(|(_, o)| matches!(o, Object::PeerAuthentication(_)))
-            .map(|(o, _)| o)
+            .iter()
+            .filter(|(_, (_, o))| matches!(o, Object::PeerAuthentication(_)))
+            .map(|(k, (o, _))| (o, k))
             .collect();
         origins.sort();
-        for (key, (origin, obj)) in &self.last_good {
-            let order = match obj {
-                Object::PeerAuthentication(_) => origins.binary_search(&origin).unwrap_or_default(),
-                _ => 0,
-            };
-            objects.insert(key, order, obj.clone());
+        for (order, (_, key)) in origins.into_iter().enumerate() {
+            if let Some(pa) = self.objects.peer_authentications.get_mut(&(key.namespace.clone(), key.name.clone())) {
+                pa.0 = order;
+            }
         }
-        (objects, errors)
     }
 
     /// Reads every YAML file under `dir` and applies it.
@@ -776,6 +851,34 @@ metadata: {name: t, namespace: demo}
             assert_eq!(errors.len(), 1, "{errors:?}");
         }
         assert!(!folder.parsed.keys().any(|p| p.ends_with("a.yaml")));
+    }
+
+    /// Applying only what changed gives what reading everything afresh gives, after
+    /// edits, moves between files, duplicates, deletions and PeerAuthentication order.
+    #[test]
+    fn incremental_reloads_equal_fresh_reads() {
+        let ns = |n: &str| format!("kind: Namespace\nmetadata: {{name: {n}}}\n");
+        let pa = |n: &str, mode: &str| {
+            format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {n}, namespace: shop}}\nspec: {{mtls: {{mode: {mode}}}}}\n")
+        };
+        let steps: Vec<Vec<(&str, String)>> = vec![
+            vec![("a.yaml", GOOD.to_string()), ("b.yaml", ns("other"))],
+            vec![("a.yaml", GOOD.to_string()), ("b.yaml", format!("{}---\n{}", ns("other"), pa("p1", "STRICT")))],
+            // The same namespace in two files: the later file's wins.
+            vec![("a.yaml", GOOD.to_string()), ("b.yaml", ns("demo")), ("c.yaml", pa("p0", "PERMISSIVE"))],
+            // It moves: only c.yaml has it now.
+            vec![("a.yaml", GOOD.replace("name: demo\n", "name: demo2\n")), ("c.yaml", format!("{}---\n{}", pa("p0", "PERMISSIVE"), ns("demo")))],
+            // PeerAuthentications across files: reading order follows file order.
+            vec![("a.yaml", GOOD.to_string()), ("b.yaml", pa("z", "STRICT")), ("c.yaml", pa("a", "STRICT"))],
+            vec![("a.yaml", GOOD.to_string())],
+            vec![],
+        ];
+        let mut folder = Folder::default();
+        for (i, files) in steps.iter().enumerate() {
+            let (inc, _) = apply(&mut folder, &files.iter().map(|(p, t)| (*p, t.as_str())).collect::<Vec<_>>());
+            let (fresh, _) = apply(&mut Folder::default(), &files.iter().map(|(p, t)| (*p, t.as_str())).collect::<Vec<_>>());
+            assert_eq!(inc, fresh, "step {i}");
+        }
     }
 
     #[test]

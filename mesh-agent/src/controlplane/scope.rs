@@ -20,7 +20,7 @@
 //! A node's pods are the snapshot's workloads whose `node` is the node, plus the
 //! identities scheduled there (pods bound to the node that have no IP yet), so that a
 //! starting pod's namespace policies arrive before it can take traffic.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use prost::Message as _;
@@ -86,47 +86,82 @@ struct AuthnMeta {
     workloads: Option<BTreeSet<String>>,
 }
 
-/// What scoping needs to know of a snapshot, decoded once per snapshot.
+/// What scoping reads of one workload.
+#[derive(Clone, Debug)]
+struct WorkloadMeta {
+    node: String,
+    namespace: String,
+    policies: Vec<String>,
+}
+
+/// What scoping needs to know of a snapshot. Kept from one snapshot to the next in
+/// persistent maps: only the resources that changed are decoded again, and only the
+/// nodes they (or the identities that changed) concern get their needs again.
 #[derive(Clone, Debug, Default)]
 pub struct Index {
     /// Address resources that are services: name -> hostname.
-    services: HashMap<String, String>,
+    services: imbl::HashMap<String, String>,
+    /// Address resources that are workloads on a node.
+    workloads: imbl::HashMap<String, WorkloadMeta>,
+    /// Node -> uids of its workloads.
+    by_node: imbl::HashMap<String, imbl::OrdSet<String>>,
     /// Authorization name -> (scope, namespace).
-    authz: HashMap<String, (Scope, String)>,
-    authn: HashMap<String, AuthnMeta>,
-    nodes: HashMap<String, Arc<NodeNeeds>>,
+    authz: imbl::HashMap<String, (Scope, String)>,
+    authn: imbl::HashMap<String, AuthnMeta>,
+    nodes: imbl::HashMap<String, Arc<NodeNeeds>>,
     none: Arc<NodeNeeds>,
 }
 
 impl Index {
     pub fn new(snap: &Snapshot) -> Self {
-        let mut ix = Index::default();
-        let mut nodes: HashMap<String, NodeNeeds> = HashMap::new();
-        for (node, id) in &snap.identities {
-            nodes.entry(node.clone()).or_default().namespaces.insert(id.namespace.clone());
+        let mut changed: BTreeMap<&'static str, BTreeMap<String, usize>> = BTreeMap::new();
+        for t in TYPES {
+            let names = resources_of(snap, t).into_iter().flatten().map(|(n, _)| (n.clone(), 0)).collect();
+            changed.insert(t, names);
         }
-        for (name, r) in &snap.resources {
+        Index::default().next(&Snapshot::default(), snap, &changed)
+    }
+
+    /// The index of `snap`, from this one (of `prev`) and the names that changed
+    /// between them.
+    pub fn next(&self, prev: &Snapshot, snap: &Snapshot, changed: &BTreeMap<&'static str, BTreeMap<String, usize>>) -> Self {
+        let mut ix = self.clone();
+        let mut dirty: BTreeSet<String> = BTreeSet::new();
+        let names = |t: &str| changed.get(t).into_iter().flat_map(|m| m.keys());
+        for name in names(ADDRESS_TYPE_URL) {
+            ix.services.remove(name);
+            if let Some(old) = ix.workloads.remove(name) {
+                if let Some(set) = ix.by_node.get_mut(&old.node) {
+                    set.remove(name);
+                }
+                dirty.insert(old.node);
+            }
+            let Some(r) = snap.resources.get(name) else { continue };
             match wl::Address::decode(r.any.value.as_slice()).ok().and_then(|a| a.r#type) {
                 Some(wl::address::Type::Service(s)) => {
                     ix.services.insert(name.clone(), s.hostname);
                 }
                 Some(wl::address::Type::Workload(w)) if !w.node.is_empty() => {
-                    let n = nodes.entry(w.node).or_default();
-                    n.namespaces.insert(w.namespace);
-                    n.workloads.insert(name.clone());
-                    n.policies.extend(w.authorization_policies);
+                    ix.by_node.entry(w.node.clone()).or_default().insert(name.clone());
+                    dirty.insert(w.node.clone());
+                    let meta = WorkloadMeta { node: w.node, namespace: w.namespace, policies: w.authorization_policies };
+                    ix.workloads.insert(name.clone(), meta);
                 }
                 _ => {}
             }
         }
-        for (name, r) in &snap.authorizations {
+        for name in names(AUTHORIZATION_TYPE_URL) {
+            ix.authz.remove(name);
+            let Some(r) = snap.authorizations.get(name) else { continue };
             // Undecodable: treat as global, so that it is sent rather than silently dropped.
             let (scope, ns) = crate::proto::security::Authorization::decode(r.any.value.as_slice())
                 .map(|a| (Scope::try_from(a.scope).unwrap_or(Scope::Global), a.namespace))
                 .unwrap_or((Scope::Global, String::new()));
             ix.authz.insert(name.clone(), (scope, ns));
         }
-        for (name, r) in &snap.request_authentications {
+        for name in names(REQUEST_AUTHENTICATION_TYPE_URL) {
+            ix.authn.remove(name);
+            let Some(r) = snap.request_authentications.get(name) else { continue };
             let meta = match crate::proto::mesh_security::RequestAuthentication::decode(r.any.value.as_slice()) {
                 Ok(ra) => AuthnMeta {
                     mesh_wide: ra.mesh_wide,
@@ -137,7 +172,47 @@ impl Index {
             };
             ix.authn.insert(name.clone(), meta);
         }
-        ix.nodes = nodes.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        // Identities scheduled on a node (pods without an address yet) count for its
+        // namespaces too.
+        if !prev.identities.ptr_eq(&snap.identities) {
+            let (mut a, mut b) = (prev.identities.iter().peekable(), snap.identities.iter().peekable());
+            loop {
+                let next = match (a.peek(), b.peek()) {
+                    (None, None) => break,
+                    (Some(x), Some(y)) if x == y => {
+                        (a.next(), b.next());
+                        continue;
+                    }
+                    (Some(x), Some(y)) if x < y => a.next(),
+                    (Some(_), None) => a.next(),
+                    _ => b.next(),
+                };
+                if let Some((node, _)) = next {
+                    dirty.insert(node.clone());
+                }
+            }
+        }
+        for node in dirty {
+            let mut needs = NodeNeeds::default();
+            let none = crate::state::Identity { trust_domain: String::new(), namespace: String::new(), service_account: String::new() };
+            let from = (node.clone(), none);
+            for (_, id) in snap.identities.range(from..).take_while(|(n, _)| *n == node) {
+                needs.namespaces.insert(id.namespace.clone());
+            }
+            for uid in ix.by_node.get(&node).into_iter().flatten() {
+                if let Some(w) = ix.workloads.get(uid) {
+                    needs.namespaces.insert(w.namespace.clone());
+                    needs.workloads.insert(uid.clone());
+                    needs.policies.extend(w.policies.iter().cloned());
+                }
+            }
+            if needs == NodeNeeds::default() {
+                ix.nodes.remove(&node);
+                ix.by_node.remove(&node);
+            } else {
+                ix.nodes.insert(node, Arc::new(needs));
+            }
+        }
         ix
     }
 
