@@ -180,7 +180,8 @@ impl Index {
                 let next = match (a.peek(), b.peek()) {
                     (None, None) => break,
                     (Some(x), Some(y)) if x == y => {
-                        (a.next(), b.next());
+                        a.next();
+                        b.next();
                         continue;
                     }
                     (Some(x), Some(y)) if x < y => a.next(),
