@@ -3,7 +3,7 @@
 //! Each YAML document is parsed on its own: a bad document is reported (file, line, field
 //! path) and rejected, the others apply, and the last good version of the object it held
 //! keeps serving.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -546,6 +546,25 @@ impl Folder {
     /// Parses the given files (path, contents; `Err` when unreadable) into objects.
     /// Returns what serves now and the documents that were rejected.
     pub fn apply(&mut self, files: Vec<(PathBuf, std::io::Result<String>)>) -> (Objects, Vec<Error>) {
+        let listed: HashSet<&Path> = files.iter().map(|(p, _)| p.as_path()).collect();
+        let gone: Vec<PathBuf> = self.file_keys.keys().filter(|p| !listed.contains(p.as_path())).cloned().collect();
+        self.apply_changes(files, gone)
+    }
+
+    /// Reads just the files named in `changes` (those that no longer exist are gone).
+    pub fn apply_files(&mut self, changes: &BTreeSet<PathBuf>) -> (Objects, Vec<Error>) {
+        let (mut present, mut gone) = (Vec::new(), Vec::new());
+        for path in changes {
+            match std::fs::read_to_string(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone.push(path.clone()),
+                text => present.push((path.clone(), text)),
+            }
+        }
+        self.apply_changes(present, gone)
+    }
+
+    /// Applies `files` (new, changed or unchanged) and forgets the files in `gone`.
+    fn apply_changes(&mut self, files: Vec<(PathBuf, std::io::Result<String>)>, gone: Vec<PathBuf>) -> (Objects, Vec<Error>) {
         let mut errors = Vec::new();
         let mut keep_origins: Vec<Origin> = Vec::new();
         let mut keep_files: Vec<Arc<Path>> = Vec::new();
@@ -554,8 +573,6 @@ impl Folder {
         // is settled again.
         let mut changed: HashSet<Arc<Path>> = HashSet::new();
         let mut touched: HashSet<ObjectKey> = HashSet::new();
-        let listed: HashSet<&Path> = files.iter().map(|(p, _)| p.as_path()).collect();
-        let gone: Vec<PathBuf> = self.file_keys.keys().filter(|p| !listed.contains(p.as_path())).cloned().collect();
         for path in gone {
             self.retract(&path, &mut touched);
             self.parsed.remove(&path);
@@ -569,6 +586,8 @@ impl Folder {
                 Err(source) => {
                     errors.push(Error::Read { file, source });
                     self.retract(&path, &mut touched);
+                    // Known, so that its kept objects go when it does.
+                    self.file_keys.insert(path.clone(), Vec::new());
                     self.parsed.remove(&path);
                     keep_files.push(origin_file.clone());
                     changed.insert(origin_file);
@@ -697,24 +716,59 @@ impl Folder {
     }
 }
 
+/// The watcher (keep it alive), a `()` per debounced burst, and what changed.
+pub type Watch = (notify::RecommendedWatcher, mpsc::Receiver<()>, Arc<std::sync::Mutex<Changes>>);
+
+/// What changed in the folder since the last reload.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Reread everything: an event that does not name one visible YAML file (a
+    /// directory, a hidden entry such as a ConfigMap's `..data` link swap, a watch
+    /// error).
+    pub everything: bool,
+    /// Otherwise the YAML files created, written or removed.
+    pub files: BTreeSet<PathBuf>,
+}
+
+impl Changes {
+    fn add(&mut self, dir: &Path, paths: Option<&[PathBuf]>) {
+        let Some(paths) = paths else {
+            self.everything = true;
+            return;
+        };
+        for p in paths {
+            let visible = p.strip_prefix(dir).is_ok_and(|rel| {
+                !rel.components().any(|c| c.as_os_str().to_str().is_none_or(|s| s.starts_with('.')))
+            });
+            let yaml = matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+            if visible && yaml && !p.is_dir() {
+                self.files.insert(p.clone());
+            } else {
+                self.everything = true;
+            }
+        }
+    }
+}
+
 /// Watches `dir` (inotify, recursive) and sends `()` once per debounced burst of changes:
-/// after `quiet` without events, or at most `max` after the first one.
+/// after `quiet` without events, or at most `max` after the first one. What changed is
+/// gathered in the returned [`Changes`], which the reader takes.
 /// The returned watcher must be kept alive.
 pub fn watch(
     dir: &Path,
     quiet: Duration,
     max: Duration,
-) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>), Error> {
+) -> Result<Watch, Error> {
     use notify::Watcher as _;
-    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
+    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<Option<Vec<PathBuf>>>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
         Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
-        Ok(_) => {
-            let _ = raw_tx.send(());
+        Ok(ev) => {
+            let _ = raw_tx.send((!ev.paths.is_empty()).then_some(ev.paths));
         }
         Err(e) => {
             tracing::warn!("config: file watch error: {e}; reloading to be safe");
-            let _ = raw_tx.send(());
+            let _ = raw_tx.send(None);
         }
     })
     .map_err(|source| Error::Watch { dir: dir.display().to_string(), source })?;
@@ -722,16 +776,30 @@ pub fn watch(
         .watch(dir, notify::RecursiveMode::Recursive)
         .map_err(|source| Error::Watch { dir: dir.display().to_string(), source })?;
     let (tx, rx) = mpsc::channel(1);
+    let pending = Arc::new(std::sync::Mutex::new(Changes::default()));
+    let (gathered, dir) = (pending.clone(), dir.to_path_buf());
     tokio::spawn(async move {
-        while raw_rx.recv().await.is_some() {
+        while let Some(first) = raw_rx.recv().await {
+            let mut burst = Changes::default();
+            burst.add(&dir, first.as_deref());
             let deadline = tokio::time::Instant::now() + max;
             loop {
                 let quiet_end = (tokio::time::Instant::now() + quiet).min(deadline);
                 match tokio::time::timeout_at(quiet_end, raw_rx.recv()).await {
-                    Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
+                    Ok(Some(paths)) => {
+                        burst.add(&dir, paths.as_deref());
+                        if tokio::time::Instant::now() >= deadline {
+                            break;
+                        }
+                    }
                     Ok(None) => return,
-                    _ => break,
+                    Err(_) => break,
                 }
+            }
+            {
+                let mut p = gathered.lock().unwrap();
+                p.everything |= burst.everything;
+                p.files.extend(burst.files);
             }
             // A full channel already holds a pending reload, which will see this change too.
             if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(()) {
@@ -739,7 +807,7 @@ pub fn watch(
             }
         }
     });
-    Ok((watcher, rx))
+    Ok((watcher, rx, pending))
 }
 
 #[cfg(test)]
@@ -879,6 +947,40 @@ metadata: {name: t, namespace: demo}
             let (fresh, _) = apply(&mut Folder::default(), &files.iter().map(|(p, t)| (*p, t.as_str())).collect::<Vec<_>>());
             assert_eq!(inc, fresh, "step {i}");
         }
+    }
+
+    /// The files an event names are all a reload reads; a hidden entry or a directory
+    /// means everything is read again.
+    #[test]
+    fn reloads_read_only_the_files_events_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("sub/b.yaml"));
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(&a, GOOD).unwrap();
+        std::fs::write(&b, "kind: Namespace\nmetadata: {name: other}\n").unwrap();
+        let mut folder = Folder::default();
+        folder.load(dir.path()).unwrap();
+        std::fs::write(&b, "kind: Namespace\nmetadata: {name: renamed}\n").unwrap();
+        let (o, errors) = folder.apply_files(&[b.clone()].into());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(o, Folder::default().load(dir.path()).unwrap().0, "the same as reading everything");
+        assert!(o.namespaces.contains_key("renamed") && !o.namespaces.contains_key("other"));
+        std::fs::remove_file(&a).unwrap();
+        let (o, _) = folder.apply_files(&[a.clone()].into());
+        assert!(o.pods.is_empty() && o.services.is_empty(), "a removed file takes its objects");
+        assert_eq!(o, Folder::default().load(dir.path()).unwrap().0);
+
+        let mut c = Changes::default();
+        c.add(dir.path(), Some(std::slice::from_ref(&b)));
+        assert!(!c.everything && c.files.len() == 1);
+        for other in [dir.path().join("..data/a.yaml"), dir.path().join("sub"), dir.path().join("notes.txt")] {
+            let mut c = Changes::default();
+            c.add(dir.path(), Some(std::slice::from_ref(&other)));
+            assert!(c.everything, "{other:?} means reading everything");
+        }
+        let mut c = Changes::default();
+        c.add(dir.path(), None);
+        assert!(c.everything, "a watch error means reading everything");
     }
 
     #[test]

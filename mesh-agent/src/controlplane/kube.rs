@@ -382,7 +382,7 @@ fn label(kind: Kind, (ns, name): &Key) -> String {
 /// A running Kubernetes source; dropping it stops the watches.
 pub struct Source {
     /// Every object now, replaced after each debounced burst of changes.
-    pub objects: watch::Receiver<Objects>,
+    pub objects: watch::Receiver<Arc<Objects>>,
     /// The objects rejected now (`Kind ns/name: why`).
     pub rejected: watch::Receiver<Vec<String>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -404,20 +404,22 @@ pub async fn start(client: ::kube::Client, quiet: Duration, max: Duration) -> Re
     drop(tx);
     let (first_tx, first_rx) = oneshot::channel();
     tasks.push(tokio::spawn(run_store(rx, quiet, max, first_tx)));
-    let mut source = Source { objects: watch::channel(Objects::default()).1, rejected: watch::channel(Vec::new()).1, tasks };
+    let mut source = Source { objects: watch::channel(Arc::new(Objects::default())).1, rejected: watch::channel(Vec::new()).1, tasks };
     let (objects, rejected) = first_rx.await.map_err(|_| Error::Stopped)?;
     source.objects = objects;
     source.rejected = rejected;
     Ok(source)
 }
 
-type Channels = (watch::Receiver<Objects>, watch::Receiver<Vec<String>>);
+type Channels = (watch::Receiver<Arc<Objects>>, watch::Receiver<Vec<String>>);
+/// The senders of [`Channels`].
+type Senders = (watch::Sender<Arc<Objects>>, watch::Sender<Vec<String>>);
 
 async fn run_store(mut rx: mpsc::Receiver<(Kind, Update)>, quiet: Duration, max: Duration, first: oneshot::Sender<Channels>) {
     use tokio::time::{timeout_at, Instant};
     let mut store = Store::default();
     let mut first = Some(first);
-    let mut out: Option<(watch::Sender<Objects>, watch::Sender<Vec<String>>)> = None;
+    let mut out: Option<Senders> = None;
     const NAG: Duration = Duration::from_secs(10);
     let mut nag_at = Instant::now() + NAG;
     loop {
@@ -461,7 +463,7 @@ async fn run_store(mut rx: mpsc::Receiver<(Kind, Update)>, quiet: Duration, max:
             None => {
                 let objects = store.objects();
                 tracing::info!(pods = objects.pods.len(), services = objects.services.len(), "Kubernetes: first complete list");
-                let o = watch::channel(objects);
+                let o = watch::channel(Arc::new(objects));
                 let r = watch::channel(store.rejected());
                 if let Some(first) = first.take() {
                     if first.send((o.1, r.1)).is_err() {
@@ -480,8 +482,8 @@ async fn run_store(mut rx: mpsc::Receiver<(Kind, Update)>, quiet: Duration, max:
                 if changed {
                     let next = store.objects();
                     objects.send_if_modified(|cur| {
-                        let modified = *cur != next;
-                        *cur = next;
+                        let modified = **cur != next;
+                        *cur = Arc::new(next);
                         modified
                     });
                 }

@@ -313,7 +313,7 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Routes {
 
 /// The objects of `--source`, replaced on every (debounced) change, and what keeps
 /// the source running.
-async fn open_source(args: &ControlPlaneArgs) -> Result<(watch::Receiver<folder::Objects>, Box<dyn Send>), Error> {
+async fn open_source(args: &ControlPlaneArgs) -> Result<(watch::Receiver<Arc<folder::Objects>>, Box<dyn Send>), Error> {
     let (quiet, max) = (Duration::from_millis(args.debounce_ms), Duration::from_millis(args.debounce_max_ms));
     let dir = match (args.source, &args.config_dir) {
         (Source::Kubernetes, _) => {
@@ -327,16 +327,25 @@ async fn open_source(args: &ControlPlaneArgs) -> Result<(watch::Receiver<folder:
         (Source::Folder, None) => return Err(Error::Config("--source folder needs --config-dir".into())),
     };
     // Watch before the first read so that no change slips between the two.
-    let (watcher, mut changes) = folder::watch(&dir, quiet, max)?;
+    let (watcher, mut changes, pending) = folder::watch(&dir, quiet, max)?;
     let mut folder = folder::Folder::default();
     let first = read(&mut folder, &dir).map_err(|source| Error::ConfigDir { dir: dir.clone(), source })?;
     report(&first);
-    let (tx, rx) = watch::channel(first);
+    let (tx, rx) = watch::channel(Arc::new(first));
     let task = tokio::spawn(async move {
         let _watcher = watcher;
         while changes.recv().await.is_some() {
+            let what = std::mem::take(&mut *pending.lock().unwrap());
+            if !what.everything {
+                // Only the files the events named.
+                let t = std::time::Instant::now();
+                let (next, errors) = folder.apply_files(&what.files);
+                log_loaded(&next, &errors, t);
+                tx.send_replace(Arc::new(next));
+                continue;
+            }
             match read(&mut folder, &dir) {
-                Ok(next) => drop(tx.send_replace(next)),
+                Ok(next) => drop(tx.send_replace(Arc::new(next))),
                 Err(e) => tracing::warn!(
                     dir = %dir.display(),
                     "config: cannot list the config folder: {e}; keeping the last good config"
@@ -357,11 +366,16 @@ async fn open_source(args: &ControlPlaneArgs) -> Result<(watch::Receiver<folder:
 fn read(source: &mut folder::Folder, dir: &std::path::Path) -> std::io::Result<folder::Objects> {
     let t = std::time::Instant::now();
     let (objects, errors) = source.load(dir)?;
-    for e in &errors {
+    log_loaded(&objects, &errors, t);
+    Ok(objects)
+}
+
+fn log_loaded(objects: &folder::Objects, errors: &[folder::Error], since: std::time::Instant) {
+    for e in errors {
         tracing::warn!("config: {e}");
     }
-    tracing::info!(pods = objects.pods.len(), services = objects.services.len(), rejected = errors.len(), took_ms = t.elapsed().as_secs_f64() * 1e3, "config: loaded");
-    Ok(objects)
+    let took_ms = since.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(pods = objects.pods.len(), services = objects.services.len(), rejected = errors.len(), took_ms, "config: loaded");
 }
 
 /// Logs what of `objects` is ignored.

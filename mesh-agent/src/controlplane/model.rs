@@ -291,16 +291,18 @@ impl Builder {
         }
         let mut contexts: HashMap<&str, u64> = HashMap::new();
         let builds = self.builds;
-        for ((ns, name), pod) in &objects.pods {
+        for (key, pod) in &objects.pods {
+            let (ns, name) = key;
             let context = *contexts.entry(ns.as_str()).or_insert_with(|| namespace_context(objects, ns, trust_domain));
-            let key = (ns.clone(), name.clone());
-            let selected = converted.selected.get(&key).cloned().unwrap_or_default();
-            if let Some(m) = self.pods.get_mut(&key) {
+            let selected = converted.selected.get(key).map_or(&[][..], Vec::as_slice);
+            if let Some(m) = self.pods.get_mut(key) {
                 if Arc::ptr_eq(&m.pod, pod) && m.context == context && m.selected == selected {
                     m.seen = builds;
                     continue;
                 }
             }
+            let selected = selected.to_vec();
+            let key = key.clone();
             // New or changed: its identity and Workload again.
             let old = self.pods.remove(&key);
             let sa = pod.service_account().to_string();
