@@ -476,6 +476,11 @@ fn line_of_path(text: &str, path: &str) -> usize {
         }
         let Some(found) = lines.iter().skip(at).position(|l| is_key(l, key)) else { break };
         at += found;
+        // A flow list (`key: [a, b]`) is on the key's line: its items are not lines.
+        let flow = lines[at].split_once(&format!("{key}:")).is_some_and(|(_, rest)| rest.trim_start().starts_with('['));
+        if flow {
+            break;
+        }
         if let Some(i) = index {
             let indent = |l: &str| l.len() - l.trim_start().len();
             let items: Vec<usize> = (at + 1..lines.len()).filter(|&n| lines[n].trim_start().starts_with("- ")).collect();
