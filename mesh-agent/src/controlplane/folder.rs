@@ -95,9 +95,31 @@ pub struct ServicePortSpec {
     pub protocol: Option<String>,
 }
 
-/// A numeric `targetPort`; named ports are refused while parsing, with a clear message.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct TargetPort(pub u16);
+/// A Service port's `targetPort`: a container port number, or the name of a container
+/// port, which each endpoint pod resolves against its own ports (as Kubernetes'
+/// endpoints controller does).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+/// Why `name` is not an IANA_SVC_NAME (what Kubernetes accepts as a port name), if it
+/// is not one: 1 to 15 lowercase letters, digits and '-', at least one letter, no '-'
+/// at either end and no "--".
+pub fn iana_svc_name_error(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > 15 {
+        Some("a port name has 1 to 15 characters")
+    } else if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        Some("a port name has only lowercase letters, digits and '-'")
+    } else if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        Some("a port name has at least one letter (a number here must be written without quotes)")
+    } else if name.starts_with('-') || name.ends_with('-') || name.contains("--") {
+        Some("a port name neither starts nor ends with '-' and has no \"--\"")
+    } else {
+        None
+    }
+}
 
 impl<'de> Deserialize<'de> for TargetPort {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -105,11 +127,11 @@ impl<'de> Deserialize<'de> for TargetPort {
         impl serde::de::Visitor<'_> for V {
             type Value = TargetPort;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a port number from 1 to 65535")
+                f.write_str("a port number from 1 to 65535 or a container port name")
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<TargetPort, E> {
                 match u16::try_from(v) {
-                    Ok(p) if p > 0 => Ok(TargetPort(p)),
+                    Ok(p) if p > 0 => Ok(TargetPort::Number(p)),
                     _ => Err(E::custom(format!("port {v} is out of range 1-65535"))),
                 }
             }
@@ -120,9 +142,10 @@ impl<'de> Deserialize<'de> for TargetPort {
                 }
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TargetPort, E> {
-                Err(E::custom(format!(
-                    "named target port {v:?} is not supported yet; write the container's port number"
-                )))
+                match iana_svc_name_error(v) {
+                    None => Ok(TargetPort::Name(v.to_string())),
+                    Some(why) => Err(E::custom(format!("{v:?} is neither a port number nor a valid port name: {why}"))),
+                }
             }
         }
         d.deserialize_any(V)
@@ -145,6 +168,27 @@ pub struct PodSpec {
     pub node_name: Option<String>,
     #[serde(default)]
     pub service_account_name: Option<String>,
+    #[serde(default)]
+    pub containers: Vec<Container>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Container {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub container_port: u16,
+    /// TCP when absent (the API server's default).
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -164,6 +208,18 @@ pub struct PodIp {
 impl Pod {
     pub fn service_account(&self) -> &str {
         self.spec.service_account_name.as_deref().filter(|s| !s.is_empty()).unwrap_or("default")
+    }
+
+    /// The number of the TCP container port called `name`, as Kubernetes (and istiod)
+    /// resolve a Service's named `targetPort`: the first of the containers' ports with
+    /// that name and protocol TCP.
+    pub fn tcp_port_named(&self, name: &str) -> Option<u16> {
+        self.spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .find(|p| p.name.as_deref() == Some(name) && p.protocol.as_deref().is_none_or(|p| p.eq_ignore_ascii_case("TCP")))
+            .map(|p| p.container_port)
     }
 
     /// `podIPs`, or `podIP` when the list is absent; deduplicated, in order.
@@ -196,6 +252,7 @@ pub enum Object {
     ServiceEntry(Arc<ServiceEntry>),
     Sidecar(Arc<Sidecar>),
     WorkloadEntry(Arc<WorkloadEntry>),
+    EndpointSlice(Arc<super::kube::EndpointSlice>),
 }
 
 /// Everything the folder holds now, by kind (objects shared, see [`Object`]).
@@ -218,8 +275,10 @@ pub struct Objects {
     pub service_entries: BTreeMap<(String, String), Arc<ServiceEntry>>,
     pub sidecars: BTreeMap<(String, String), Arc<Sidecar>>,
     pub workload_entries: BTreeMap<(String, String), Arc<WorkloadEntry>>,
-    /// From the Kubernetes source only; the model does not read them yet.
+    /// From the Kubernetes source only; the model does not read them.
     pub nodes: BTreeMap<String, Arc<super::kube::Node>>,
+    /// `discovery.k8s.io/v1`, from either source: the endpoints of Services without a
+    /// selector (see `model::endpoints`).
     pub endpoint_slices: BTreeMap<(String, String), Arc<super::kube::EndpointSlice>>,
 }
 
@@ -241,6 +300,7 @@ impl Objects {
             Object::ServiceEntry(e) => drop(self.service_entries.insert(nn, e)),
             Object::Sidecar(s) => drop(self.sidecars.insert(nn, s)),
             Object::WorkloadEntry(w) => drop(self.workload_entries.insert(nn, w)),
+            Object::EndpointSlice(e) => drop(self.endpoint_slices.insert(nn, e)),
         }
     }
 
@@ -260,6 +320,7 @@ impl Objects {
             Object::ServiceEntry(_) => drop(self.service_entries.remove(nn)),
             Object::Sidecar(_) => drop(self.sidecars.remove(nn)),
             Object::WorkloadEntry(_) => drop(self.workload_entries.remove(nn)),
+            Object::EndpointSlice(_) => drop(self.endpoint_slices.remove(nn)),
         }
     }
 }
@@ -372,6 +433,19 @@ fn parse_document(file: &str, doc: &Doc<'_>) -> Parsed {
         "ServiceAccount" => typed(doc.text).map(|o| Object::ServiceAccount(Arc::new(o))),
         "Service" => typed(doc.text).map(|o| Object::Service(Arc::new(o))),
         "Pod" => typed(doc.text).map(|o| Object::Pod(Arc::new(o))),
+        "EndpointSlice" => {
+            let api = api_version.unwrap_or_default();
+            if api != "discovery.k8s.io/v1" {
+                return Parsed::Bad(key, wrong_api(file, doc, &kind, &api, "discovery.k8s.io/v1"));
+            }
+            match typed::<super::kube::EndpointSlice>(doc.text) {
+                Ok(es) => match es.validate() {
+                    Ok(()) => Ok(Object::EndpointSlice(Arc::new(es))),
+                    Err(e) => return Parsed::Bad(key, invalid_field(file, doc, &kind, &e)),
+                },
+                Err(e) => Err(e),
+            }
+        }
         "AuthorizationPolicy" | "PeerAuthentication" | "RequestAuthentication" => {
             let api = api_version.unwrap_or_default();
             if !matches!(api.as_str(), "security.istio.io/v1" | "security.istio.io/v1beta1") {
@@ -498,6 +572,11 @@ fn line_of_path(text: &str, path: &str) -> usize {
         }
         let Some(found) = lines.iter().skip(at).position(|l| is_key(l, key)) else { break };
         at += found;
+        // A flow list (`key: [a, b]`) is on the key's line: its items are not lines.
+        let flow = lines[at].split_once(&format!("{key}:")).is_some_and(|(_, rest)| rest.trim_start().starts_with('['));
+        if flow {
+            break;
+        }
         if let Some(i) = index {
             let indent = |l: &str| l.len() - l.trim_start().len();
             let items: Vec<usize> = (at + 1..lines.len()).filter(|&n| lines[n].trim_start().starts_with("- ")).collect();
@@ -578,27 +657,31 @@ impl Folder {
             self.parsed.remove(&path);
             changed.insert(Arc::from(path.as_path()));
         }
+        // Every changed file's old definitions go before any new one is added, so that
+        // an object moving between files is not taken for a duplicate.
+        let mut readable = Vec::new();
         for (path, text) in files {
-            let file = path.display().to_string();
             let origin_file: Arc<Path> = Arc::from(path.as_path());
-            let text = match text {
-                Ok(t) => t,
+            match text {
+                Ok(t) if self.parsed.get(&path).is_some_and(|old| *old == t) => {}
+                Ok(t) => {
+                    self.retract(&path, &mut touched);
+                    changed.insert(origin_file.clone());
+                    readable.push((path, origin_file, t));
+                }
                 Err(source) => {
-                    errors.push(Error::Read { file, source });
+                    errors.push(Error::Read { file: path.display().to_string(), source });
                     self.retract(&path, &mut touched);
                     // Known, so that its kept objects go when it does.
                     self.file_keys.insert(path.clone(), Vec::new());
                     self.parsed.remove(&path);
                     keep_files.push(origin_file.clone());
                     changed.insert(origin_file);
-                    continue;
                 }
-            };
-            if self.parsed.get(&path).is_some_and(|t| *t == text) {
-                continue;
             }
-            self.retract(&path, &mut touched);
-            changed.insert(origin_file.clone());
+        }
+        for (path, origin_file, text) in readable {
+            let file = path.display().to_string();
             let mut all_good = true;
             let mut keys = Vec::new();
             for (i, doc) in split_documents(&text).iter().enumerate() {
@@ -864,7 +947,7 @@ metadata: {name: t, namespace: demo}
         assert_eq!(pod.ips(), vec!["10.0.0.5".parse::<IpAddr>().unwrap()]);
         assert_eq!(pod.spec.node_name.as_deref(), Some("node1"));
         let svc = &o.services[&("demo".into(), "echo".into())];
-        assert_eq!(svc.spec.ports[0].target_port, Some(TargetPort(8080)));
+        assert_eq!(svc.spec.ports[0].target_port, Some(TargetPort::Number(8080)));
     }
 
     #[test]
@@ -880,11 +963,68 @@ metadata: {name: t, namespace: demo}
     }
 
     #[test]
-    fn named_target_port_is_refused_clearly() {
-        let bad = GOOD.replace("targetPort: 8080", "targetPort: http");
-        let (_, errors) = apply(&mut Folder::default(), &[("a.yaml", &bad)]);
-        assert!(errors[0].contains("spec.ports[0].targetPort"), "{}", errors[0]);
-        assert!(errors[0].contains("named target port \"http\" is not supported"), "{}", errors[0]);
+    fn named_target_ports_and_container_ports_are_read() {
+        let named = GOOD
+            .replace("targetPort: 8080", "targetPort: http-alt")
+            .replace("  serviceAccountName: sleep\n", "  serviceAccountName: sleep\n  containers:\n  - name: app\n    ports:\n    - {name: http-alt, containerPort: 8080}\n    - {name: dns, containerPort: 53, protocol: UDP}\n");
+        let (o, errors) = apply(&mut Folder::default(), &[("a.yaml", &named)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let svc = &o.services[&("demo".into(), "echo".into())];
+        assert_eq!(svc.spec.ports[0].target_port, Some(TargetPort::Name("http-alt".into())));
+        let pod = &o.pods[&("demo".into(), "client".into())];
+        assert_eq!(pod.tcp_port_named("http-alt"), Some(8080));
+        assert_eq!(pod.tcp_port_named("dns"), None, "UDP");
+    }
+
+    #[test]
+    fn bad_target_port_names_are_refused_with_file_line_and_field() {
+        let cases = [
+            ("HTTP", "only lowercase letters, digits and '-'"),
+            ("'8080'", "at least one letter"),
+            ("http--alt", "no \"--\""),
+            ("-http", "neither starts nor ends with '-'"),
+            ("a-very-long-port-name", "1 to 15 characters"),
+            ("0", "out of range 1-65535"),
+        ];
+        for (value, why) in cases {
+            let bad = GOOD.replace("targetPort: 8080", &format!("targetPort: {value}"));
+            let (o, errors) = apply(&mut Folder::default(), &[("a.yaml", &bad)]);
+            assert_eq!(errors.len(), 1, "{value}: {errors:?}");
+            let e = &errors[0];
+            assert!(e.starts_with("a.yaml:27: Service field `spec.ports[0].targetPort`"), "{value}: {e}");
+            assert!(e.contains(why), "{value}: {e}");
+            assert!(o.services.is_empty(), "{value}");
+        }
+    }
+
+    #[test]
+    fn endpoint_slices_are_read_and_checked() {
+        let slice = |api: &str, body: &str| {
+            format!("apiVersion: {api}\nkind: EndpointSlice\nmetadata:\n  name: ext-1\n  namespace: demo\n  labels: {{kubernetes.io/service-name: ext}}\n{body}")
+        };
+        let good = slice(
+            "discovery.k8s.io/v1",
+            "addressType: IPv4\nendpoints:\n- addresses: [192.168.1.10]\n  conditions: {ready: false}\n- addresses: [192.168.1.11]\n  targetRef: {kind: Pod, name: db-0}\nports:\n- {name: sql, port: 5432, protocol: TCP}\n",
+        );
+        let (o, errors) = apply(&mut Folder::default(), &[("s.yaml", &good)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let es = &o.endpoint_slices[&("demo".into(), "ext-1".into())];
+        assert_eq!(es.endpoints[0].conditions.ready, Some(false));
+        assert_eq!(es.endpoints[1].target_ref.as_ref().map(|r| r.name.as_str()), Some("db-0"));
+        assert_eq!(es.ports[0].port, Some(5432));
+
+        let cases = [
+            (good.replace("192.168.1.11", "fd00::11"), "s.yaml:11: EndpointSlice field `endpoints[1].addresses[0]`: \"fd00::11\" is not an IPv4 address"),
+            (good.replace("addressType: IPv4", "addressType: IPv5"), "s.yaml:7: EndpointSlice field `addressType`: \"IPv5\" is not one of IPv4, IPv6, FQDN"),
+            (good.replace("port: 5432", "port: 70000"), "s.yaml:14: EndpointSlice field `ports[0].port`"),
+            (good.replace("discovery.k8s.io/v1", "discovery.k8s.io/v1beta1"), "s.yaml:1: EndpointSlice with apiVersion \"discovery.k8s.io/v1beta1\": expected discovery.k8s.io/v1"),
+        ];
+        for (text, want) in cases {
+            let (o, errors) = apply(&mut Folder::default(), &[("s.yaml", &text)]);
+            assert_eq!(errors.len(), 1, "{want}: {errors:?}");
+            assert!(errors[0].starts_with(want), "{}\nwanted: {want}", errors[0]);
+            assert!(o.endpoint_slices.is_empty());
+        }
     }
 
     #[test]

@@ -154,12 +154,17 @@ pub struct Node {
     pub metadata: Metadata,
 }
 
-/// An EndpointSlice (`discovery.k8s.io/v1`), as far as the model may need it (not read
-/// by the model yet: it derives endpoints from Pods and Service selectors).
+/// The label that ties an EndpointSlice to its Service (same namespace).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// An EndpointSlice (`discovery.k8s.io/v1`), as far as the model needs it: the
+/// endpoints of a Service without a selector (see `model::endpoints`). Read from the
+/// API server and from the folder alike.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointSlice {
     pub metadata: Metadata,
+    /// `IPv4`, `IPv6` or `FQDN`.
     pub address_type: String,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
@@ -176,10 +181,14 @@ pub struct Endpoint {
     pub node_name: Option<String>,
     #[serde(default)]
     pub conditions: EndpointConditions,
+    /// What the endpoint is: a Pod for the endpoints Kubernetes manages.
+    #[serde(default)]
+    pub target_ref: Option<TargetRef>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct EndpointConditions {
+    /// Unset means ready (the API's convention).
     #[serde(default)]
     pub ready: Option<bool>,
     #[serde(default)]
@@ -189,13 +198,65 @@ pub struct EndpointConditions {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct TargetRef {
+    #[serde(default)]
+    pub kind: String,
+    /// The slice's namespace when unset.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 pub struct EndpointPort {
+    /// The Service port's name (empty for a Service's single unnamed port).
     #[serde(default)]
     pub name: Option<String>,
+    /// The port the endpoints listen on.
     #[serde(default)]
     pub port: Option<u16>,
+    /// TCP when absent (the API server's default).
     #[serde(default)]
     pub protocol: Option<String>,
+}
+
+impl EndpointConditions {
+    /// Whether the endpoint takes new connections: ready (or not said otherwise) and
+    /// not terminating. Kubernetes never marks a terminating endpoint ready; a slice
+    /// written by hand might, and `terminating` wins.
+    pub fn takes_traffic(&self) -> bool {
+        self.ready != Some(false) && self.terminating != Some(true)
+    }
+}
+
+impl EndpointSlice {
+    /// The checks the API server makes that the model relies on, as `"<path>: why"`.
+    pub fn validate(&self) -> Result<(), String> {
+        let v6 = match self.address_type.as_str() {
+            "IPv4" => false,
+            "IPv6" => true,
+            "FQDN" => return Ok(()),
+            other => return Err(format!("addressType: {other:?} is not one of IPv4, IPv6, FQDN")),
+        };
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            if ep.addresses.is_empty() {
+                return Err(format!("endpoints[{i}].addresses: an endpoint has at least one address"));
+            }
+            for (j, a) in ep.addresses.iter().enumerate() {
+                match a.parse::<std::net::IpAddr>() {
+                    Ok(ip) if ip.is_ipv6() == v6 => {}
+                    _ => {
+                        return Err(format!(
+                            "endpoints[{i}].addresses[{j}]: {a:?} is not an {} address (addressType {})",
+                            self.address_type, self.address_type
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One object of any kind we watch, read and checked.
@@ -203,7 +264,6 @@ pub struct EndpointPort {
 pub enum Item {
     Object(Object),
     Node(Arc<Node>),
-    EndpointSlice(Arc<EndpointSlice>),
 }
 
 /// `(namespace, name)`; the namespace is empty for cluster-scoped kinds.
@@ -245,7 +305,11 @@ pub fn decode(kind: Kind, json: serde_json::Value) -> Result<Item, String> {
         Kind::Service => Item::Object(Object::Service(Arc::new(typed(json)?))),
         Kind::Pod => Item::Object(Object::Pod(Arc::new(typed(json)?))),
         Kind::Node => Item::Node(Arc::new(typed(json)?)),
-        Kind::EndpointSlice => Item::EndpointSlice(Arc::new(typed(json)?)),
+        Kind::EndpointSlice => {
+            let es: EndpointSlice = typed(json)?;
+            checked(es.validate())?;
+            Item::Object(Object::EndpointSlice(Arc::new(es)))
+        }
         Kind::AuthorizationPolicy => {
             let p: folder::AuthorizationPolicy = typed(json)?;
             checked(p.spec.validate())?;
@@ -367,7 +431,6 @@ impl Store {
                         o.insert_named(nn, order, obj)
                     }
                     Item::Node(n) => drop(o.nodes.insert(name.clone(), n)),
-                    Item::EndpointSlice(e) => drop(o.endpoint_slices.insert(nn, e)),
                 }
             }
         }

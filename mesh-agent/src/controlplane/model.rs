@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+mod endpoints;
+
 use super::authorization::{self, ROOT_NAMESPACE};
 use super::peerauth;
 use super::folder::{Objects, Pod};
@@ -112,8 +114,8 @@ fn address_resource(addr: wl::Address) -> Resource {
 }
 
 /// A Service with a selector, as pods are matched against it: resource name, selector,
-/// ports.
-type SelectingService<'a> = (String, &'a BTreeMap<String, String>, Vec<wl::Port>);
+/// ports (named targets resolved per pod, see [`endpoints`]).
+type SelectingService<'a> = (String, &'a BTreeMap<String, String>, Vec<endpoints::ServicePort<'a>>);
 
 /// The mesh's trust domain and its aliases (Istio's meshConfig.trustDomainAliases).
 #[derive(Clone, Debug, Default)]
@@ -159,8 +161,12 @@ pub fn build_with(objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> 
 /// Builds snapshots one after another, reusing what did not change: a pod's Workload
 /// is encoded again only when the pod, or anything of its namespace that goes into it
 /// (the Namespace, its Services and AuthorizationPolicies, the root namespace's
-/// policies, its converted PeerAuthentications), is a different object than at the
-/// previous build. Objects are shared (`Arc`), so "different" is a pointer comparison.
+/// policies), is a different object than at the previous build, or when what is
+/// computed for the pod alone changed (its converted PeerAuthentications, the Services
+/// EndpointSlices put it in). Objects are shared (`Arc`), so "different" is a pointer
+/// comparison. EndpointSlices are compared by their result for the pod rather than by
+/// pointer: in Kubernetes a slice changes at every readiness flip of any of its pods,
+/// and only the pods whose entry changed need encoding again.
 ///
 /// Each build starts from a copy of the previous snapshot (persistent maps: the copy
 /// is cheap) and replaces only what changed, so an unchanged resource stays the same
@@ -183,6 +189,8 @@ struct Memo {
     pod: Arc<Pod>,
     context: u64,
     selected: Vec<String>,
+    /// The Services EndpointSlices put it in, with ports.
+    sliced: BTreeMap<String, Vec<wl::Port>>,
     /// Its uid, when it has a Workload (it has addresses).
     uid: Option<String>,
     identity: Option<(String, Identity)>,
@@ -254,16 +262,7 @@ impl Builder {
         let mut services: BTreeMap<&str, Vec<SelectingService>> = BTreeMap::new();
         for ((ns, name), svc) in &objects.services {
             let hostname = service_hostname(ns, name);
-            let ports: Vec<wl::Port> = svc
-                .spec
-                .ports
-                .iter()
-                .filter(|p| p.protocol.as_deref().is_none_or(|p| p.eq_ignore_ascii_case("TCP")))
-                .map(|p| wl::Port {
-                    service_port: u32::from(p.port),
-                    target_port: u32::from(p.target_port.map_or(p.port, |t| t.0)),
-                })
-                .collect();
+            let ports = endpoints::service_ports(&svc.spec);
             let mut ips: Vec<&str> = svc.spec.cluster_ips.iter().map(String::as_str).collect();
             if let Some(ip) = svc.spec.cluster_ip.as_deref() {
                 if !ips.contains(&ip) {
@@ -280,7 +279,7 @@ impl Builder {
                 namespace: ns.clone(),
                 hostname: hostname.clone(),
                 addresses,
-                ports: ports.clone(),
+                ports: ports.iter().map(|p| p.port).collect(),
                 subject_alt_names: vec![],
             };
             let key = format!("{ns}/{hostname}");
@@ -289,14 +288,19 @@ impl Builder {
                 services.entry(ns.as_str()).or_default().push((key, &svc.spec.selector, ports));
             }
         }
+        let mut sliced = endpoints::from_slices(objects);
+        for (uid, w) in std::mem::take(&mut sliced.others) {
+            others.insert(uid, address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(w)) }));
+        }
         let mut contexts: HashMap<&str, u64> = HashMap::new();
         let builds = self.builds;
         for (key, pod) in &objects.pods {
             let (ns, name) = key;
             let context = *contexts.entry(ns.as_str()).or_insert_with(|| namespace_context(objects, ns, trust_domain));
             let selected = converted.selected.get(key).map_or(&[][..], Vec::as_slice);
+            let from_slices = sliced.pods.remove(key).unwrap_or_default();
             if let Some(m) = self.pods.get_mut(key) {
-                if Arc::ptr_eq(&m.pod, pod) && m.context == context && m.selected == selected {
+                if Arc::ptr_eq(&m.pod, pod) && m.context == context && m.selected == selected && m.sliced == from_slices {
                     m.seen = builds;
                     continue;
                 }
@@ -322,13 +326,17 @@ impl Builder {
             // Not scheduled or not started yet: nothing can reach it, no Workload.
             let has = !ips.is_empty();
             if has {
-                let svc_map = services
+                let mut svc_map: BTreeMap<String, wl::PortList> = services
                     .get(ns.as_str())
                     .into_iter()
                     .flatten()
                     .filter(|(_, selector, _)| selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v)))
-                    .map(|(key, _, ports)| (key.clone(), wl::PortList { ports: ports.clone() }))
+                    .filter_map(|(key, _, ports)| Some((key.clone(), wl::PortList { ports: endpoints::pod_ports(pod, ports)? })))
                     .collect();
+                // Services without a selector, from their EndpointSlices (never also above).
+                for (key, ports) in &from_slices {
+                    svc_map.insert(key.clone(), wl::PortList { ports: ports.clone() });
+                }
                 let labels = &pod.metadata.labels;
                 let canonical_name = ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
                     .iter()
@@ -387,7 +395,7 @@ impl Builder {
             } else if old.as_ref().is_some_and(|m| m.uid.is_some()) {
                 snap.resources.remove(&uid);
             }
-            let memo = Memo { pod: pod.clone(), context, selected, uid: has.then_some(uid), identity, seen: builds };
+            let memo = Memo { pod: pod.clone(), context, selected, sliced: from_slices, uid: has.then_some(uid), identity, seen: builds };
             self.pods.insert(key, memo);
         }
         // Pods that are gone.
@@ -532,7 +540,8 @@ mod tests {
 
     /// A builder that reuses its previous snapshot gives, after every kind of edit, what
     /// a fresh build of the same objects gives; and a build with nothing changed is
-    /// the same snapshot (shared maps).
+    /// the same snapshot (shared maps). Edits that add a document append it, so the
+    /// other documents keep their files.
     #[test]
     fn incremental_builds_equal_fresh_builds() {
         let base = "
@@ -559,7 +568,23 @@ status: {podIP: 10.0.1.1}
 ---
 kind: Service
 metadata: {name: x, namespace: a}
-spec: {clusterIP: 10.96.0.1, selector: {app: x}, ports: [{port: 80, targetPort: 8080}]}
+spec: {clusterIP: 10.96.0.1, selector: {app: x}, ports: [{port: 80, targetPort: 8080}, {port: 81, targetPort: web}]}
+---
+kind: Pod
+metadata: {name: p3, namespace: a, labels: {app: x}}
+spec: {nodeName: n2, containers: [{name: c, ports: [{name: web, containerPort: 8081}]}]}
+status: {podIP: 10.0.0.4}
+---
+kind: Service
+metadata: {name: z, namespace: a}
+spec: {clusterIP: 10.96.0.2, ports: [{name: sql, port: 5432}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: z-1, namespace: a, labels: {kubernetes.io/service-name: z}}
+addressType: IPv4
+endpoints: [{addresses: [10.0.0.2], targetRef: {kind: Pod, name: p2}, conditions: {ready: true}}, {addresses: [192.168.0.1]}]
+ports: [{name: sql, port: 15432}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -579,6 +604,15 @@ spec: {selector: {matchLabels: {app: y}}, rules: [{}]}
             ("a policy's selector", base.replace("matchLabels: {app: y}", "matchLabels: {app: x}")),
             ("a root-namespace policy", format!("{base}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: r, namespace: istio-system}}\nspec: {{selector: {{matchLabels: {{app: x}}}}, rules: [{{}}]}}\n")),
             ("a namespace leaves the mesh", base.replace("name: b, labels: {istio.io/dataplane-mode: ambient}", "name: b")),
+            ("a container port renamed", base.replace("{name: c, ports: [{name: web,", "{name: c, ports: [{name: www,")),
+            ("a named port's number", base.replace("containerPort: 8081", "containerPort: 8082")),
+            ("a service port renamed", base.replace("{name: sql, port: 5432}", "{name: db, port: 5432}")),
+            ("an EndpointSlice added", format!("{base}---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: z-2, namespace: a, labels: {{kubernetes.io/service-name: z}}}}\naddressType: IPv4\nendpoints: [{{addresses: [10.0.0.1], targetRef: {{kind: Pod, name: p1}}}}]\nports: [{{name: sql, port: 15432}}]\n")),
+            ("an EndpointSlice's port", base.replace("port: 15432", "port: 15433")),
+            ("a ready flag flips", base.replace("conditions: {ready: true}", "conditions: {ready: false}")),
+            ("an endpoint moves to another pod", base.replace("name: p2}, conditions", "name: p1}, conditions")),
+            ("a bare endpoint's address", base.replace("192.168.0.1", "192.168.0.2")),
+            ("an EndpointSlice is gone", base.replace("kind: EndpointSlice", "kind: ConfigMap")),
             ("a PeerAuthentication", format!("{base}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: s, namespace: a}}\nspec: {{selector: {{matchLabels: {{app: x}}}}, mtls: {{mode: STRICT}}}}\n")),
             ("back to the start", base.to_string()),
         ];
@@ -587,7 +621,11 @@ spec: {selector: {matchLabels: {app: y}}, rules: [{}]}
         let mut builder = Builder::default();
         let mut prev: Option<Snapshot> = None;
         for (what, yaml) in &edits {
-            let (o, errors) = folder.apply(vec![("t.yaml".into(), Ok(yaml.clone()))]);
+            // One file per document: the folder parses only files that changed, so an
+            // object an edit leaves alone keeps its pointer, as it would in the cluster,
+            // and a dependency the builder misses shows as a stale Workload.
+            let files = yaml.split("\n---\n").enumerate().map(|(i, d)| (format!("d{i}.yaml").into(), Ok(d.to_string())));
+            let (o, errors) = folder.apply(files.collect());
             assert!(errors.is_empty(), "{what}: {errors:?}");
             let inc = builder.build(&o, &tds, &|_| None);
             let fresh = build(&o, "cluster.local");

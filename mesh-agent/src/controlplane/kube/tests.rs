@@ -119,7 +119,7 @@ async fn initial_list_fills_objects_and_changes_arrive_within_the_debounce() {
         assert!(o.service_accounts.contains_key(&nn("shop", "echo")));
         let svc = &o.services[&nn("shop", "echo")];
         assert_eq!(svc.spec.cluster_ip.as_deref(), Some("10.96.0.10"));
-        assert_eq!(svc.spec.ports[0].target_port, Some(folder::TargetPort(8080)));
+        assert_eq!(svc.spec.ports[0].target_port, Some(folder::TargetPort::Number(8080)));
         let p = &o.pods[&nn("shop", "echo-1")];
         assert_eq!(p.service_account(), "echo");
         assert_eq!(p.spec.node_name.as_deref(), Some("node1"));
@@ -458,4 +458,22 @@ fn networking_kinds_are_checked_as_the_folder_checks_them() {
         assert_eq!((r.group.as_str(), r.version.as_str()), ("networking.istio.io", "v1"), "{k}");
         assert_eq!(mesh_tests::apiserver::collection("networking.istio.io/v1", &k.to_string()), format!("/apis/networking.istio.io/v1/{}", r.plural));
     }
+}
+
+#[test]
+fn endpoint_slices_are_checked_as_the_folder_checks_them() {
+    let slice = |address: &str| {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "ext-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "ext"}},
+               "addressType": "IPv4", "endpoints": [{"addresses": [address], "targetRef": {"kind": "Pod", "name": "db-0"}}],
+               "ports": [{"name": "sql", "port": 5432, "protocol": "TCP"}]})
+    };
+    match decode(Kind::EndpointSlice, slice("10.0.0.5")) {
+        Ok(Item::Object(Object::EndpointSlice(es))) => {
+            assert_eq!(es.endpoints[0].target_ref.as_ref().map(|r| r.name.as_str()), Some("db-0"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = decode(Kind::EndpointSlice, slice("fd00::5")).unwrap_err();
+    assert!(err.starts_with("field `endpoints[0].addresses[0]`: \"fd00::5\" is not an IPv4 address"), "{err}");
 }
