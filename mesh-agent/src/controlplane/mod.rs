@@ -21,6 +21,7 @@ use tokio::sync::watch;
 pub mod admin;
 pub mod authorization;
 pub mod ca;
+pub mod egress;
 pub mod folder;
 pub mod held;
 pub mod kube;

@@ -47,6 +47,9 @@ pub struct Snapshot {
     pub destination_rules: Resources,
     /// Which identities run on which node: the CA issues only these.
     pub identities: imbl::OrdSet<(String, Identity)>,
+    /// Not served: the hosts each workload may call, by uid, when a Sidecar's egress
+    /// narrows them (absent: every host); scoping sends a node only those.
+    pub egress: imbl::OrdMap<String, Arc<Vec<super::egress::EgressHost>>>,
 }
 
 impl Snapshot {
@@ -59,6 +62,7 @@ impl Snapshot {
             && self.virtual_services.ptr_eq(&other.virtual_services)
             && self.destination_rules.ptr_eq(&other.destination_rules)
             && self.identities.ptr_eq(&other.identities)
+            && self.egress.ptr_eq(&other.egress)
     }
 
     pub fn node_runs(&self, node: &str, id: &Identity) -> bool {
@@ -230,6 +234,9 @@ fn namespace_context(objects: &Objects, ns: &str, trust_domain: &str) -> u64 {
     for (k, p) in objects.authorization_policies.iter().filter(|(k, _)| k.0 == ns || k.0 == ROOT_NAMESPACE) {
         (k, Arc::as_ptr(p)).hash(&mut h);
     }
+    for (k, p) in objects.sidecars.iter().filter(|(k, _)| k.0 == ns || k.0 == ROOT_NAMESPACE) {
+        (k, Arc::as_ptr(p)).hash(&mut h);
+    }
     h.finish()
 }
 
@@ -395,6 +402,15 @@ impl Builder {
             } else if old.as_ref().is_some_and(|m| m.uid.is_some()) {
                 snap.resources.remove(&uid);
             }
+            let egress = has.then(|| super::egress::for_pod(&objects.sidecars, ROOT_NAMESPACE, ns, &pod.metadata.labels)).flatten();
+            match egress {
+                Some(hosts) if snap.egress.get(&uid).is_none_or(|old| **old != hosts) => {
+                    snap.egress.insert(uid.clone(), Arc::new(hosts));
+                }
+                Some(_) => {}
+                None if snap.egress.contains_key(&uid) => drop(snap.egress.remove(&uid)),
+                None => {}
+            }
             let memo = Memo { pod: pod.clone(), context, selected, sliced: from_slices, uid: has.then_some(uid), identity, seen: builds };
             self.pods.insert(key, memo);
         }
@@ -406,6 +422,7 @@ impl Builder {
             }
             if let Some(uid) = &m.uid {
                 snap.resources.remove(uid);
+                snap.egress.remove(uid);
             }
             if let Some(id) = &m.identity {
                 forget_identity(identities, ids, id);
@@ -614,6 +631,8 @@ spec: {selector: {matchLabels: {app: y}}, rules: [{}]}
             ("a bare endpoint's address", base.replace("192.168.0.1", "192.168.0.2")),
             ("an EndpointSlice is gone", base.replace("kind: EndpointSlice", "kind: ConfigMap")),
             ("a PeerAuthentication", format!("{base}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: s, namespace: a}}\nspec: {{selector: {{matchLabels: {{app: x}}}}, mtls: {{mode: STRICT}}}}\n")),
+            ("a Sidecar", format!("{base}---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: a}}\nspec: {{egress: [{{hosts: ['./*']}}]}}\n")),
+            ("a root Sidecar", format!("{base}---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{egress: [{{hosts: ['*/*.svc.cluster.local']}}]}}\n")),
             ("back to the start", base.to_string()),
         ];
         let tds = TrustDomains::new("cluster.local", &[]);

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use prost::Message as _;
 
+use super::egress::EgressHost;
 use super::model::{Resource as Served, Snapshot};
 use crate::proto::security::Scope;
 use crate::proto::workload as wl;
@@ -47,21 +48,22 @@ pub fn short_type(type_url: &str) -> &str {
     type_url.rsplit(['/', '.']).next().unwrap_or(type_url)
 }
 
-/// Service hostnames a node's pods may call.
+/// The hosts a node's pods may call.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum Services {
-    /// Every service (no Sidecar narrows it).
+    /// Every host (a pod of the node has no Sidecar narrowing its egress).
     #[default]
     All,
-    /// Only these hostnames (a Sidecar's egress hosts).
-    Only(BTreeSet<String>),
+    /// Only these (the union of the node's pods' Sidecar egress hosts).
+    Only(BTreeSet<EgressHost>),
 }
 
 impl Services {
-    pub fn admits(&self, hostname: &str) -> bool {
+    /// Whether a resource of `namespace` for `host` is needed.
+    pub fn admits(&self, namespace: &str, host: &str) -> bool {
         match self {
             Services::All => true,
-            Services::Only(h) => h.contains(hostname),
+            Services::Only(h) => h.iter().any(|e| e.admits(namespace, host)),
         }
     }
 }
@@ -92,6 +94,8 @@ struct WorkloadMeta {
     node: String,
     namespace: String,
     policies: Vec<String>,
+    /// The hosts it may call (`None`: every host).
+    egress: Option<Arc<Vec<EgressHost>>>,
 }
 
 /// What scoping needs to know of a snapshot. Kept from one snapshot to the next in
@@ -105,6 +109,8 @@ pub struct Index {
     workloads: imbl::HashMap<String, WorkloadMeta>,
     /// Node -> uids of its workloads.
     by_node: imbl::HashMap<String, imbl::OrdSet<String>>,
+    /// VirtualService and DestinationRule name -> (namespace, hosts).
+    routes: imbl::HashMap<String, (String, Vec<String>)>,
     /// Authorization name -> (scope, namespace).
     authz: imbl::HashMap<String, (Scope, String)>,
     authn: imbl::HashMap<String, AuthnMeta>,
@@ -144,10 +150,41 @@ impl Index {
                 Some(wl::address::Type::Workload(w)) if !w.node.is_empty() => {
                     ix.by_node.entry(w.node.clone()).or_default().insert(name.clone());
                     dirty.insert(w.node.clone());
-                    let meta = WorkloadMeta { node: w.node, namespace: w.namespace, policies: w.authorization_policies };
+                    let egress = snap.egress.get(name).cloned();
+                    let meta = WorkloadMeta { node: w.node, namespace: w.namespace, policies: w.authorization_policies, egress };
                     ix.workloads.insert(name.clone(), meta);
                 }
                 _ => {}
+            }
+        }
+        // A Sidecar change narrows or widens workloads that did not change themselves.
+        if !prev.egress.ptr_eq(&snap.egress) {
+            let uids: BTreeSet<&String> = prev.egress.keys().chain(snap.egress.keys()).collect();
+            for uid in uids {
+                let (was, now) = (prev.egress.get(uid), snap.egress.get(uid));
+                if was.zip(now).is_some_and(|(a, b)| Arc::ptr_eq(a, b)) {
+                    continue;
+                }
+                if let Some(w) = ix.workloads.get_mut(uid) {
+                    w.egress = now.cloned();
+                    dirty.insert(w.node.clone());
+                }
+            }
+        }
+        for t in [VIRTUAL_SERVICE_TYPE_URL, DESTINATION_RULE_TYPE_URL] {
+            for name in names(t) {
+                ix.routes.remove(name);
+                let Some(r) = resources_of(snap, t).and_then(|m| m.get(name)) else { continue };
+                let bytes = r.any.value.as_slice();
+                let meta = if t == VIRTUAL_SERVICE_TYPE_URL {
+                    crate::proto::mesh_networking::VirtualService::decode(bytes).map(|v| (v.namespace, v.hosts))
+                } else {
+                    crate::proto::mesh_networking::DestinationRule::decode(bytes).map(|d| (d.namespace, vec![d.host]))
+                };
+                // Undecodable: admitted everywhere rather than silently dropped.
+                if let Ok(meta) = meta {
+                    ix.routes.insert(name.clone(), meta);
+                }
             }
         }
         for name in names(AUTHORIZATION_TYPE_URL) {
@@ -200,13 +237,23 @@ impl Index {
             for (_, id) in snap.identities.range(from..).take_while(|(n, _)| *n == node) {
                 needs.namespaces.insert(id.namespace.clone());
             }
+            let mut hosts: Option<BTreeSet<EgressHost>> = Some(BTreeSet::new());
             for uid in ix.by_node.get(&node).into_iter().flatten() {
                 if let Some(w) = ix.workloads.get(uid) {
                     needs.namespaces.insert(w.namespace.clone());
                     needs.workloads.insert(uid.clone());
                     needs.policies.extend(w.policies.iter().cloned());
+                    match (&mut hosts, &w.egress) {
+                        (Some(h), Some(e)) => h.extend(e.iter().cloned()),
+                        _ => hosts = None,
+                    }
                 }
             }
+            // A node with no workload yet needs nothing narrowed (it calls nothing).
+            needs.services = match hosts {
+                Some(h) if !needs.workloads.is_empty() => Services::Only(h),
+                _ => Services::All,
+            };
             if needs == NodeNeeds::default() {
                 ix.nodes.remove(&node);
                 ix.by_node.remove(&node);
@@ -225,7 +272,9 @@ impl Index {
     /// Whether an agent whose node needs `needs` receives resource `name` of `type_url`.
     pub fn admits(&self, needs: &NodeNeeds, type_url: &str, name: &str) -> bool {
         match type_url {
-            ADDRESS_TYPE_URL => self.services.get(name).is_none_or(|h| needs.services.admits(h)),
+            ADDRESS_TYPE_URL => self.services.get(name).is_none_or(|h| {
+                needs.services.admits(name.split_once('/').map_or("", |(ns, _)| ns), h)
+            }),
             AUTHORIZATION_TYPE_URL => {
                 needs.policies.contains(name)
                     || match self.authz.get(name) {
@@ -239,9 +288,11 @@ impl Index {
                 let in_ns = m.mesh_wide || needs.namespaces.contains(&m.namespace);
                 in_ns && m.workloads.as_ref().is_none_or(|w| w.iter().any(|u| needs.workloads.contains(u)))
             }),
-            // Every node's pods may call every host (no Sidecar narrowing or
-            // exportTo yet), so every node gets every route and destination rule.
-            VIRTUAL_SERVICE_TYPE_URL | DESTINATION_RULE_TYPE_URL => true,
+            // Routes for hosts the node's pods may call (exportTo is not read yet).
+            VIRTUAL_SERVICE_TYPE_URL | DESTINATION_RULE_TYPE_URL => self
+                .routes
+                .get(name)
+                .is_none_or(|(ns, hosts)| hosts.iter().any(|h| needs.services.admits(ns, h))),
             _ => false,
         }
     }
@@ -416,17 +467,51 @@ spec: {{selector: {{matchLabels: {{app: batch}}}}, rules: [{{}}]}}
         assert!(!scope(&snap, "n1")[AUTHORIZATION_TYPE_URL].contains_key("istio-system/batch"));
     }
 
+    /// A Sidecar's egress hosts narrow the services, VirtualServices and
+    /// DestinationRules a node receives to those its pods may call; a node with a pod
+    /// that no Sidecar narrows gets them all; workloads all stay.
     #[test]
-    fn services_narrow_to_the_hostnames_given() {
-        let snap = snapshot(YAML);
+    fn sidecars_narrow_services_and_routes() {
+        let yaml = format!(
+            "{YAML}---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: default, namespace: a}}
+spec: {{egress: [{{hosts: ['./*']}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: b}}
+spec: {{hosts: [db], http: [{{route: [{{destination: {{host: db}}}}]}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db, namespace: b}}
+spec: {{host: db}}
+"
+        );
+        let snap = snapshot(&yaml);
         let ix = Index::new(&snap);
-        let mut needs = (*ix.needs("n1")).clone();
-        needs.services = Services::Only(BTreeSet::from(["other.x.svc.cluster.local".to_string()]));
-        let s = scope_type(&snap, &ix, &needs, ADDRESS_TYPE_URL);
-        assert!(!s.contains_key("b/db.b.svc.cluster.local"), "not in the Sidecar's hosts");
-        assert_eq!(s.len(), snap.resources.len() - 1, "workloads all stay");
-        needs.services = Services::Only(BTreeSet::from(["db.b.svc.cluster.local".to_string()]));
-        assert!(scope_type(&snap, &ix, &needs, ADDRESS_TYPE_URL).contains_key("b/db.b.svc.cluster.local"));
+        // n1 runs only pods of namespace a: they may call a's services only.
+        let n1 = ix.needs("n1");
+        assert!(matches!(&n1.services, Services::Only(h) if h.len() == 1), "{:?}", n1.services);
+        let s = scope_type(&snap, &ix, &n1, ADDRESS_TYPE_URL);
+        assert!(!s.contains_key("b/db.b.svc.cluster.local"), "b's service is not in a's Sidecar's hosts");
+        let workloads = snap.resources.keys().filter(|n| n.starts_with("Kubernetes//Pod/")).count();
+        assert_eq!(s.keys().filter(|n| n.starts_with("Kubernetes//Pod/")).count(), workloads, "workloads all stay");
+        assert!(scope_type(&snap, &ix, &n1, VIRTUAL_SERVICE_TYPE_URL).is_empty());
+        assert!(scope_type(&snap, &ix, &n1, DESTINATION_RULE_TYPE_URL).is_empty());
+        // n2 runs pods of b, which no Sidecar narrows: everything.
+        let n2 = ix.needs("n2");
+        assert_eq!(n2.services, Services::All);
+        assert!(scope_type(&snap, &ix, &n2, ADDRESS_TYPE_URL).contains_key("b/db.b.svc.cluster.local"));
+        assert_eq!(scope_type(&snap, &ix, &n2, VIRTUAL_SERVICE_TYPE_URL).len(), 1);
+        // The Sidecar goes: n1's needs widen without any workload changing.
+        let v1 = Index::new(&snap);
+        let snap2 = snapshot(&yaml.replace("kind: Sidecar", "kind: ConfigMap"));
+        let changed = TYPES.iter().map(|t| (*t, BTreeMap::new())).collect();
+        let v2 = v1.next(&snap, &snap2, &changed);
+        assert_eq!(v2.needs("n1").services, Services::All);
     }
 
     #[test]
