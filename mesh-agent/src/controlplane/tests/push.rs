@@ -239,3 +239,49 @@ async fn a_nack_shows_in_syncz_and_metrics() {
     assert!(!metrics.contains("mesh_cp_config_bytes{node=\"node2\"}"), "{metrics}");
     cp.stop().await;
 }
+
+/// A Sidecar narrows what a node receives: a new service (and its VirtualService) in
+/// a namespace the node's pods may not call reaches only the node whose pods may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_keeps_services_and_routes_from_nodes_whose_pods_cannot_call_them() {
+    // demo's pods may call demo's services only. node1 runs only `client` (demo);
+    // node2 runs `echo` (demo) and `worker` (other, no Sidecar): node2 needs everything.
+    let sidecar = "
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: demo}
+spec: {egress: [{hosts: ['./*']}]}
+";
+    let cp = start(&[("demo.yaml", CONFIG), ("other.yaml", OTHER), ("sidecar.yaml", sidecar)]).await;
+    let mut n1 = Raw::connect(&cp, "node1").await;
+    let mut n2 = Raw::connect(&cp, "node2").await;
+    let service = "
+kind: Service
+metadata: {name: jobs, namespace: other}
+spec: {clusterIP: 10.96.0.30, selector: {app: worker}, ports: [{port: 80}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: jobs, namespace: other}
+spec: {hosts: [jobs], http: [{timeout: 2s, route: [{destination: {host: jobs}}]}]}
+";
+    std::fs::write(cp.config.path().join("jobs.yaml"), service).unwrap();
+    const JOBS: &str = "other/jobs.other.svc.cluster.local";
+    let mut got = Vec::new();
+    while !got.iter().any(|n: &String| n == JOBS) {
+        let push = n2.next_of(crate::proto::ADDRESS_TYPE_URL).await;
+        n2.answer(&push, None).await;
+        got.extend(push.resources.iter().map(|r| r.name.clone()));
+    }
+    let vs = n2.next_of(crate::proto::VIRTUAL_SERVICE_TYPE_URL).await;
+    assert_eq!(vs.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["other/jobs"]);
+    n2.answer(&vs, None).await;
+    // node1 hears of the worker's new membership (workloads are mesh-wide), never of
+    // the service or its route.
+    let until = tokio::time::Instant::now() + Duration::from_millis(800);
+    while let Ok(Some(r)) = tokio::time::timeout_at(until, n1.rx.message()).await.map(Result::unwrap) {
+        assert!(!r.resources.iter().any(|x| x.name == JOBS || x.name == "other/jobs"), "node1 got {:?}", r.resources);
+        n1.answer(&r, None).await;
+    }
+    cp.stop().await;
+}
