@@ -305,7 +305,7 @@ impl Objects {
     }
 
     /// Takes `(namespace, name)` out of the map of `o`'s kind.
-    fn remove_named(&mut self, nn: &(String, String), o: &Object) {
+    pub(super) fn remove_named(&mut self, nn: &(String, String), o: &Object) {
         match o {
             Object::Namespace(_) => drop(self.namespaces.remove(&nn.1)),
             Object::ServiceAccount(_) => drop(self.service_accounts.remove(nn)),

@@ -349,6 +349,9 @@ pub struct Store {
     kinds: BTreeMap<Kind, KindState>,
     /// Why each object is rejected now.
     rejected: BTreeMap<(Kind, Key), String>,
+    /// Every kind's items as one [`Objects`], kept up to date item by item, so that a
+    /// change costs what changed, not the size of the cluster.
+    objects: Objects,
 }
 
 impl Store {
@@ -390,18 +393,36 @@ impl Store {
                         false
                     }
                     _ => match item {
-                        Some(item) => state.items.insert(key, item.clone()).as_ref() != Some(&item),
+                        Some(item) => {
+                            let old = state.items.insert(key.clone(), item.clone());
+                            let changed = old.as_ref() != Some(&item);
+                            if changed {
+                                set(&mut self.objects, &key, old.as_ref(), Some(&item));
+                            }
+                            changed
+                        }
                         None => false,
                     },
                 }
             }
             Update::Delete { key } => {
                 self.rejected.remove(&(kind, key.clone()));
-                state.items.remove(&key).is_some()
+                let old = state.items.remove(&key);
+                set(&mut self.objects, &key, old.as_ref(), None);
+                old.is_some()
             }
             Update::InitDone => {
                 let listed = state.relist.take().unwrap_or_default();
                 let changed = state.items != listed || !state.synced;
+                for (key, old) in state.items.iter().filter(|(k, _)| !listed.contains_key(*k)) {
+                    set(&mut self.objects, key, Some(old), None);
+                }
+                for (key, item) in &listed {
+                    let old = state.items.get(key);
+                    if old != Some(item) {
+                        set(&mut self.objects, key, old, Some(item));
+                    }
+                }
                 state.items = listed;
                 state.synced = true;
                 changed
@@ -420,21 +441,52 @@ impl Store {
     }
 
     pub fn objects(&self) -> Objects {
+        self.objects.clone()
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// [`Store::objects`] built from every item afresh: what the kept one must equal.
+    pub fn objects_afresh(&self) -> Objects {
         let mut o = Objects::default();
         for state in self.kinds.values() {
             for ((ns, name), item) in &state.items {
-                let nn = (ns.clone(), name.clone());
                 match item.clone() {
-                    // Of two PeerAuthentications of one age, the first by namespace/name wins.
                     Item::Object(obj) => {
                         let order = o.peer_authentications.len();
-                        o.insert_named(nn, order, obj)
+                        o.insert_named((ns.clone(), name.clone()), order, obj)
                     }
                     Item::Node(n) => drop(o.nodes.insert(name.clone(), n)),
                 }
             }
         }
         o
+    }
+}
+
+/// Replaces `old` with `new` at `key` in `objects`. PeerAuthentications of one age tie
+/// by namespace/name (the first wins), so their order is their rank by key.
+fn set(objects: &mut Objects, (ns, name): &Key, old: Option<&Item>, new: Option<&Item>) {
+    let nn = (ns.clone(), name.clone());
+    match old {
+        Some(Item::Object(o)) => objects.remove_named(&nn, o),
+        Some(Item::Node(_)) => drop(objects.nodes.remove(name)),
+        None => {}
+    }
+    let mut reorder = matches!(old, Some(Item::Object(Object::PeerAuthentication(_))));
+    match new {
+        Some(Item::Object(o)) => {
+            reorder |= matches!(o, Object::PeerAuthentication(_));
+            objects.insert_named(nn, 0, o.clone());
+        }
+        Some(Item::Node(n)) => drop(objects.nodes.insert(name.clone(), n.clone())),
+        None => {}
+    }
+    if reorder {
+        for (rank, (_, (order, _))) in objects.peer_authentications.iter_mut().enumerate() {
+            *order = rank;
+        }
     }
 }
 

@@ -320,7 +320,10 @@ fn relist_replaces_a_kind_and_keeps_last_good_versions() {
     }
     assert!(store.unsynced().is_empty());
     let apply = |store: &mut Store, name: &str, ip: &str, init: bool| {
-        store.apply(Kind::Pod, Update::Apply { key: nn("shop", name), item: item(Kind::Pod, pod("shop", name, ip)), init })
+        let changed =
+            store.apply(Kind::Pod, Update::Apply { key: nn("shop", name), item: item(Kind::Pod, pod("shop", name, ip)), init });
+        assert_eq!(store.objects(), store.objects_afresh(), "the kept objects are what the items give");
+        changed
     };
     assert!(apply(&mut store, "a", "10.0.0.1", false));
     assert!(apply(&mut store, "b", "10.0.0.2", false));
@@ -336,12 +339,14 @@ fn relist_replaces_a_kind_and_keeps_last_good_versions() {
     store.apply(Kind::Pod, Update::Apply { key: nn("shop", "b"), item: bad, init: true });
     apply(&mut store, "c", "10.0.0.3", true);
     assert!(store.apply(Kind::Pod, Update::InitDone));
+    assert_eq!(store.objects(), store.objects_afresh(), "after a relist");
     let o = store.objects();
     let names: Vec<_> = o.pods.keys().map(|(_, n)| n.as_str()).collect();
     assert_eq!(names, vec!["b", "c"]);
     assert_eq!(o.pods[&nn("shop", "b")].ips()[0].to_string(), "10.0.0.2");
     assert_eq!(store.rejected(), vec!["Pod shop/b: field `status.podIP`: invalid IP address syntax".to_string()]);
     assert!(store.apply(Kind::Pod, Update::Delete { key: nn("shop", "b") }));
+    assert_eq!(store.objects(), store.objects_afresh(), "after a delete");
     assert!(store.rejected().is_empty());
 }
 
