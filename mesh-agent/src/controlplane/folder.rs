@@ -599,6 +599,26 @@ fn strip_location(e: &serde_yaml::Error) -> String {
     }
 }
 
+/// Largest config file read: Kubernetes keeps an object under ~1.5 MiB, so a file this
+/// size is thousands of objects or a mistake; larger ones are refused (as unreadable:
+/// what they served keeps serving) rather than read into memory.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// A config file's text, refusing files over [`MAX_FILE_BYTES`].
+fn read_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB (MAX_FILE_BYTES); split it into smaller files",
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    Ok(text)
+}
+
 /// Every `*.yaml`/`*.yml` file under `dir`, sorted, recursively; hidden entries are skipped
 /// (editors' swap files, Kubernetes ConfigMap `..data` links).
 pub fn yaml_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -634,7 +654,7 @@ impl Folder {
     pub fn apply_files(&mut self, changes: &BTreeSet<PathBuf>) -> (Objects, Vec<Error>) {
         let (mut present, mut gone) = (Vec::new(), Vec::new());
         for path in changes {
-            match std::fs::read_to_string(path) {
+            match read_file(path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => gone.push(path.clone()),
                 text => present.push((path.clone(), text)),
             }
@@ -792,7 +812,7 @@ impl Folder {
     pub fn load(&mut self, dir: &Path) -> Result<(Objects, Vec<Error>), std::io::Error> {
         let files = yaml_files(dir)?;
         let contents = files.into_iter().map(|p| {
-            let t = std::fs::read_to_string(&p);
+            let t = read_file(&p);
             (p, t)
         });
         Ok(self.apply(contents.collect()))
@@ -1121,6 +1141,25 @@ metadata: {name: t, namespace: demo}
         let mut c = Changes::default();
         c.add(dir.path(), None);
         assert!(c.everything, "a watch error means reading everything");
+    }
+
+    /// A file over the size limit is refused like an unreadable one, naming the
+    /// limit, and what it served keeps serving.
+    #[test]
+    fn oversized_files_are_refused_and_keep_their_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.yaml");
+        std::fs::write(&path, GOOD).unwrap();
+        let mut folder = Folder::default();
+        let (first, _) = folder.load(dir.path()).unwrap();
+        let mut big = GOOD.to_string();
+        big.push_str(&"#".repeat(MAX_FILE_BYTES as usize));
+        std::fs::write(&path, big).unwrap();
+        let (o, errors) = folder.load(dir.path()).unwrap();
+        assert_eq!(errors.len(), 1);
+        let e = errors[0].to_string();
+        assert!(e.contains("big.yaml") && e.contains("larger than 64 MiB (MAX_FILE_BYTES)"), "{e}");
+        assert_eq!(o, first, "the last good objects keep serving");
     }
 
     #[test]
