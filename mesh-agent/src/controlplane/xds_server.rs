@@ -433,7 +433,7 @@ impl Connection {
             let error = req.error_detail.as_ref().map(|e| e.message.as_str());
             let answer = {
                 let mut a = registered.agent.lock().unwrap();
-                a.types.entry(type_url.to_string()).or_default().answered(nonce, error, Instant::now())
+                a.types.get_mut(type_url).map_or(Answer::Unknown, |t| t.answered(nonce, error, Instant::now()))
             };
             match answer {
                 Answer::Acked { latency: Some(l) } => self.metrics.push_latency.observe(l.as_secs_f64()),
@@ -510,11 +510,18 @@ impl Connection {
                 (diff(&sub.holds, type_url, &scoped), scoped.len(), bytes)
             }
         };
+        let bytes_changed = sub.bytes != bytes;
         (sub.holds, sub.count, sub.bytes) = (Holds::Scope { view: view.clone(), needs }, count, bytes);
-        let total: usize = self.subs.values().map(|s| s.bytes).sum();
-        self.metrics.set_config_bytes(&self.node, total as u64);
+        if bytes_changed {
+            let total: usize = self.subs.values().map(|s| s.bytes).sum();
+            self.metrics.set_config_bytes(&self.node, total as u64);
+        }
         if delta.is_empty() && !always {
-            registered.agent.lock().unwrap().types.entry(type_url.to_string()).or_default().generation = view.generation;
+            let mut a = registered.agent.lock().unwrap();
+            match a.types.get_mut(type_url) {
+                Some(t) => t.generation = view.generation,
+                None => a.types.entry(type_url.to_string()).or_default().generation = view.generation,
+            }
             return true;
         }
         tracing::debug!(parent: span, type_url, changed = delta.resources.len(), removed = delta.removed.len(), reason = reason.as_str(), "xds: push");
