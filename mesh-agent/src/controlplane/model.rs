@@ -251,7 +251,21 @@ impl Builder {
         let mut others: BTreeMap<String, Resource> = BTreeMap::new();
         for ((ns, name), p) in &objects.authorization_policies {
             if let Some(authz) = authorization::convert(ns, name, &authorization::aliased(&p.spec, tds)) {
-                let r = resource(crate::proto::AUTHORIZATION_TYPE_URL, &authz);
+                let mut r = resource(crate::proto::AUTHORIZATION_TYPE_URL, &authz);
+                if let Err(e) = super::limits::check_resource(&format!("{ns}/{name}"), &r.any) {
+                    // Too large to serve. Leaving it out would fail open (a DENY lost,
+                    // or an ALLOW's narrowing); instead it denies everything it selects
+                    // until it is made smaller, as the agent's unusable stand-in does.
+                    tracing::error!(policy = %format!("{ns}/{name}"), "config: {e}; it denies every request it selects until it is made smaller");
+                    let standin = authorization::PolicySpec {
+                        action: authorization::Action::Deny,
+                        rules: vec![Default::default()],
+                        ..p.spec.clone()
+                    };
+                    if let Some(deny) = authorization::convert(ns, name, &standin) {
+                        r = resource(crate::proto::AUTHORIZATION_TYPE_URL, &deny);
+                    }
+                }
                 authorizations.insert(format!("{ns}/{name}"), r);
             }
         }
@@ -654,6 +668,25 @@ spec: {selector: {matchLabels: {app: y}}, rules: [{}]}
             }
             prev = Some(inc);
         }
+    }
+
+    /// A policy too large to serve fails closed: a DENY of everything it selects, with
+    /// its name, scope and selector.
+    #[test]
+    fn an_oversized_policy_is_served_as_a_deny_of_what_it_selects() {
+        let principals: Vec<String> = (0..200_000).map(|i| format!("cluster.local/ns/x/sa/account-{i}")).collect();
+        let yaml = format!(
+            "kind: Namespace\nmetadata: {{name: shop}}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n\
+             metadata: {{name: huge, namespace: shop}}\nspec: {{selector: {{matchLabels: {{app: cart}}}}, action: ALLOW, \
+             rules: [{{from: [{{source: {{principals: {principals:?}}}}}]}}]}}\n"
+        );
+        let s = build(&objects(&yaml), "cluster.local");
+        let r = &s.authorizations["shop/huge"];
+        assert!(r.any.value.len() < 1024, "the stand-in is small: {} bytes", r.any.value.len());
+        let a = crate::proto::security::Authorization::decode(r.any.value.as_slice()).unwrap();
+        assert_eq!(a.action, crate::proto::security::Action::Deny as i32);
+        assert_eq!(a.scope, crate::proto::security::Scope::WorkloadSelector as i32);
+        assert_eq!(a.groups.len(), 1, "one rule that matches every request");
     }
 
     fn decode(r: &Resource) -> wl::address::Type {
