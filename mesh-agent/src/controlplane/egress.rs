@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::folder::in_namespace;
 use super::networking::Sidecar;
 
 /// One `namespace/dnsName` entry of a Sidecar's egress hosts.
@@ -57,13 +58,7 @@ pub fn for_pod(
     namespace: &str,
     labels: &BTreeMap<String, String>,
 ) -> Option<Vec<EgressHost>> {
-    fn in_ns<'a>(
-        sidecars: &'a BTreeMap<(String, String), Arc<Sidecar>>,
-        ns: &'a str,
-    ) -> impl Iterator<Item = (&'a (String, String), &'a Arc<Sidecar>)> {
-        sidecars.range((ns.to_string(), String::new())..).take_while(move |((sns, _), _)| sns == ns)
-    }
-    let in_ns = |ns| in_ns(sidecars, ns);
+    let in_ns = |ns| in_namespace(sidecars, ns);
     let selected = in_ns(namespace).find(|(_, s)| {
         s.spec.workload_selector.as_ref().is_some_and(|sel| {
             !sel.labels.is_empty() && sel.labels.iter().all(|(k, v)| labels.get(k) == Some(v))

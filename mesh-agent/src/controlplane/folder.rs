@@ -325,6 +325,14 @@ impl Objects {
     }
 }
 
+/// The objects of namespace `ns` in a map keyed `(namespace, name)`: a range, not a scan.
+pub fn in_namespace<'a, T>(
+    map: &'a BTreeMap<(String, String), T>,
+    ns: &'a str,
+) -> impl Iterator<Item = (&'a (String, String), &'a T)> + 'a {
+    map.range((ns.to_string(), String::new())..).take_while(move |((n, _), _)| n == ns)
+}
+
 /// Where an object came from: file and document index.
 type Origin = (Arc<Path>, usize);
 

@@ -10,7 +10,7 @@ mod endpoints;
 
 use super::authorization::{self, ROOT_NAMESPACE};
 use super::peerauth;
-use super::folder::{Objects, Pod};
+use super::folder::{in_namespace, Objects, Pod};
 use crate::proto::workload as wl;
 use crate::state::Identity;
 
@@ -222,19 +222,28 @@ fn replace(map: &mut Resources, fresh: BTreeMap<String, Resource>) {
     sync(map, &mut known, fresh);
 }
 
+/// The objects of namespace `ns` and, for another namespace, of the root namespace
+/// (whose policies and Sidecars apply in every namespace).
+fn own_and_root<'a, T>(
+    map: &'a BTreeMap<(String, String), T>,
+    ns: &'a str,
+) -> impl Iterator<Item = (&'a (String, String), &'a T)> + 'a {
+    in_namespace(map, ns).chain(in_namespace(map, ROOT_NAMESPACE).filter(move |_| ns != ROOT_NAMESPACE))
+}
+
 /// What of namespace `ns` goes into its pods' Workloads, as object identities.
 fn namespace_context(objects: &Objects, ns: &str, trust_domain: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     trust_domain.hash(&mut h);
     objects.namespaces.get(ns).map(Arc::as_ptr).hash(&mut h);
-    for (k, svc) in objects.services.iter().filter(|(k, _)| k.0 == ns) {
+    for (k, svc) in in_namespace(&objects.services, ns) {
         (k, Arc::as_ptr(svc)).hash(&mut h);
     }
-    for (k, p) in objects.authorization_policies.iter().filter(|(k, _)| k.0 == ns || k.0 == ROOT_NAMESPACE) {
+    for (k, p) in own_and_root(&objects.authorization_policies, ns) {
         (k, Arc::as_ptr(p)).hash(&mut h);
     }
-    for (k, p) in objects.sidecars.iter().filter(|(k, _)| k.0 == ns || k.0 == ROOT_NAMESPACE) {
+    for (k, p) in own_and_root(&objects.sidecars, ns) {
         (k, Arc::as_ptr(p)).hash(&mut h);
     }
     h.finish()
@@ -368,17 +377,7 @@ impl Builder {
                     .find_map(|k| labels.get(*k).cloned())
                     .unwrap_or_else(|| "latest".into());
                 let tunnel = if in_mesh(objects, pod) { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None };
-                let mut authorization_policies: Vec<String> = objects
-                    .authorization_policies
-                    .range((ns.clone(), String::new())..)
-                    .take_while(|((pns, _), _)| pns == ns)
-                    .chain(if ns == ROOT_NAMESPACE {
-                        objects.authorization_policies.range((String::new(), String::new())..(String::new(), String::new()))
-                    } else {
-                        objects
-                            .authorization_policies
-                            .range((ROOT_NAMESPACE.to_string(), String::new())..)
-                    }.take_while(|((pns, _), _)| pns == ROOT_NAMESPACE))
+                let mut authorization_policies: Vec<String> = own_and_root(&objects.authorization_policies, ns)
                     .filter(|((pns, _), p)| {
                         authorization::picks(pns, p.spec.selector.as_ref(), p.spec.targets(), ns, labels, &objects.services)
                     })
@@ -519,7 +518,7 @@ fn networking_resources(
     for ((ns, name), we) in &objects.workload_entries {
         let mut w = entry::workload_entry(ns, name, &we.spec, trust_domain);
         let picks = |sel: &BTreeMap<String, String>| !sel.is_empty() && sel.iter().all(|(k, v)| we.spec.labels.get(k) == Some(v));
-        for ((_, _), se) in objects.service_entries.range((ns.clone(), String::new())..).take_while(|((sns, _), _)| sns == ns) {
+        for (_, se) in in_namespace(&objects.service_entries, ns) {
             if se.spec.workload_selector.as_ref().is_some_and(|s| picks(&s.labels)) {
                 let ports = entry::ports_for(&se.spec, &we.spec.ports);
                 for h in &se.spec.hosts {
