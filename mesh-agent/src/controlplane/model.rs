@@ -91,7 +91,20 @@ pub fn in_mesh(objects: &Objects, pod: &Pod) -> bool {
     ns_ambient && !pod_opts_out
 }
 
-fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+/// The `cluster_id` of every Workload we serve.
+pub const CLUSTER_ID: &str = "Kubernetes";
+
+/// A workload's canonical name and revision from its labels, as istiod reads them:
+/// the first of the service.istio.io, app.kubernetes.io and plain labels, else the
+/// workload's name and `latest`.
+pub fn canonical(labels: &BTreeMap<String, String>, name: &str) -> (String, String) {
+    let first = |keys: &[&str]| keys.iter().find_map(|k| labels.get(*k).cloned());
+    let canonical_name = first(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]);
+    let revision = first(&["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]);
+    (canonical_name.unwrap_or_else(|| name.to_string()), revision.unwrap_or_else(|| "latest".into()))
+}
+
+pub fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
@@ -368,14 +381,7 @@ impl Builder {
                     svc_map.insert(key.clone(), wl::PortList { ports: ports.clone() });
                 }
                 let labels = &pod.metadata.labels;
-                let canonical_name = ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
-                    .iter()
-                    .find_map(|k| labels.get(*k).cloned())
-                    .unwrap_or_else(|| name.clone());
-                let canonical_revision = ["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]
-                    .iter()
-                    .find_map(|k| labels.get(*k).cloned())
-                    .unwrap_or_else(|| "latest".into());
+                let (canonical_name, canonical_revision) = canonical(labels, name);
                 let tunnel = if in_mesh(objects, pod) { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None };
                 let mut authorization_policies: Vec<String> = own_and_root(&objects.authorization_policies, ns)
                     .filter(|((pns, _), p)| {
@@ -404,7 +410,7 @@ impl Builder {
                     workload_type: wl::WorkloadType::Pod as i32,
                     workload_name: name.clone(),
                     services: svc_map,
-                    cluster_id: "Kubernetes".into(),
+                    cluster_id: CLUSTER_ID.into(),
                     authorization_policies,
                     ..Default::default()
                 };

@@ -156,7 +156,7 @@ pub fn from_slices(objects: &Objects) -> SliceEndpoints {
                         // none either: the agent of that node must not take it as local).
                         tunnel_protocol: wl::TunnelProtocol::None as i32,
                         services: [(key.clone(), wl::PortList { ports: ports.clone() })].into_iter().collect(),
-                        cluster_id: "Kubernetes".into(),
+                        cluster_id: super::CLUSTER_ID.into(),
                         ..Default::default()
                     };
                     out.others.insert(uid, w);

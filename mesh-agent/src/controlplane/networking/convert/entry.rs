@@ -10,7 +10,7 @@ use crate::controlplane::networking::service_entry::{Spec, WorkloadEntrySpec};
 use crate::proto::workload as wl;
 
 /// The cluster our objects come from, as in pod uids.
-const CLUSTER_ID: &str = "Kubernetes";
+use crate::controlplane::model::{canonical, ip_bytes, CLUSTER_ID};
 
 /// Label that puts a WorkloadEntry in the HBONE mesh (`http`), as istiod reads it.
 pub const TUNNEL_LABEL: &str = "networking.istio.io/tunnel";
@@ -26,12 +26,6 @@ pub fn service_entry_endpoint_uid(namespace: &str, name: &str, address: &str) ->
     format!("{CLUSTER_ID}/networking.istio.io/ServiceEntry/{namespace}/{name}/{address}")
 }
 
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    }
-}
 
 /// An address, or a CIDR that names one address (`/32`, `/128`); wider blocks are
 /// not service addresses.
@@ -53,7 +47,7 @@ pub fn services(namespace: &str, name: &str, spec: &Spec) -> Vec<(String, wl::Se
         .addresses
         .iter()
         .filter_map(|a| single_address(a))
-        .map(|ip| wl::NetworkAddress { network: String::new(), address: ip_bytes(ip) })
+        .map(|ip| wl::NetworkAddress { network: String::new(), address: ip_bytes(&ip) })
         .collect();
     let ports: Vec<wl::Port> = spec
         .ports
@@ -113,20 +107,20 @@ pub fn endpoint_workloads(namespace: &str, name: &str, spec: &Spec, trust_domain
 fn workload(uid: String, namespace: &str, name: &str, e: &WorkloadEntrySpec, trust_domain: &str) -> wl::Workload {
     let ip = e.address.parse::<IpAddr>().ok();
     let hostname = if ip.is_none() && !e.address.starts_with("unix://") { e.address.clone() } else { String::new() };
-    let label = |keys: &[&str]| keys.iter().find_map(|k| e.labels.get(*k).cloned());
+    let (canonical_name, canonical_revision) = canonical(&e.labels, name);
     let hbone = e.labels.get(TUNNEL_LABEL).is_some_and(|v| v == "http");
     wl::Workload {
         uid,
         name: name.to_string(),
         namespace: namespace.to_string(),
-        addresses: ip.map(ip_bytes).into_iter().collect(),
+        addresses: ip.as_ref().map(ip_bytes).into_iter().collect(),
         hostname,
         network: e.network.clone(),
         tunnel_protocol: if hbone { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None } as i32,
         trust_domain: trust_domain.to_string(),
         service_account: if e.service_account.is_empty() { "default".into() } else { e.service_account.clone() },
-        canonical_name: label(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]).unwrap_or_else(|| name.to_string()),
-        canonical_revision: label(&["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]).unwrap_or_else(|| "latest".into()),
+        canonical_name,
+        canonical_revision,
         workload_type: wl::WorkloadType::Pod as i32,
         workload_name: name.to_string(),
         cluster_id: CLUSTER_ID.into(),
