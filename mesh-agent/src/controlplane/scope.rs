@@ -212,23 +212,10 @@ impl Index {
         // Identities scheduled on a node (pods without an address yet) count for its
         // namespaces too.
         if !prev.identities.ptr_eq(&snap.identities) {
-            let (mut a, mut b) = (prev.identities.iter().peekable(), snap.identities.iter().peekable());
-            loop {
-                let next = match (a.peek(), b.peek()) {
-                    (None, None) => break,
-                    (Some(x), Some(y)) if x == y => {
-                        a.next();
-                        b.next();
-                        continue;
-                    }
-                    (Some(x), Some(y)) if x < y => a.next(),
-                    (Some(_), None) => a.next(),
-                    _ => b.next(),
-                };
-                if let Some((node, _)) = next {
-                    dirty.insert(node.clone());
-                }
-            }
+            let (old, new) = (prev.identities.iter().map(|k| (k, ())), snap.identities.iter().map(|k| (k, ())));
+            sorted_diff(old, new, |_, _| true, |(node, _), _| {
+                dirty.insert(node.clone());
+            });
         }
         for node in dirty {
             let mut needs = NodeNeeds::default();
@@ -294,6 +281,40 @@ impl Index {
                 .get(name)
                 .is_none_or(|(ns, hosts)| hosts.iter().any(|h| needs.services.admits(ns, h))),
             _ => false,
+        }
+    }
+}
+
+/// Walks two sequences of `(key, value)` sorted by key in one pass, and calls `differ`
+/// with each key that is on one side only or whose values are not `same`, and its old
+/// value (`None`: the key is new).
+pub fn sorted_diff<K: Ord, V>(
+    old: impl Iterator<Item = (K, V)>,
+    new: impl Iterator<Item = (K, V)>,
+    same: impl Fn(&V, &V) -> bool,
+    mut differ: impl FnMut(K, Option<V>),
+) {
+    use std::cmp::Ordering;
+    let (mut a, mut b) = (old.peekable(), new.peekable());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => return,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match order {
+            Ordering::Less => {
+                let (k, v) = a.next().expect("peeked");
+                differ(k, Some(v));
+            }
+            Ordering::Greater => differ(b.next().expect("peeked").0, None),
+            Ordering::Equal => {
+                let ((k, v), (_, w)) = (a.next().expect("peeked"), b.next().expect("peeked"));
+                if !same(&v, &w) {
+                    differ(k, Some(v));
+                }
+            }
         }
     }
 }
@@ -512,6 +533,15 @@ spec: {{host: db}}
         let changed = TYPES.iter().map(|t| (*t, BTreeMap::new())).collect();
         let v2 = v1.next(&snap, &snap2, &changed);
         assert_eq!(v2.needs("n1").services, Services::All);
+    }
+
+    #[test]
+    fn sorted_diff_names_added_removed_and_changed_keys() {
+        let old = [("a", 1), ("b", 2), ("d", 4), ("e", 5)];
+        let new = [("b", 2), ("c", 3), ("d", 9), ("f", 6)];
+        let mut got = Vec::new();
+        sorted_diff(old.into_iter(), new.into_iter(), |x, y| x == y, |k, v| got.push((k, v)));
+        assert_eq!(got, vec![("a", Some(1)), ("c", None), ("d", Some(4)), ("e", Some(5)), ("f", None)]);
     }
 
     #[test]

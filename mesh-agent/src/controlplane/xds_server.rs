@@ -66,42 +66,14 @@ impl View {
 /// that is the same `Arc` in both (the builder keeps unchanged ones) costs a pointer
 /// comparison.
 fn changes(old: &super::model::Resources, new: &super::model::Resources) -> BTreeMap<String, usize> {
-    use std::cmp::Ordering;
     let mut out = BTreeMap::new();
     if old.ptr_eq(new) {
         return out;
     }
-    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
-    loop {
-        match (a.peek(), b.peek()) {
-            (None, None) => break,
-            (Some((n, o)), None) => {
-                out.insert(n.to_string(), o.any.value.len());
-                a.next();
-            }
-            (None, Some((n, _))) => {
-                out.insert(n.to_string(), 0);
-                b.next();
-            }
-            (Some((na, o)), Some((nb, r))) => match na.cmp(nb) {
-                Ordering::Less => {
-                    out.insert(na.to_string(), o.any.value.len());
-                    a.next();
-                }
-                Ordering::Greater => {
-                    out.insert(nb.to_string(), 0);
-                    b.next();
-                }
-                Ordering::Equal => {
-                    if !Arc::ptr_eq(o, r) && o.version != r.version {
-                        out.insert(na.to_string(), o.any.value.len());
-                    }
-                    a.next();
-                    b.next();
-                }
-            },
-        }
-    }
+    let same = |o: &&Arc<Served>, r: &&Arc<Served>| Arc::ptr_eq(o, r) || o.version == r.version;
+    super::scope::sorted_diff(old.iter(), new.iter(), same, |name, o| {
+        out.insert(name.to_string(), o.map_or(0, |o| o.any.value.len()));
+    });
     out
 }
 
