@@ -162,11 +162,7 @@ pub fn decode_routing(r: &Resource, vs: bool) -> Result<state::Routing, ConvertE
         ("mesh.networking.DestinationRule", DESTINATION_RULE_TYPE_URL)
     };
     let bad = |e: String| ConvertError::DecodeRouting(r.name.clone(), what, e);
-    let any = r.resource.as_ref().ok_or_else(|| bad("resource without a body".into()))?;
-    if any.type_url != url {
-        return Err(bad(format!("type {}", any.type_url)));
-    }
-    let bytes = any.value.as_slice();
+    let bytes = body(r, url, bad)?;
     let routing = if vs {
         state::Routing::VirtualService(std::sync::Arc::new(VirtualService::decode(bytes).map_err(|e| bad(e.to_string()))?))
     } else {
@@ -179,15 +175,20 @@ pub fn decode_routing(r: &Resource, vs: bool) -> Result<state::Routing, ConvertE
     Ok(routing)
 }
 
+/// The encoded body of `r`, which must be of type `url`; else `bad` says why.
+fn body<'a>(r: &'a Resource, url: &str, bad: impl Fn(String) -> ConvertError) -> Result<&'a [u8], ConvertError> {
+    let any = r.resource.as_ref().ok_or_else(|| bad("resource without a body".into()))?;
+    if any.type_url != url {
+        return Err(bad(format!("type {}", any.type_url)));
+    }
+    Ok(any.value.as_slice())
+}
+
 /// Decodes one RequestAuthentication resource. Pure.
 pub fn decode_request_authn(r: &Resource) -> Result<state::RequestAuthn, ConvertError> {
     use crate::proto::mesh_security::RequestAuthentication;
     let bad = |e: String| ConvertError::DecodeRequestAuthn(r.name.clone(), e);
-    let any = r.resource.as_ref().ok_or_else(|| bad("resource without a body".into()))?;
-    if any.type_url != REQUEST_AUTHENTICATION_TYPE_URL {
-        return Err(bad(format!("type {}", any.type_url)));
-    }
-    let ra = RequestAuthentication::decode(any.value.as_slice()).map_err(|e| bad(e.to_string()))?;
+    let ra = RequestAuthentication::decode(body(r, REQUEST_AUTHENTICATION_TYPE_URL, bad)?).map_err(|e| bad(e.to_string()))?;
     let rules = ra
         .rules
         .into_iter()
