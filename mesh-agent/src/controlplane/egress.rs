@@ -16,20 +16,20 @@ use super::networking::Sidecar;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct EgressHost {
     /// `None`: any namespace (`*`); `Some(ns)`: that one (`.` resolved to the
-    /// Sidecar's own). `~` (no namespace) entries are dropped: they match nothing.
+    /// pod's own). `~` (no namespace) entries are dropped: they match nothing.
     pub namespace: Option<String>,
     /// `*`, `*.suffix` or an exact host.
     pub host: String,
 }
 
 impl EgressHost {
-    /// Parses `ns/host` as written in the Sidecar of `sidecar_namespace`.
-    pub fn parse(entry: &str, sidecar_namespace: &str) -> Option<EgressHost> {
+    /// Parses `ns/host` as it applies to a pod of `pod_namespace` (`.`).
+    pub fn parse(entry: &str, pod_namespace: &str) -> Option<EgressHost> {
         let (ns, host) = entry.split_once('/')?;
         let namespace = match ns {
             "~" => return None,
             "*" => None,
-            "." => Some(sidecar_namespace.to_string()),
+            "." => Some(pod_namespace.to_string()),
             other => Some(other.to_string()),
         };
         Some(EgressHost { namespace, host: host.to_string() })
@@ -65,9 +65,11 @@ pub fn for_pod(
         })
     });
     let unselected = |ns| in_ns(ns).find(|(_, s)| s.spec.workload_selector.as_ref().is_none_or(|sel| sel.labels.is_empty()));
-    let ((sns, _), sidecar) = selected.or_else(|| unselected(namespace)).or_else(|| unselected(root_namespace))?;
+    let (_, sidecar) = selected.or_else(|| unselected(namespace)).or_else(|| unselected(root_namespace))?;
+    // `.` is the pod's namespace, also in the root namespace's default (Istio applies
+    // that one as if it were written in each namespace).
     let mut hosts: Vec<EgressHost> =
-        sidecar.spec.egress.iter().flat_map(|e| &e.hosts).filter_map(|h| EgressHost::parse(h, sns)).collect();
+        sidecar.spec.egress.iter().flat_map(|e| &e.hosts).filter_map(|h| EgressHost::parse(h, namespace)).collect();
     if sidecar.spec.egress.is_empty() {
         return None; // a Sidecar with no egress section leaves egress as it is
     }

@@ -56,8 +56,10 @@ fn the_sidecar_that_applies_and_what_it_admits() {
         ("shop", &[("app", "cart")], "any", "example.com", false),
         ("shop", &[("app", "cart")], "shop", "reviews.shop.svc.cluster.local", true),
         ("shop", &[("app", "cart")], "shop", "web.shop.svc.cluster.local", false),
-        // No Sidecar in its namespace: the root namespace's applies, `.` is istio-system.
-        ("blog", &[], "blog", "posts.blog.svc.cluster.local", false),
+        // No Sidecar in its namespace: the root namespace's applies, and its `.` is
+        // the pod's namespace (Istio's global default: "./*" means "its own").
+        ("blog", &[], "blog", "posts.blog.svc.cluster.local", true),
+        ("blog", &[], "shop", "web.shop.svc.cluster.local", false),
         ("blog", &[], "istio-system", "istiod.istio-system.svc.cluster.local", true),
     ];
     for (ns, kv, rns, host, want) in cases {
