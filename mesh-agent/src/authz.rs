@@ -64,7 +64,7 @@ pub enum Action {
 }
 
 /// Istio's string match on a principal (`td/ns/x/sa/y`) or a namespace.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum StrMatch {
     Exact(String),
     Prefix(String),
@@ -262,7 +262,7 @@ fn prefix(name: &str, a: &sec::Address) -> Result<Prefix, ConvertError> {
     Prefix::new(ip, len).map_err(|_| ConvertError::BadLength(name.into(), a.length))
 }
 
-fn str_match(name: &str, m: &sec::StringMatch) -> Result<StrMatch, ConvertError> {
+pub(crate) fn str_match(name: &str, m: &sec::StringMatch) -> Result<StrMatch, ConvertError> {
     use sec::string_match::MatchType;
     match &m.match_type {
         Some(MatchType::Exact(x)) => Ok(StrMatch::Exact(x.clone())),

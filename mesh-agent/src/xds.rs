@@ -70,7 +70,8 @@ pub enum Converted {
     Service(state::Service),
 }
 
-fn ip(name: &str, b: &[u8]) -> Result<IpAddr, ConvertError> {
+/// The address `b` holds (4 or 16 bytes); `name` is the resource, for the error.
+pub(crate) fn ip(name: &str, b: &[u8]) -> Result<IpAddr, ConvertError> {
     match b.len() {
         4 => Ok(IpAddr::from(<[u8; 4]>::try_from(b).unwrap())),
         16 => Ok(IpAddr::from(<[u8; 16]>::try_from(b).unwrap())),

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod model;
 pub mod networking;
 pub mod peerauth;
+pub mod peers;
 pub mod requestauth;
 pub mod scope;
 pub mod sync;

@@ -1,31 +1,37 @@
 //! What each node's agent receives: a pure function of the snapshot and the node.
 //!
-//! - `istio.workload.Address`, workloads: all of them. The agent looks up every
-//!   caller by address (inbound HBONE source verification, plaintext callers), turns
-//!   policy principals into addresses for the kernel's L4 tables, and resolves direct
-//!   pod-IP calls; a missing remote workload would deny legitimate traffic or let a
-//!   principal-based DENY miss in the kernel. So none is left out.
 //! - `istio.workload.Address`, services: those whose hostnames the node's pods may
-//!   call ([`Services`]): all of them today; a Sidecar's egress hosts will narrow it.
+//!   call ([`Services`]): all of them unless a Sidecar's egress hosts narrow every
+//!   pod of the node.
+//! - `istio.workload.Address`, workloads: all of them when the node's pods may call
+//!   anything (a direct pod-IP call may go to any of them; Istio's default). Otherwise:
+//!   the node's own; the endpoints of the services its pods may call; the workloads
+//!   whose identity matches a principal or namespace named by a policy that applies to
+//!   one of its pods ([`super::peers`]: the kernel's HBONE table turns those into
+//!   addresses, which is only safe when every holder is known); and the addresses the
+//!   agent looked up (on-demand, [`NodeNeeds::demanded`]). A caller outside all of
+//!   these is looked up when it first calls (`crate::ondemand`).
 //! - `istio.security.Authorization`: GLOBAL ones, NAMESPACE ones of a namespace with a
 //!   pod scheduled on the node, and every policy a workload of the node lists (the
 //!   agent denies a workload whose listed policy it has not received).
 //! - `mesh.security.RequestAuthentication`: those that apply to a pod of the node
 //!   (mesh-wide or in its namespace, and, when it lists workloads, listing one of the
 //!   node's).
-//!
-//! - `mesh.networking.VirtualService` and `DestinationRule`: all of them (a Sidecar's
-//!   egress hosts and `exportTo` will narrow them as they narrow services).
+//! - `mesh.networking.VirtualService` and `DestinationRule`: those for hosts the node's
+//!   pods may call (`exportTo` is not read yet).
 //!
 //! A node's pods are the snapshot's workloads whose `node` is the node, plus the
 //! identities scheduled there (pods bound to the node that have no IP yet), so that a
 //! starting pod's namespace policies arrive before it can take traffic.
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use prost::Message as _;
 
 use super::egress::EgressHost;
+use super::peers::{PeerIdentity, PeerPattern, Peers};
+use crate::authz::StrMatch;
 use super::model::{Resource as Served, Snapshot};
 use crate::proto::security::Scope;
 use crate::proto::workload as wl;
@@ -78,6 +84,11 @@ pub struct NodeNeeds {
     /// Authorization names the node's workloads list.
     pub policies: BTreeSet<String>,
     pub services: Services,
+    /// The callers the policies that apply to the node's pods name by identity.
+    pub peers: Peers,
+    /// Addresses the agent asked for by name (on-demand lookups of callers): set per
+    /// stream by the server, never by the index.
+    pub demanded: BTreeSet<IpAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -91,11 +102,37 @@ struct AuthnMeta {
 /// What scoping reads of one workload.
 #[derive(Clone, Debug)]
 struct WorkloadMeta {
+    /// Empty for workloads on no node (ServiceEntry and EndpointSlice endpoints).
     node: String,
     namespace: String,
     policies: Vec<String>,
     /// The hosts it may call (`None`: every host).
     egress: Option<Arc<Vec<EgressHost>>>,
+    addresses: Vec<IpAddr>,
+    /// The services it backs: `(namespace, hostname)`.
+    backs: Vec<(String, String)>,
+    identity: PeerIdentity,
+}
+
+/// What scoping reads of one AuthorizationPolicy.
+#[derive(Clone, Debug)]
+struct AuthzMeta {
+    scope: Scope,
+    namespace: String,
+    /// The identity patterns it names (see [`super::peers`]).
+    peers: Arc<Vec<PeerPattern>>,
+}
+
+impl AuthzMeta {
+    /// Whether it applies to a pod of a node with `needs` (and so is sent there).
+    fn applies(&self, name: &str, needs: &NodeNeeds) -> bool {
+        needs.policies.contains(name)
+            || match self.scope {
+                Scope::Global => true,
+                Scope::Namespace => needs.namespaces.contains(&self.namespace),
+                Scope::WorkloadSelector => false,
+            }
+    }
 }
 
 /// What scoping needs to know of a snapshot. Kept from one snapshot to the next in
@@ -105,14 +142,17 @@ struct WorkloadMeta {
 pub struct Index {
     /// Address resources that are services: name -> hostname.
     services: imbl::HashMap<String, String>,
-    /// Address resources that are workloads on a node.
+    /// Address resources that are workloads.
     workloads: imbl::HashMap<String, WorkloadMeta>,
     /// Node -> uids of its workloads.
     by_node: imbl::HashMap<String, imbl::OrdSet<String>>,
+    /// Address -> uids of the workloads that have it (on-demand lookups).
+    by_ip: imbl::HashMap<IpAddr, imbl::OrdSet<String>>,
     /// VirtualService and DestinationRule name -> (namespace, hosts).
     routes: imbl::HashMap<String, (String, Vec<String>)>,
-    /// Authorization name -> (scope, namespace).
-    authz: imbl::HashMap<String, (Scope, String)>,
+    authz: imbl::HashMap<String, AuthzMeta>,
+    /// Authorizations that name callers by identity.
+    authz_with_peers: imbl::OrdSet<String>,
     authn: imbl::HashMap<String, AuthnMeta>,
     nodes: imbl::HashMap<String, Arc<NodeNeeds>>,
     none: Arc<NodeNeeds>,
@@ -140,21 +180,50 @@ impl Index {
                 if let Some(set) = ix.by_node.get_mut(&old.node) {
                     set.remove(name);
                 }
-                dirty.insert(old.node);
+                for ip in &old.addresses {
+                    if let Some(set) = ix.by_ip.get_mut(ip) {
+                        set.remove(name);
+                        if set.is_empty() {
+                            ix.by_ip.remove(ip);
+                        }
+                    }
+                }
+                if !old.node.is_empty() {
+                    dirty.insert(old.node);
+                }
             }
             let Some(r) = snap.resources.get(name) else { continue };
             match wl::Address::decode(r.any.value.as_slice()).ok().and_then(|a| a.r#type) {
                 Some(wl::address::Type::Service(s)) => {
                     ix.services.insert(name.clone(), s.hostname);
                 }
-                Some(wl::address::Type::Workload(w)) if !w.node.is_empty() => {
-                    ix.by_node.entry(w.node.clone()).or_default().insert(name.clone());
-                    dirty.insert(w.node.clone());
-                    let egress = snap.egress.get(name).cloned();
-                    let meta = WorkloadMeta { node: w.node, namespace: w.namespace, policies: w.authorization_policies, egress };
+                Some(wl::address::Type::Workload(w)) => {
+                    if !w.node.is_empty() {
+                        ix.by_node.entry(w.node.clone()).or_default().insert(name.clone());
+                        dirty.insert(w.node.clone());
+                    }
+                    let addresses: Vec<IpAddr> = w.addresses.iter().filter_map(|b| crate::xds::ip(name, b).ok()).collect();
+                    for ip in &addresses {
+                        ix.by_ip.entry(*ip).or_default().insert(name.clone());
+                    }
+                    let backs = w
+                        .services
+                        .keys()
+                        .filter_map(|k| k.split_once('/'))
+                        .map(|(ns, host)| (ns.to_string(), host.to_string()))
+                        .collect();
+                    let meta = WorkloadMeta {
+                        identity: PeerIdentity::new(&w.trust_domain, &w.namespace, &w.service_account),
+                        node: w.node,
+                        namespace: w.namespace,
+                        policies: w.authorization_policies,
+                        egress: snap.egress.get(name).cloned(),
+                        addresses,
+                        backs,
+                    };
                     ix.workloads.insert(name.clone(), meta);
                 }
-                _ => {}
+                None => {}
             }
         }
         // A Sidecar change narrows or widens workloads that did not change themselves.
@@ -187,14 +256,43 @@ impl Index {
                 }
             }
         }
+        // Policies that name callers by identity widen the needs of the nodes they
+        // apply to (before and after the change).
+        let mut peers_changed: Vec<(String, AuthzMeta)> = Vec::new();
         for name in names(AUTHORIZATION_TYPE_URL) {
-            ix.authz.remove(name);
+            if let Some(old) = ix.authz.remove(name) {
+                if !old.peers.is_empty() {
+                    ix.authz_with_peers.remove(name);
+                    peers_changed.push((name.clone(), old));
+                }
+            }
             let Some(r) = snap.authorizations.get(name) else { continue };
-            // Undecodable: treat as global, so that it is sent rather than silently dropped.
-            let (scope, ns) = crate::proto::security::Authorization::decode(r.any.value.as_slice())
-                .map(|a| (Scope::try_from(a.scope).unwrap_or(Scope::Global), a.namespace))
-                .unwrap_or((Scope::Global, String::new()));
-            ix.authz.insert(name.clone(), (scope, ns));
+            // Undecodable: treat as global and naming everyone, so that it is sent
+            // (and the callers it could mean with it) rather than silently dropped.
+            let meta = match crate::proto::security::Authorization::decode(r.any.value.as_slice()) {
+                Ok(a) => AuthzMeta {
+                    scope: Scope::try_from(a.scope).unwrap_or(Scope::Global),
+                    peers: Arc::new(super::peers::named_by(&a)),
+                    namespace: a.namespace,
+                },
+                Err(_) => AuthzMeta {
+                    scope: Scope::Global,
+                    namespace: String::new(),
+                    peers: Arc::new(vec![PeerPattern::Principal(StrMatch::Presence)]),
+                },
+            };
+            if !meta.peers.is_empty() {
+                ix.authz_with_peers.insert(name.clone());
+                peers_changed.push((name.clone(), meta.clone()));
+            }
+            ix.authz.insert(name.clone(), meta);
+        }
+        if !peers_changed.is_empty() {
+            for (node, needs) in ix.nodes.iter() {
+                if peers_changed.iter().any(|(n, m)| m.applies(n, needs)) {
+                    dirty.insert(node.clone());
+                }
+            }
         }
         for name in names(REQUEST_AUTHENTICATION_TYPE_URL) {
             ix.authn.remove(name);
@@ -241,6 +339,11 @@ impl Index {
                 Some(h) if !needs.workloads.is_empty() => Services::Only(h),
                 _ => Services::All,
             };
+            for name in ix.authz_with_peers.iter() {
+                if let Some(m) = ix.authz.get(name).filter(|m| m.applies(name, &needs)) {
+                    needs.peers.extend(&m.peers);
+                }
+            }
             if needs == NodeNeeds::default() {
                 ix.nodes.remove(&node);
                 ix.by_node.remove(&node);
@@ -256,21 +359,29 @@ impl Index {
         self.nodes.get(node).cloned().unwrap_or_else(|| self.none.clone())
     }
 
+    /// The uids of the workloads that have address `ip`.
+    pub fn workloads_at(&self, ip: IpAddr) -> Vec<String> {
+        self.by_ip.get(&ip).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+
     /// Whether an agent whose node needs `needs` receives resource `name` of `type_url`.
     pub fn admits(&self, needs: &NodeNeeds, type_url: &str, name: &str) -> bool {
         match type_url {
-            ADDRESS_TYPE_URL => self.services.get(name).is_none_or(|h| {
-                needs.services.admits(name.split_once('/').map_or("", |(ns, _)| ns), h)
-            }),
-            AUTHORIZATION_TYPE_URL => {
-                needs.policies.contains(name)
-                    || match self.authz.get(name) {
-                        None => true,
-                        Some((Scope::Global, _)) => true,
-                        Some((Scope::Namespace, ns)) => needs.namespaces.contains(ns),
-                        Some((Scope::WorkloadSelector, _)) => false,
-                    }
+            ADDRESS_TYPE_URL => {
+                if let Some(h) = self.services.get(name) {
+                    return needs.services.admits(name.split_once('/').map_or("", |(ns, _)| ns), h);
+                }
+                let Some(w) = self.workloads.get(name) else { return true };
+                // Every workload when the node's pods may call anything (Istio's
+                // default); otherwise its own, the endpoints of what its pods may
+                // call, the callers its policies name, and what it asked for.
+                matches!(needs.services, Services::All)
+                    || needs.workloads.contains(name)
+                    || w.backs.iter().any(|(ns, host)| needs.services.admits(ns, host))
+                    || needs.peers.matches(&w.identity)
+                    || w.addresses.iter().any(|a| needs.demanded.contains(a))
             }
+            AUTHORIZATION_TYPE_URL => self.authz.get(name).is_none_or(|m| m.applies(name, needs)),
             REQUEST_AUTHENTICATION_TYPE_URL => self.authn.get(name).is_none_or(|m| {
                 let in_ns = m.mesh_wide || needs.namespaces.contains(&m.namespace);
                 in_ns && m.workloads.as_ref().is_none_or(|w| w.iter().any(|u| needs.workloads.contains(u)))
@@ -490,7 +601,7 @@ spec: {{selector: {{matchLabels: {{app: batch}}}}, rules: [{{}}]}}
 
     /// A Sidecar's egress hosts narrow the services, VirtualServices and
     /// DestinationRules a node receives to those its pods may call; a node with a pod
-    /// that no Sidecar narrows gets them all; workloads all stay.
+    /// that no Sidecar narrows gets them all.
     #[test]
     fn sidecars_narrow_services_and_routes() {
         let yaml = format!(
@@ -518,8 +629,8 @@ spec: {{host: db}}
         assert!(matches!(&n1.services, Services::Only(h) if h.len() == 1), "{:?}", n1.services);
         let s = scope_type(&snap, &ix, &n1, ADDRESS_TYPE_URL);
         assert!(!s.contains_key("b/db.b.svc.cluster.local"), "b's service is not in a's Sidecar's hosts");
-        let workloads = snap.resources.keys().filter(|n| n.starts_with("Kubernetes//Pod/")).count();
-        assert_eq!(s.keys().filter(|n| n.starts_with("Kubernetes//Pod/")).count(), workloads, "workloads all stay");
+        let pods: Vec<&str> = s.keys().copied().filter(|n| n.starts_with("Kubernetes//Pod/")).collect();
+        assert_eq!(pods, ["Kubernetes//Pod/a/a1"], "its own pod; b's pods back nothing a may call");
         assert!(scope_type(&snap, &ix, &n1, VIRTUAL_SERVICE_TYPE_URL).is_empty());
         assert!(scope_type(&snap, &ix, &n1, DESTINATION_RULE_TYPE_URL).is_empty());
         // n2 runs pods of b, which no Sidecar narrows: everything.
@@ -533,6 +644,86 @@ spec: {{host: db}}
         let changed = TYPES.iter().map(|t| (*t, BTreeMap::new())).collect();
         let v2 = v1.next(&snap, &snap2, &changed);
         assert_eq!(v2.needs("n1").services, Services::All);
+    }
+
+    /// Where every pod's egress is narrowed, a node receives the workloads it needs:
+    /// its own, the endpoints of services its pods may call, the callers its policies
+    /// name by identity, and the addresses its agent asked for.
+    #[test]
+    fn a_narrowed_node_receives_only_the_workloads_it_needs() {
+        let yaml = "
+kind: Namespace
+metadata: {name: a, labels: {istio.io/dataplane-mode: ambient}}
+---
+kind: Namespace
+metadata: {name: b, labels: {istio.io/dataplane-mode: ambient}}
+---
+kind: Namespace
+metadata: {name: c, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec: {egress: [{hosts: ['./*', 'b/db.b.svc.cluster.local']}]}
+---
+kind: Pod
+metadata: {name: web, namespace: a, labels: {app: web}}
+spec: {nodeName: n1}
+status: {podIP: 10.0.0.1}
+---
+kind: Pod
+metadata: {name: db1, namespace: b, labels: {app: db}}
+spec: {nodeName: n2}
+status: {podIP: 10.0.0.2}
+---
+kind: Pod
+metadata: {name: cache1, namespace: b, labels: {app: cache}}
+spec: {nodeName: n2}
+status: {podIP: 10.0.0.3}
+---
+kind: Pod
+metadata: {name: client, namespace: c, labels: {app: client}}
+spec: {nodeName: n3, serviceAccountName: robot}
+status: {podIP: 10.0.0.4}
+---
+kind: Pod
+metadata: {name: stranger, namespace: c, labels: {app: other}}
+spec: {nodeName: n3}
+status: {podIP: 10.0.0.5}
+---
+kind: Service
+metadata: {name: db, namespace: b}
+spec: {clusterIP: 10.96.0.2, selector: {app: db}, ports: [{port: 5432}]}
+---
+kind: Service
+metadata: {name: cache, namespace: b}
+spec: {clusterIP: 10.96.0.3, selector: {app: cache}, ports: [{port: 6379}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: from-robot, namespace: a}
+spec: {rules: [{from: [{source: {principals: [cluster.local/ns/c/sa/robot]}}]}]}
+";
+        let snap = snapshot(yaml);
+        let ix = Index::new(&snap);
+        let pods = |needs: &NodeNeeds| -> Vec<String> {
+            scope_type(&snap, &ix, needs, ADDRESS_TYPE_URL)
+                .into_keys()
+                .filter_map(|n| n.strip_prefix("Kubernetes//Pod/").map(str::to_string))
+                .collect()
+        };
+        // n1: its own pod, db's endpoint (its hosts name b/db), and the caller its
+        // namespace's policy names (c/client runs as robot); not cache, not stranger.
+        assert_eq!(pods(&ix.needs("n1")), ["a/web", "b/db1", "c/client"]);
+        // n2: its own two pods and db (./* is b for b's pods).
+        assert_eq!(pods(&ix.needs("n2")), ["b/cache1", "b/db1"]);
+        // n3: its own two and db; asking for web's address adds web.
+        assert_eq!(pods(&ix.needs("n3")), ["b/db1", "c/client", "c/stranger"]);
+        let mut asked = (*ix.needs("n3")).clone();
+        asked.demanded.insert("10.0.0.1".parse().unwrap());
+        assert_eq!(pods(&asked), ["a/web", "b/db1", "c/client", "c/stranger"]);
+        assert_eq!(ix.workloads_at("10.0.0.1".parse().unwrap()), ["Kubernetes//Pod/a/web"]);
+        assert!(ix.workloads_at("10.9.9.9".parse().unwrap()).is_empty());
     }
 
     #[test]

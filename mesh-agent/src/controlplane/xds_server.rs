@@ -708,6 +708,33 @@ apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: ns, namespace: a}
 spec: {rules: [{}]}
+---
+kind: Namespace
+metadata: {name: b, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: b}
+spec: {egress: [{hosts: ['./*']}]}
+---
+kind: Pod
+metadata: {name: q1, namespace: b, labels: {app: q}}
+spec: {nodeName: n3, serviceAccountName: qa}
+status: {podIP: 10.0.1.1}
+---
+kind: Pod
+metadata: {name: q2, namespace: b, labels: {app: q}}
+spec: {nodeName: n4}
+status: {podIP: 10.0.1.2}
+---
+kind: Service
+metadata: {name: q, namespace: b}
+spec: {clusterIP: 10.96.1.1, selector: {app: q}, ports: [{port: 80}]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: callers, namespace: b}
+spec: {rules: [{from: [{source: {principals: [cluster.local/ns/a/sa/default]}}]}]}
 ";
         let build = |y: &str| {
             let (o, errors) = Folder::default().apply(vec![("t.yaml".into(), Ok(y.to_string()))]);
@@ -722,12 +749,19 @@ spec: {rules: [{}]}
             yaml.replace("kind: Service", "kind: ConfigMap"),
             yaml.replace("spec: {nodeName: n2}", "spec: {nodeName: n1}"),
             yaml.replace("status: {podIP: 10.0.0.2}", "status: {}"),
+            // Narrowed nodes: an endpoint moves, a caller's identity and a policy's peers change.
+            yaml.replace("10.0.1.2", "10.0.1.3"),
+            yaml.replace("{app: q}}\nspec: {nodeName: n4}", "{app: z}}\nspec: {nodeName: n4}"),
+            yaml.replace("cluster.local/ns/a/sa/default", "cluster.local/ns/a/sa/other"),
+            yaml.replace("principals: [cluster.local/ns/a/sa/default]", "namespaces: [a]"),
+            yaml.replace("metadata: {name: callers, namespace: b}", "metadata: {name: callers, namespace: istio-system}"),
+            yaml.replace("kind: Sidecar", "kind: ConfigMap"),
         ];
         for (i, edit) in edits.iter().enumerate() {
             let v2 = Arc::new(View::next(&v1, build(edit)));
             // The index carried over from v1 is the index of v2 built afresh.
             let fresh = Index::new(&v2.snap);
-            for node in ["n1", "n2", "n9"] {
+            for node in ["n1", "n2", "n3", "n4", "n9"] {
                 assert_eq!(*fresh.needs(node), *v2.index.needs(node), "edit {i}: needs of {node}");
                 for t in TYPES {
                     for name in resources_of(&v2.snap, t).unwrap().keys() {
@@ -736,7 +770,7 @@ spec: {rules: [{}]}
                     }
                 }
             }
-            for node in ["n1", "n2", "n9"] {
+            for node in ["n1", "n2", "n3", "n4", "n9"] {
                 for t in TYPES {
                     let needs = v1.index.needs(node);
                     let versions: HashMap<String, String> = scope_type(&v1.snap, &v1.index, &needs, t)

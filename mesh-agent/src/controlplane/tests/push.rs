@@ -276,8 +276,7 @@ spec: {hosts: [jobs], http: [{timeout: 2s, route: [{destination: {host: jobs}}]}
     let vs = n2.next_of(crate::proto::VIRTUAL_SERVICE_TYPE_URL).await;
     assert_eq!(vs.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["other/jobs"]);
     n2.answer(&vs, None).await;
-    // node1 hears of the worker's new membership (workloads are mesh-wide), never of
-    // the service or its route.
+    // node1 never hears of the service, its route, or the worker behind it.
     let until = tokio::time::Instant::now() + Duration::from_millis(800);
     while let Ok(Some(r)) = tokio::time::timeout_at(until, n1.rx.message()).await.map(Result::unwrap) {
         assert!(!r.resources.iter().any(|x| x.name == JOBS || x.name == "other/jobs"), "node1 got {:?}", r.resources);
