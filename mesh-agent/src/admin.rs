@@ -121,6 +121,7 @@ impl Admin {
         json!({
             "workloads": workloads, "services": services, "authorization_policies": policies,
             "routing": routing, "pods": self.pods.pods(), "certificates": certs,
+            "looked_up": self.state.on_demand().subscribed(),
         })
     }
 }

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod l4policy;
 pub mod netns;
 pub mod node_token;
+pub mod ondemand;
 pub mod podnet;
 pub mod proto;
 pub mod proxy;

@@ -23,6 +23,12 @@ pub struct DirLabels {
     pub direction: &'static str,
 }
 
+/// How an on-demand lookup of a caller ended: `found`, `missing` or `timeout`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FlowLabels {
     /// `open` or `close`.
@@ -39,6 +45,8 @@ pub struct ProxyMetrics {
     pub flows: Family<FlowLabels, Counter>,
     /// Bytes of closed captured connections, by the pod socket's direction.
     pub flow_bytes: Family<DirLabels, Counter>,
+    /// On-demand lookups of unknown callers (`crate::ondemand`).
+    pub lookups: Family<OutcomeLabels, Counter>,
 }
 
 pub static PROXY: LazyLock<ProxyMetrics> = LazyLock::new(ProxyMetrics::default);
@@ -125,6 +133,7 @@ pub fn registry(bpffs: PathBuf) -> Registry {
     r.register("bytes_received", "Bytes from the connection's server back to its client", PROXY.bytes_received.clone());
     r.register("kernel_flows", "Captured connections opened and closed, as the kernel saw them", PROXY.flows.clone());
     r.register("kernel_flow_bytes", "Bytes of closed captured connections, from the pod socket's side", PROXY.flow_bytes.clone());
+    r.register("ondemand_lookups", "Callers the agent did not hold, looked up from the control plane, by outcome", PROXY.lookups.clone());
     r.register_collector(Box::new(KernelCollector { bpffs }));
     r
 }

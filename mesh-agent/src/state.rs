@@ -164,11 +164,12 @@ impl RequestAuthn {
 pub struct State {
     inner: Arc<RwLock<Stores>>,
     version: Arc<watch::Sender<u64>>,
+    demand: Arc<crate::ondemand::OnDemand>,
 }
 
 impl Default for State {
     fn default() -> Self {
-        Self { inner: Default::default(), version: Arc::new(watch::channel(0).0) }
+        Self { inner: Default::default(), version: Arc::new(watch::channel(0).0), demand: Default::default() }
     }
 }
 
@@ -393,6 +394,21 @@ impl State {
     pub fn find_workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
         let s = self.inner.read().unwrap();
         s.by_ip.get(&ip).and_then(|uid| s.workloads.get(uid)).cloned()
+    }
+
+    /// The workload at `ip`, asked of the control plane when the agent does not hold
+    /// it (see [`crate::ondemand`]); waits at most `timeout` for the answer.
+    pub async fn lookup_workload_by_ip(&self, ip: IpAddr, timeout: std::time::Duration) -> Option<Arc<Workload>> {
+        if let Some(w) = self.find_workload_by_ip(ip) {
+            return Some(w);
+        }
+        self.demand.lookup(ip, timeout, || self.find_workload_by_ip(ip).is_some()).await;
+        self.find_workload_by_ip(ip)
+    }
+
+    /// The on-demand lookups, for the xDS client.
+    pub fn on_demand(&self) -> &crate::ondemand::OnDemand {
+        &self.demand
     }
 
     pub fn find_workload(&self, uid: &str) -> Option<Arc<Workload>> {

@@ -444,11 +444,19 @@ async fn session(
     let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES);
     // Room for every subscription before the stream starts reading, and for ACKs.
     let (tx, rx) = mpsc::channel(TYPES.len() + 4);
+    let (mut asks, again) = state.on_demand().attach();
     for type_url in TYPES {
+        // Addresses: everything (`*`) and the callers looked up before, asked again.
+        let names = if type_url == ADDRESS_TYPE_URL {
+            std::iter::once("*".to_string()).chain(again.iter().map(|ip| crate::ondemand::name(*ip))).collect()
+        } else {
+            vec![]
+        };
         let subscribe = DeltaDiscoveryRequest {
             node: Some(Node { id: node.to_string(), ..Default::default() }),
             type_url: type_url.to_string(),
             initial_resource_versions: cache.versions_of(type_url).clone(),
+            resource_names_subscribe: names,
             ..Default::default()
         };
         tx.send(subscribe).await.map_err(|_| Error::Closed)?;
@@ -458,13 +466,26 @@ async fn session(
     credential.authorize(&mut request)?;
     let mut responses = client.delta_aggregated_resources(request).await?.into_inner();
     tracing::info!(addr, held = cache.versions().len(), "xds: connected to the control plane");
-    while let Some(resp) = responses.message().await.map_err(stream_error)? {
+    loop {
+        let resp = tokio::select! {
+            r = responses.message() => match r.map_err(stream_error)? {
+                Some(resp) => resp,
+                None => return Ok(()),
+            },
+            Some(first) = asks.recv() => {
+                tx.send(lookups(first, &mut asks)).await.map_err(|_| Error::Closed)?;
+                continue;
+            }
+        };
         *got_response = true;
         if !TYPES.contains(&resp.type_url.as_str()) {
             tracing::debug!(type_url = resp.type_url, "xds: ignoring a type we did not ask for");
             continue;
         }
         let errors = cache.apply(&resp, state);
+        if resp.type_url == ADDRESS_TYPE_URL {
+            answer_lookups(&resp, state);
+        }
         let error_detail = if errors.is_empty() {
             None
         } else {
@@ -493,7 +514,37 @@ async fn session(
             synced.send_if_modified(|s| !std::mem::replace(s, true));
         }
     }
-    Ok(())
+}
+
+/// One request for `first` and every other lookup already queued.
+fn lookups(first: crate::ondemand::Ask, queued: &mut mpsc::UnboundedReceiver<crate::ondemand::Ask>) -> DeltaDiscoveryRequest {
+    use crate::ondemand::{name, Ask};
+    let mut req = DeltaDiscoveryRequest { type_url: ADDRESS_TYPE_URL.to_string(), ..Default::default() };
+    let mut next = Some(first);
+    while let Some(ask) = next {
+        match ask {
+            Ask::Subscribe(ip) => req.resource_names_subscribe.push(name(ip)),
+            Ask::Unsubscribe(ip) => req.resource_names_unsubscribe.push(name(ip)),
+        }
+        next = queued.try_recv().ok();
+    }
+    req
+}
+
+/// Wakes the lookups an Address response answers: addresses sent (as aliases, or
+/// otherwise now held) and addresses the control plane says no workload has.
+fn answer_lookups(resp: &DeltaDiscoveryResponse, state: &State) {
+    let od = state.on_demand();
+    let waiting = od.waiting();
+    let aliases = resp.resources.iter().flat_map(|r| &r.aliases).filter_map(|a| crate::ondemand::address(a));
+    let found: Vec<IpAddr> =
+        aliases.chain(waiting.into_iter().filter(|ip| state.find_workload_by_ip(*ip).is_some())).collect();
+    let missing = resp
+        .removed_resources
+        .iter()
+        .filter_map(|n| crate::ondemand::address(n))
+        .filter(|ip| state.find_workload_by_ip(*ip).is_none());
+    od.answered(found, missing);
 }
 
 #[cfg(test)]

@@ -38,6 +38,11 @@ pub const MAX_NACK_REASON_BYTES: usize = 4096;
 /// unreadable.
 pub const MAX_RESOURCE_BYTES: usize = 4 << 20;
 
+/// Addresses one stream may have looked up by name at once (on-demand lookups of
+/// callers). The agent keeps at most `ondemand::MAX_SUBSCRIBED` (4,096) and drops the
+/// oldest, so more means a broken agent; each costs the server one set entry.
+pub const MAX_DEMANDED: usize = 16_384;
+
 /// A limit an agent's request or a resource went over.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum Error {
@@ -47,6 +52,8 @@ pub enum Error {
     ResumeNames { names: usize, type_url: String },
     #[error("subscribed to more than {MAX_UNKNOWN_TYPES} types this control plane does not serve (MAX_UNKNOWN_TYPES), the last {0:?}; it serves {served}", served = super::scope::TYPES.join(", "))]
     UnknownTypes(String),
+    #[error("looked up {0} addresses by name on one stream; the control plane keeps at most {MAX_DEMANDED} (MAX_DEMANDED)")]
+    Demanded(usize),
     #[error("{name}: its {type_url} resource encodes to {bytes} bytes, over the {MAX_RESOURCE_BYTES}-byte limit (MAX_RESOURCE_BYTES); split the object into smaller ones")]
     ResourceTooLarge { name: String, type_url: String, bytes: usize },
 }

@@ -23,6 +23,8 @@ pub enum Reason {
     Resume,
     /// The snapshot changed.
     Change,
+    /// The agent looked something up by name.
+    OnDemand,
 }
 
 impl Reason {
@@ -31,6 +33,7 @@ impl Reason {
             Reason::Initial => "initial",
             Reason::Resume => "resume",
             Reason::Change => "change",
+            Reason::OnDemand => "on_demand",
         }
     }
 }

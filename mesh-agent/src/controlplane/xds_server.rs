@@ -7,6 +7,7 @@
 //! An agent shows its node token when it opens the stream, and must name that same
 //! node in its requests.
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use crate::node_token;
 // Marks each part of a split delta but the last: our agent counts a type as synced
 // only at a response without it. Other clients ignore the field (upstream it is
 // informational), and each part is a valid delta on its own.
-use crate::proto::MORE_TO_COME;
+use crate::proto::{ADDRESS_TYPE_URL, MORE_TO_COME};
 use crate::proto::discovery::{
     aggregated_discovery_service_server::AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
     Resource,
@@ -280,6 +281,8 @@ impl AggregatedDiscoveryService for XdsServer {
             first_answers: self.first_answers.clone(),
             turn: None,
             unknown: UnknownTypes::default(),
+            demanded: BTreeSet::new(),
+            merged: None,
         };
         tokio::spawn(conn.run(request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -309,6 +312,10 @@ struct Connection {
     turn: Option<Turn>,
     /// Types it asked for that we do not serve (answered once each, bounded).
     unknown: UnknownTypes,
+    /// Addresses it asked for by name (on-demand lookups), kept for the stream.
+    demanded: BTreeSet<IpAddr>,
+    /// The node's needs in the view, and those needs with `demanded` (None: to merge).
+    merged: Option<(Arc<NodeNeeds>, Arc<NodeNeeds>)>,
 }
 
 struct Turn {
@@ -391,6 +398,7 @@ impl Connection {
         let Some(type_url) = TYPES.iter().copied().find(|t| *t == req.type_url) else {
             return self.unknown_type(&req, span).await;
         };
+        let asks = !(req.resource_names_subscribe.is_empty() && req.resource_names_unsubscribe.is_empty());
         if !req.response_nonce.is_empty() {
             let Ok(nonce) = req.response_nonce.parse::<u64>() else {
                 tracing::warn!(parent: span, nonce = req.response_nonce, type_url, "xds: agent answered a nonce we never send");
@@ -419,10 +427,17 @@ impl Connection {
                     tracing::debug!(parent: span, nonce, type_url, "xds: answer to a push no longer tracked");
                 }
             }
-            return true;
+            if !asks {
+                return true;
+            }
         }
         if self.subs.contains_key(type_url) {
-            return true; // subscribed already; wildcard subscriptions only
+            // Subscribed already: explicit names are on-demand lookups of addresses
+            // (other types are wildcard only).
+            if type_url == ADDRESS_TYPE_URL && asks {
+                return self.demand(req.resource_names_subscribe, req.resource_names_unsubscribe, registered, span).await;
+            }
+            return true;
         }
         let reason = if req.initial_resource_versions.is_empty() { Reason::Initial } else { Reason::Resume };
         if self.turn.is_none() {
@@ -444,7 +459,104 @@ impl Connection {
                 return false;
             }
         }
+        // Names besides the wildcard (a resume re-asks what it looked up before).
+        if type_url == ADDRESS_TYPE_URL && req.resource_names_subscribe.iter().any(|n| n != "*") {
+            return self.demand(req.resource_names_subscribe, vec![], registered, span).await;
+        }
         true
+    }
+
+    /// The node's needs in `view`, with the addresses this agent asked for.
+    fn needs(&mut self, view: &View) -> Arc<NodeNeeds> {
+        let base = view.index.needs(&self.node);
+        if self.demanded.is_empty() {
+            return base;
+        }
+        if let Some((b, merged)) = &self.merged {
+            if Arc::ptr_eq(b, &base) {
+                return merged.clone();
+            }
+        }
+        let merged = Arc::new(NodeNeeds { demanded: self.demanded.clone(), ..(*base).clone() });
+        self.merged = Some((base, merged.clone()));
+        merged
+    }
+
+    /// Answers on-demand lookups, as ztunnel asks for them: Address names
+    /// `<network>/<ip>` subscribed besides the wildcard. The workloads that have an
+    /// asked address are sent with the asked name as an alias, and from then on kept
+    /// up to date like the rest of the agent's scope; a name no workload answers to is
+    /// answered in `removed_resources`, so the agent stops waiting for it at once. An
+    /// unsubscribed address's workloads go if nothing else keeps them in scope.
+    async fn demand(&mut self, subscribe: Vec<String>, unsubscribe: Vec<String>, registered: &Connected, span: &tracing::Span) -> bool {
+        const T: &str = ADDRESS_TYPE_URL;
+        let view = self.views.borrow().clone();
+        // Up to date first, so that what it holds is exactly its scope of `view`.
+        if !self.update(T, &view, Reason::Change, false, registered, span).await {
+            return false;
+        }
+        let old = self.needs(&view);
+        let mut asked: Vec<(String, Option<IpAddr>)> = Vec::new();
+        for name in subscribe.into_iter().filter(|n| n != "*") {
+            let ip = demanded_address(&name);
+            if let Some(ip) = ip {
+                self.demanded.insert(ip);
+            }
+            asked.push((name, ip));
+        }
+        if self.demanded.len() > limits::MAX_DEMANDED {
+            let e = limits::Error::Demanded(self.demanded.len());
+            return self.refuse(e.into(), span).await;
+        }
+        let dropped: Vec<IpAddr> =
+            unsubscribe.iter().filter_map(|n| demanded_address(n)).filter(|ip| self.demanded.remove(ip)).collect();
+        self.merged = None;
+        let new = self.needs(&view);
+        let Some(sub) = self.subs.get_mut(T) else { return true };
+        let mut found: BTreeMap<String, Resource> = BTreeMap::new();
+        let mut d = Delta::default();
+        for (name, ip) in asked {
+            let uids = ip.map(|ip| view.index.workloads_at(ip)).unwrap_or_default();
+            if uids.is_empty() {
+                d.removed.push(name);
+                continue;
+            }
+            for uid in uids {
+                let Some(r) = view.snap.resources.get(&uid) else { continue };
+                let res = found.entry(uid).or_insert_with_key(|uid| {
+                    if !view.index.admits(&old, T, uid) {
+                        sub.count += 1;
+                        sub.bytes += r.any.value.len();
+                    }
+                    wire(uid, r)
+                });
+                res.aliases.push(name.clone());
+            }
+        }
+        for uid in dropped.into_iter().flat_map(|ip| view.index.workloads_at(ip)) {
+            let Some(r) = view.snap.resources.get(&uid) else { continue };
+            if view.index.admits(&old, T, &uid) && !view.index.admits(&new, T, &uid) && !d.removed.contains(&uid) {
+                sub.count = sub.count.saturating_sub(1);
+                sub.bytes = sub.bytes.saturating_sub(r.any.value.len());
+                d.removed.push(uid);
+            }
+        }
+        d.resources = found.into_values().collect();
+        let count = sub.count;
+        sub.holds = Holds::Scope { view: view.clone(), needs: new };
+        if d.is_empty() {
+            return true;
+        }
+        tracing::debug!(parent: span, found = d.resources.len(), missing = ?d.removed, "xds: on-demand lookup answered");
+        let nonce = self.next_nonce();
+        self.metrics.push(short_type(T), Reason::OnDemand.as_str(), d.bytes() as u64);
+        {
+            let mut a = registered.agent.lock().unwrap();
+            let t = a.types.entry(T.to_string()).or_default();
+            t.sent(nonce, d.names(), view.published, Reason::OnDemand);
+            t.held = count;
+        }
+        self.send(response(T, nonce, d), span).await
     }
 
     /// Brings one type up to `view`; sends when something changed (or `always`).
@@ -457,8 +569,11 @@ impl Connection {
         registered: &Connected,
         span: &tracing::Span,
     ) -> bool {
+        if !self.subs.contains_key(type_url) {
+            return true;
+        }
+        let needs = self.needs(view);
         let Some(sub) = self.subs.get_mut(type_url) else { return true };
-        let needs = view.index.needs(&self.node);
         let (delta, count, bytes) = match &sub.holds {
             Holds::Scope { view: at, .. } if at.generation == view.generation => return true,
             Holds::Scope { view: at, needs: had } if at.generation + 1 == view.generation && (Arc::ptr_eq(had, &needs) || **had == *needs) => {
@@ -603,6 +718,13 @@ impl Drop for Gone {
         self.metrics.connected_agents.dec();
         self.metrics.forget_node(&self.node);
     }
+}
+
+/// The address an on-demand name asks for: `<network>/<ip>` (ztunnel's form) or a
+/// bare IP; `None` for anything else.
+fn demanded_address(name: &str) -> Option<IpAddr> {
+    let ip: IpAddr = name.rsplit_once('/').map_or(name, |(_, ip)| ip).parse().ok()?;
+    Some(ip.to_canonical())
 }
 
 fn response(type_url: &str, nonce: u64, delta: Delta) -> DeltaDiscoveryResponse {

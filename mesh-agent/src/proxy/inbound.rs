@@ -18,7 +18,7 @@ use super::l7;
 use super::{connect_to_app, drained, quiesced, Direction, EnrolledPod, Error, ProxyInputs, Signals, CONNECT_TIMEOUT};
 use crate::authz::Attrs;
 use crate::identity::WorkloadCert;
-use crate::state::{Identity, State};
+use crate::state::{Identity, State, Workload};
 use crate::tls;
 
 type CachedConfig = (Arc<WorkloadCert>, Arc<rustls::ServerConfig>);
@@ -106,7 +106,7 @@ impl Ctx {
         };
         // From here on each CONNECT stream writes its own record.
         log.discard();
-        let caller = authenticate(&self.inputs.state, peer.ip(), tls.get_ref().1);
+        let caller = authenticate(&self.inputs.state, peer.ip(), tls.get_ref().1).await;
         if let Caller { rejected: Some((_, reason)), .. } = &caller {
             tracing::warn!("rejecting HBONE caller {peer}: {reason}");
         }
@@ -148,8 +148,9 @@ struct Caller {
 }
 
 /// The caller's certificate identity must be the identity the control plane gives the
-/// workload owning the connection's source address.
-fn authenticate(state: &State, peer: IpAddr, conn: &rustls::CommonState) -> Caller {
+/// workload owning the connection's source address (looked up from the control plane
+/// when this agent does not hold it: see [`crate::ondemand`]).
+async fn authenticate(state: &State, peer: IpAddr, conn: &rustls::CommonState) -> Caller {
     let identity = match tls::peer_identity(conn) {
         Ok(id) => id,
         Err(e) => {
@@ -157,12 +158,16 @@ fn authenticate(state: &State, peer: IpAddr, conn: &rustls::CommonState) -> Call
             return Caller { identity: None, workload: None, rejected: Some((StatusCode::UNAUTHORIZED, reason)) };
         }
     };
-    authorize_source(state, peer, identity)
+    let workload = state.lookup_workload_by_ip(peer, crate::ondemand::LOOKUP_TIMEOUT).await;
+    authorize_source(workload, peer, identity)
 }
 
-fn authorize_source(state: &State, peer: IpAddr, identity: Identity) -> Caller {
-    let Some(w) = state.find_workload_by_ip(peer) else {
-        let reason = format!("source address {peer} is not a known workload (caller presented {identity})");
+fn authorize_source(workload: Option<Arc<Workload>>, peer: IpAddr, identity: Identity) -> Caller {
+    let Some(w) = workload else {
+        let reason = format!(
+            "source address {peer} is not a known workload: the control plane knows none there, or did not answer within {:?} (caller presented {identity})",
+            crate::ondemand::LOOKUP_TIMEOUT
+        );
         return Caller { identity: Some(identity), workload: None, rejected: Some((StatusCode::FORBIDDEN, reason)) };
     };
     let name = format!("{}/{}", w.namespace, w.name);
@@ -287,13 +292,14 @@ mod tests {
         });
         let a: Identity = "spiffe://cluster.local/ns/default/sa/a".parse().unwrap();
         let b: Identity = "spiffe://cluster.local/ns/default/sa/b".parse().unwrap();
-        let ok = authorize_source(&state, "10.0.0.1".parse().unwrap(), a.clone());
+        let at = |ip: &str| state.find_workload_by_ip(ip.parse().unwrap());
+        let ok = authorize_source(at("10.0.0.1"), "10.0.0.1".parse().unwrap(), a.clone());
         assert!(ok.rejected.is_none());
         assert_eq!(ok.workload.as_deref(), Some("default/a"));
-        let wrong = authorize_source(&state, "10.0.0.1".parse().unwrap(), b.clone());
+        let wrong = authorize_source(at("10.0.0.1"), "10.0.0.1".parse().unwrap(), b.clone());
         assert_eq!(wrong.rejected.as_ref().map(|r| r.0), Some(StatusCode::FORBIDDEN));
         assert!(wrong.rejected.unwrap().1.contains("belongs to default/a with identity"));
-        let unknown = authorize_source(&state, "10.0.0.9".parse().unwrap(), a);
+        let unknown = authorize_source(at("10.0.0.9"), "10.0.0.9".parse().unwrap(), a);
         assert_eq!(unknown.rejected.map(|r| r.0), Some(StatusCode::FORBIDDEN));
     }
 }

@@ -284,3 +284,151 @@ spec: {hosts: [jobs], http: [{timeout: 2s, route: [{destination: {host: jobs}}]}
     }
     cp.stop().await;
 }
+
+/// Namespaces a, b, c; every pod may call its own namespace's services only, and c's
+/// pods b's too. b's `api` runs three replicas on node-b.
+const NARROWED: &str = "
+kind: Namespace
+metadata: {name: a, labels: {istio.io/dataplane-mode: ambient}}
+---
+kind: Namespace
+metadata: {name: b, labels: {istio.io/dataplane-mode: ambient}}
+---
+kind: Namespace
+metadata: {name: c, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec: {egress: [{hosts: ['./*']}]}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: c}
+spec: {egress: [{hosts: ['./*', 'b/*']}]}
+---
+kind: Pod
+metadata: {name: web, namespace: a, labels: {app: web}}
+spec: {nodeName: node-a}
+status: {podIP: 10.0.1.1}
+---
+kind: Pod
+metadata: {name: api-0, namespace: b, labels: {app: api}}
+spec: {nodeName: node-b}
+status: {podIP: 10.0.2.1}
+---
+kind: Pod
+metadata: {name: api-1, namespace: b, labels: {app: api}}
+spec: {nodeName: node-b}
+status: {podIP: 10.0.2.2}
+---
+kind: Pod
+metadata: {name: api-2, namespace: b, labels: {app: api}}
+spec: {nodeName: node-b}
+status: {podIP: 10.0.2.3}
+---
+kind: Service
+metadata: {name: api, namespace: b}
+spec: {clusterIP: 10.96.2.1, selector: {app: api}, ports: [{port: 80, targetPort: 8080}]}
+---
+kind: Pod
+metadata: {name: client, namespace: c, labels: {app: client}}
+spec: {nodeName: node-c}
+status: {podIP: 10.0.3.1}
+";
+
+/// Two more replicas of b's `api`, on a node with no agent.
+const SCALED: &str = "
+kind: Pod
+metadata: {name: api-3, namespace: b, labels: {app: api}}
+spec: {nodeName: node-d}
+status: {podIP: 10.0.2.4}
+---
+kind: Pod
+metadata: {name: api-4, namespace: b, labels: {app: api}}
+spec: {nodeName: node-d}
+status: {podIP: 10.0.2.5}
+";
+
+/// The workload names of an Address response.
+fn pods(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+    r.resources.iter().map(|x| x.name.as_str()).filter(|n| n.starts_with("Kubernetes//Pod/")).collect()
+}
+
+/// Scaling a service from 3 to 5 replicas reaches the agents whose pods route to it
+/// (b's own node, and c's, whose Sidecar names b) within the debounce and a margin,
+/// as one delta of the two new endpoints, and no other agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_a_service_reaches_only_the_agents_that_route_to_it() {
+    let cp = start(&[("mesh.yaml", NARROWED)]).await;
+    let mut a = Raw::connect(&cp, "node-a").await;
+    let mut b = Raw::connect(&cp, "node-b").await;
+    let mut c = Raw::connect(&cp, "node-c").await;
+    let written = std::time::Instant::now();
+    std::fs::write(cp.config.path().join("scaled.yaml"), SCALED).unwrap();
+    let want = ["Kubernetes//Pod/b/api-3", "Kubernetes//Pod/b/api-4"];
+    for (node, raw) in [("node-b", &mut b), ("node-c", &mut c)] {
+        let push = raw.next_of(crate::proto::ADDRESS_TYPE_URL).await;
+        raw.answer(&push, None).await;
+        // Debounce 50 ms; a generous margin for a shared CI machine.
+        assert!(written.elapsed() < Duration::from_millis(1000), "{node}: {:?} after the write", written.elapsed());
+        assert_eq!(pods(&push), want, "{node} gets the two new endpoints in one delta");
+        assert!(push.removed_resources.is_empty(), "{node}: {:?}", push.removed_resources);
+    }
+    assert_eq!(a.quiet(Duration::from_millis(800)).await.map_err(|r| r.resources), Ok(()), "node-a's pods never call b");
+    cp.stop().await;
+}
+
+/// An agent looks up an address it does not hold (ztunnel's on-demand names,
+/// `<network>/<ip>`): the workload comes with the name as alias and is kept up to date
+/// afterwards; an address no workload has comes back removed; unsubscribing removes
+/// what only the lookup kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_looks_up_callers_it_does_not_hold() {
+    use crate::proto::ADDRESS_TYPE_URL;
+    let cp = start(&[("mesh.yaml", NARROWED)]).await;
+    let mut a = Raw::connect(&cp, "node-a").await;
+    let ask = |sub: &[&str], unsub: &[&str]| DeltaDiscoveryRequest {
+        type_url: ADDRESS_TYPE_URL.into(),
+        resource_names_subscribe: sub.iter().map(|s| s.to_string()).collect(),
+        resource_names_unsubscribe: unsub.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    a.tx.send(ask(&["/10.0.3.1", "/10.9.9.9"], &[])).await.unwrap();
+    let r = a.next_of(ADDRESS_TYPE_URL).await;
+    a.answer(&r, None).await;
+    assert_eq!(pods(&r), ["Kubernetes//Pod/c/client"]);
+    assert_eq!(r.resources[0].aliases, ["/10.0.3.1"]);
+    assert_eq!(r.removed_resources, ["/10.9.9.9"], "no workload there: answered at once");
+    // Kept up to date: the looked-up pod changes.
+    let relabeled = NARROWED.replace("{name: client, namespace: c, labels: {app: client}}", "{name: client, namespace: c, labels: {app: client, version: v2}}");
+    std::fs::write(cp.config.path().join("mesh.yaml"), relabeled).unwrap();
+    let r = a.next_of(ADDRESS_TYPE_URL).await;
+    a.answer(&r, None).await;
+    assert_eq!(pods(&r), ["Kubernetes//Pod/c/client"]);
+    // Unsubscribed: it goes, since nothing else keeps it in node-a's scope.
+    a.tx.send(ask(&[], &["/10.0.3.1"])).await.unwrap();
+    let r = a.next_of(ADDRESS_TYPE_URL).await;
+    a.answer(&r, None).await;
+    assert_eq!(r.removed_resources, ["Kubernetes//Pod/c/client"]);
+    assert!(r.resources.is_empty());
+    cp.stop().await;
+}
+
+/// The agent's own client: a lookup of a caller it does not hold waits for the control
+/// plane's answer, and an address no workload has is answered as missing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_waits_for_a_looked_up_caller() {
+    let cp = start(&[("mesh.yaml", NARROWED)]).await;
+    let (state, client) = super::agent_on(&cp, "node-a").await;
+    let client_ip = "10.0.3.1".parse().unwrap();
+    assert!(state.find_workload_by_ip(client_ip).is_none(), "node-a does not hold c's pods");
+    let w = state.lookup_workload_by_ip(client_ip, Duration::from_secs(5)).await.expect("found");
+    assert_eq!((w.namespace.as_str(), w.name.as_str()), ("c", "client"));
+    let t = std::time::Instant::now();
+    assert!(state.lookup_workload_by_ip("10.9.9.9".parse().unwrap(), Duration::from_secs(5)).await.is_none());
+    assert!(t.elapsed() < Duration::from_secs(2), "a miss is answered, not waited out: {:?}", t.elapsed());
+    assert_eq!(state.on_demand().subscribed(), [client_ip]);
+    client.abort();
+    cp.stop().await;
+}
