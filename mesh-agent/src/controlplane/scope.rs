@@ -17,8 +17,8 @@
 //! - `mesh.security.RequestAuthentication`: those that apply to a pod of the node
 //!   (mesh-wide or in its namespace, and, when it lists workloads, listing one of the
 //!   node's).
-//! - `mesh.networking.VirtualService` and `DestinationRule`: those for hosts the node's
-//!   pods may call (`exportTo` is not read yet).
+//! - `mesh.networking.VirtualService` and `DestinationRule`: those exported
+//!   (`exportTo`) to a namespace with a pod of the node, for hosts its pods may call.
 //!
 //! A node's pods are the snapshot's workloads whose `node` is the node, plus the
 //! identities scheduled there (pods bound to the node that have no IP yet), so that a
@@ -114,6 +114,29 @@ struct WorkloadMeta {
     identity: PeerIdentity,
 }
 
+/// What scoping reads of one VirtualService or DestinationRule.
+#[derive(Clone, Debug)]
+struct RouteMeta {
+    namespace: String,
+    hosts: Vec<String>,
+    /// `exportTo` as written (empty: everyone, the mesh default).
+    export_to: Vec<String>,
+}
+
+impl RouteMeta {
+    /// Whether a pod of one of `namespaces` sees it (Istio's `exportTo`: `*` everyone,
+    /// `.` its own namespace, `~` no one, else the namespaces named).
+    fn exported_to(&self, namespaces: &BTreeSet<String>) -> bool {
+        self.export_to.is_empty()
+            || self.export_to.iter().any(|e| match e.as_str() {
+                "*" => true,
+                "~" => false,
+                "." => namespaces.contains(&self.namespace),
+                ns => namespaces.contains(ns),
+            })
+    }
+}
+
 /// What scoping reads of one AuthorizationPolicy.
 #[derive(Clone, Debug)]
 struct AuthzMeta {
@@ -148,8 +171,8 @@ pub struct Index {
     by_node: imbl::HashMap<String, imbl::OrdSet<String>>,
     /// Address -> uids of the workloads that have it (on-demand lookups).
     by_ip: imbl::HashMap<IpAddr, imbl::OrdSet<String>>,
-    /// VirtualService and DestinationRule name -> (namespace, hosts).
-    routes: imbl::HashMap<String, (String, Vec<String>)>,
+    /// VirtualService and DestinationRule name -> what scoping reads of it.
+    routes: imbl::HashMap<String, RouteMeta>,
     authz: imbl::HashMap<String, AuthzMeta>,
     /// Authorizations that name callers by identity.
     authz_with_peers: imbl::OrdSet<String>,
@@ -246,9 +269,11 @@ impl Index {
                 let Some(r) = resources_of(snap, t).and_then(|m| m.get(name)) else { continue };
                 let bytes = r.any.value.as_slice();
                 let meta = if t == VIRTUAL_SERVICE_TYPE_URL {
-                    crate::proto::mesh_networking::VirtualService::decode(bytes).map(|v| (v.namespace, v.hosts))
+                    crate::proto::mesh_networking::VirtualService::decode(bytes)
+                        .map(|v| RouteMeta { namespace: v.namespace, hosts: v.hosts, export_to: v.export_to })
                 } else {
-                    crate::proto::mesh_networking::DestinationRule::decode(bytes).map(|d| (d.namespace, vec![d.host]))
+                    crate::proto::mesh_networking::DestinationRule::decode(bytes)
+                        .map(|d| RouteMeta { namespace: d.namespace, hosts: vec![d.host], export_to: d.export_to })
                 };
                 // Undecodable: admitted everywhere rather than silently dropped.
                 if let Ok(meta) = meta {
@@ -386,11 +411,10 @@ impl Index {
                 let in_ns = m.mesh_wide || needs.namespaces.contains(&m.namespace);
                 in_ns && m.workloads.as_ref().is_none_or(|w| w.iter().any(|u| needs.workloads.contains(u)))
             }),
-            // Routes for hosts the node's pods may call (exportTo is not read yet).
-            VIRTUAL_SERVICE_TYPE_URL | DESTINATION_RULE_TYPE_URL => self
-                .routes
-                .get(name)
-                .is_none_or(|(ns, hosts)| hosts.iter().any(|h| needs.services.admits(ns, h))),
+            // Routes exported to a namespace of the node's pods, for hosts they may call.
+            VIRTUAL_SERVICE_TYPE_URL | DESTINATION_RULE_TYPE_URL => self.routes.get(name).is_none_or(|r| {
+                r.exported_to(&needs.namespaces) && r.hosts.iter().any(|h| needs.services.admits(&r.namespace, h))
+            }),
             _ => false,
         }
     }
@@ -724,6 +748,45 @@ spec: {rules: [{from: [{source: {principals: [cluster.local/ns/c/sa/robot]}}]}]}
         assert_eq!(pods(&asked), ["a/web", "b/db1", "c/client", "c/stranger"]);
         assert_eq!(ix.workloads_at("10.0.0.1".parse().unwrap()), ["Kubernetes//Pod/a/web"]);
         assert!(ix.workloads_at("10.9.9.9".parse().unwrap()).is_empty());
+    }
+
+    /// `exportTo` keeps a VirtualService or DestinationRule from nodes with no pod in a
+    /// namespace it is exported to.
+    #[test]
+    fn routes_go_only_where_they_are_exported() {
+        // (exportTo, nodes that receive it): n1 runs a's pods, n2 b's, n3 c's.
+        let table: &[(&str, &[&str])] = &[
+            ("", &["n1", "n2", "n3"]),
+            ("exportTo: ['*']", &["n1", "n2", "n3"]),
+            ("exportTo: ['.']", &["n2"]),
+            ("exportTo: [a]", &["n1"]),
+            ("exportTo: [a, c]", &["n1", "n3"]),
+            ("exportTo: [nowhere]", &[]),
+        ];
+        for (export, want) in table {
+            let yaml = format!(
+                "{YAML}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db, namespace: b}}
+spec: {{hosts: [db], {export}, http: [{{route: [{{destination: {{host: db}}}}]}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db, namespace: b}}
+spec: {{host: db, {export}}}
+"
+            )
+            .replace(", ,", ",")
+            .replace(", }", "}");
+            let snap = snapshot(&yaml);
+            let ix = Index::new(&snap);
+            for t in [VIRTUAL_SERVICE_TYPE_URL, DESTINATION_RULE_TYPE_URL] {
+                let got: Vec<&str> =
+                    ["n1", "n2", "n3"].into_iter().filter(|n| !scope_type(&snap, &ix, &ix.needs(n), t).is_empty()).collect();
+                assert_eq!(got, *want, "{export:?} {}", short_type(t));
+            }
+        }
     }
 
     #[test]
