@@ -446,6 +446,12 @@ impl Connection {
             self.turn = Some(Turn { _permit: permit, unanswered: BTreeSet::new(), deadline });
         }
         let view = self.views.borrow_and_update().clone();
+        if type_url == ADDRESS_TYPE_URL {
+            // A resume names what it looked up before: in scope from the first answer,
+            // so that what it holds of them is not removed and sent again.
+            self.demanded.extend(req.resource_names_subscribe.iter().filter_map(|n| demanded_address(n)));
+            self.merged = None;
+        }
         let holds = Holds::Named(Held::from_versions(req.initial_resource_versions));
         self.subs.insert(type_url, Sub { holds, count: 0, bytes: 0 });
         // The first response always goes out: it tells the agent it is synced.

@@ -432,3 +432,56 @@ async fn the_agent_waits_for_a_looked_up_caller() {
     client.abort();
     cp.stop().await;
 }
+
+/// A resume that names what it looked up keeps it: the first answer neither removes
+/// nor re-sends the looked-up workload, and the lookup is answered again (aliased).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_keeps_what_was_looked_up() {
+    use crate::proto::ADDRESS_TYPE_URL;
+    let cp = start(&[("mesh.yaml", NARROWED)]).await;
+    let mut a = Raw::connect(&cp, "node-a").await;
+    // What node-a holds of Address: its first answer (again, by a fresh stream) plus the lookup.
+    let mut held = std::collections::HashMap::new();
+    let ask = DeltaDiscoveryRequest {
+        type_url: ADDRESS_TYPE_URL.into(),
+        resource_names_subscribe: vec!["/10.0.3.1".into()],
+        ..Default::default()
+    };
+    a.tx.send(ask).await.unwrap();
+    let r = a.next_of(ADDRESS_TYPE_URL).await;
+    a.answer(&r, None).await;
+    held.extend(r.resources.iter().map(|x| (x.name.clone(), x.version.clone())));
+    let (tx, rx) = mpsc::channel(16);
+    for t in TYPES {
+        let first = DeltaDiscoveryRequest { node: Some(Node { id: "node-a".into(), ..Default::default() }), type_url: t.into(), ..Default::default() };
+        tx.send(first).await.unwrap();
+    }
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{}", cp.addr)).await.unwrap();
+    let mut fresh = client.delta_aggregated_resources(cp.authorized("node-a", tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap().into_inner();
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(3), fresh.message()).await.unwrap().unwrap().unwrap();
+        if r.type_url == ADDRESS_TYPE_URL {
+            held.extend(r.resources.iter().map(|x| (x.name.clone(), x.version.clone())));
+            break;
+        }
+    }
+    drop((a, fresh, tx));
+    assert!(held.contains_key("Kubernetes//Pod/c/client"), "{held:?}");
+
+    let (tx, rx) = mpsc::channel(16);
+    let resume = DeltaDiscoveryRequest {
+        node: Some(Node { id: "node-a".into(), ..Default::default() }),
+        type_url: ADDRESS_TYPE_URL.into(),
+        resource_names_subscribe: vec!["*".into(), "/10.0.3.1".into()],
+        initial_resource_versions: held,
+        ..Default::default()
+    };
+    tx.send(resume).await.unwrap();
+    let mut rx = client.delta_aggregated_resources(cp.authorized("node-a", tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(3), rx.message()).await.unwrap().unwrap().unwrap();
+    assert!(first.resources.is_empty() && first.removed_resources.is_empty(), "resumed with nothing to change: {first:?}");
+    let lookup = tokio::time::timeout(Duration::from_secs(3), rx.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(pods(&lookup), ["Kubernetes//Pod/c/client"]);
+    assert_eq!(lookup.resources[0].aliases, ["/10.0.3.1"]);
+    cp.stop().await;
+}
