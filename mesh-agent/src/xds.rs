@@ -393,6 +393,16 @@ fn stream_error(s: tonic::Status) -> Error {
     Error::Stream(s)
 }
 
+/// Istio's own types: the agent is not synced before their first answers (istiod
+/// serves these to ztunnel).
+const ISTIO_TYPES: [&str; 2] = [ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL];
+
+/// How long after the Istio types the agent waits for the first answers of our own
+/// (`mesh.*`) before it counts itself synced without them. Our control plane answers
+/// every type in one go; istiod, which does not serve ours, never answers them, and an
+/// agent taking config from istiod must not wait for them forever.
+pub const MESH_TYPES_GRACE: Duration = Duration::from_secs(3);
+
 /// The types the agent subscribes to.
 const TYPES: [&str; 5] = [
     ADDRESS_TYPE_URL,
@@ -462,6 +472,8 @@ async fn session(
         tx.send(subscribe).await.map_err(|_| Error::Closed)?;
     }
     let mut seen: BTreeSet<String> = BTreeSet::new();
+    // When the Istio types were all answered: the grace for ours runs from then.
+    let mut istio_synced: Option<tokio::time::Instant> = None;
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     credential.authorize(&mut request)?;
     let mut responses = client.delta_aggregated_resources(request).await?.into_inner();
@@ -474,6 +486,14 @@ async fn session(
             },
             Some(first) = asks.recv() => {
                 tx.send(lookups(first, &mut asks)).await.map_err(|_| Error::Closed)?;
+                continue;
+            }
+            _ = tokio::time::sleep_until(istio_synced.map_or_else(tokio::time::Instant::now, |t| t + MESH_TYPES_GRACE)),
+                if istio_synced.is_some() && seen.len() < TYPES.len() && !*synced.borrow() =>
+            {
+                let missing: Vec<&str> = TYPES.iter().copied().filter(|t| !seen.contains(*t)).collect();
+                tracing::warn!(?missing, "xds: the control plane has not answered these types {MESH_TYPES_GRACE:?} after Istio's: it does not serve them (istiod?); synced without them, so what they carry (RequestAuthentication, L7 routing) is not applied");
+                synced.send_if_modified(|s| !std::mem::replace(s, true));
                 continue;
             }
         };
@@ -509,6 +529,9 @@ async fn session(
         // A first answer split over several responses is complete at its last part.
         if resp.system_version_info != crate::proto::MORE_TO_COME {
             seen.insert(resp.type_url.clone());
+        }
+        if istio_synced.is_none() && ISTIO_TYPES.iter().all(|t| seen.contains(*t)) {
+            istio_synced = Some(tokio::time::Instant::now());
         }
         if seen.len() == TYPES.len() {
             synced.send_if_modified(|s| !std::mem::replace(s, true));
@@ -550,6 +573,59 @@ fn answer_lookups(resp: &DeltaDiscoveryResponse, state: &State) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A control plane that, like istiod, answers only Istio's types (with nothing)
+    /// and never the types it does not serve.
+    struct IstioTypesOnly;
+
+    #[tonic::async_trait]
+    impl crate::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryService for IstioTypesOnly {
+        type DeltaAggregatedResourcesStream =
+            std::pin::Pin<Box<dyn futures::Stream<Item = Result<DeltaDiscoveryResponse, tonic::Status>> + Send>>;
+
+        async fn delta_aggregated_resources(
+            &self,
+            request: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+        ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+            let mut requests = request.into_inner();
+            let (tx, rx) = mpsc::channel(8);
+            tokio::spawn(async move {
+                while let Ok(Some(r)) = requests.message().await {
+                    if r.response_nonce.is_empty() && ISTIO_TYPES.contains(&r.type_url.as_str()) {
+                        let resp = DeltaDiscoveryResponse { type_url: r.type_url, nonce: "1".into(), ..Default::default() };
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
+    }
+
+    /// From a control plane that does not serve our `mesh.*` types, the agent is synced
+    /// once the Istio types are answered and the grace for ours has passed, not before.
+    #[tokio::test]
+    async fn a_control_plane_without_our_types_syncs_after_the_grace() {
+        use crate::proto::discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder().serve_with_incoming_shutdown(
+                AggregatedDiscoveryServiceServer::new(IstioTypesOnly),
+                incoming,
+                std::future::pending(),
+            ),
+        );
+        let (tx, mut synced) = watch::channel(false);
+        let started = tokio::time::Instant::now();
+        let client = tokio::spawn(run(addr, "n1".into(), Credential::None, State::default(), tx));
+        tokio::time::timeout(Duration::from_secs(10), synced.wait_for(|s| *s)).await.expect("synced").unwrap();
+        assert!(started.elapsed() >= MESH_TYPES_GRACE, "synced before the grace: {:?}", started.elapsed());
+        client.abort();
+        server.abort();
+    }
 
     fn workload_addr(uid: &str, backs: &[(&str, u32, u32)]) -> wl::Address {
         let mut services = BTreeMap::new();
