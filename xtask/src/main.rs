@@ -1,10 +1,12 @@
 //! Developer commands: `cargo xtask demo`, `cargo xtask bench`, `cargo xtask bench-policy`,
 //! `cargo xtask bench-restart`, `cargo xtask bench-fastpath`, `cargo xtask bench-l7`, `cargo xtask bench-xds`,
+//! `cargo xtask bench-ondemand`,
 //! `cargo xtask cleanup`.
 
 mod bench;
 mod bench_fastpath;
 mod bench_l7;
+mod bench_ondemand;
 mod bench_policy;
 mod bench_restart;
 mod bench_xds;
@@ -95,6 +97,17 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         changes: usize,
     },
+    /// What an on-demand lookup of a caller costs: first and second requests from fresh
+    /// callers to a node that holds them (no Sidecar) and to one that looks them up (a
+    /// mesh default Sidecar), side by side; replaces its section of docs/benchmarks.md.
+    BenchOndemand {
+        /// Fresh caller pods per mode and round.
+        #[arg(long, default_value_t = 10)]
+        callers: usize,
+        /// Rounds of (open, narrowed).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
     /// Removes leftovers (namespaces, cgroups, bpffs folders) of killed test runs.
     Cleanup,
 }
@@ -113,6 +126,7 @@ fn main() -> Result<()> {
         Cmd::BenchRestart { requests, seconds } => bench_restart::run(requests, seconds),
         Cmd::BenchFastpath { seconds, round_trips, rounds } => bench_fastpath::run(seconds, round_trips, rounds.clamp(1, 20)),
         Cmd::BenchL7 { requests, rounds } => bench_l7::run(requests, rounds.clamp(1, 20)),
+        Cmd::BenchOndemand { callers, rounds } => bench_ondemand::run(callers.clamp(1, 50), rounds.clamp(1, 10)),
         Cmd::BenchXds { workloads, services, nodes, changes } => bench_xds::run(workloads, services, nodes, changes.clamp(1, 200)),
         Cmd::Cleanup => {
             mesh_tests::cleanup::cleanup_stale();
