@@ -9,10 +9,12 @@
 //! name in `removed_resources` when none has it. The caller waits at most
 //! [`LOOKUP_TIMEOUT`]; without an answer it is refused (fail closed).
 //!
-//! Addresses found stay subscribed, so later changes to them arrive like any other
-//! (at most [`MAX_SUBSCRIBED`], the oldest dropped first), and are asked again after
-//! a reconnect. An address that no workload has is remembered for [`MISS_TTL`] so
-//! that a stream of unknown callers does not become a stream of lookups.
+//! Looked-up addresses stay subscribed (at most [`MAX_SUBSCRIBED`], the oldest dropped
+//! first) and are asked again after a reconnect, so later changes to them arrive like
+//! any other. That includes an address no workload has yet: a pod that calls before
+//! the control plane has seen its IP is refused once, and its workload is pushed here
+//! as soon as the control plane sees it. A miss is answered from memory for
+//! [`MISS_TTL`], so a stream of unknown callers does not become a stream of lookups.
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -118,7 +120,7 @@ impl OnDemand {
 
     /// The control plane answered: `found` names the addresses whose workloads came
     /// (and every address the agent now holds a workload for), `missing` those no
-    /// workload has. Wakes their waiters; misses are unsubscribed and remembered.
+    /// workload has. Wakes their waiters; misses are remembered (and stay subscribed).
     pub fn answered(&self, found: impl IntoIterator<Item = IpAddr>, missing: impl IntoIterator<Item = IpAddr>) {
         let mut s = self.inner.lock().unwrap();
         for ip in found {
@@ -136,12 +138,6 @@ impl OnDemand {
                 }
             }
             s.misses.insert(ip, Instant::now());
-            if let Some(at) = s.subscribed.iter().position(|a| *a == ip) {
-                s.subscribed.remove(at);
-                if let Some(q) = &s.session {
-                    let _ = q.send(Ask::Unsubscribe(ip));
-                }
-            }
             for w in s.waiting.remove(&ip).into_iter().flatten() {
                 let _ = w.send(());
             }
@@ -202,7 +198,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_miss_is_unsubscribed_remembered_and_a_silence_times_out() {
+    async fn a_miss_is_remembered_and_a_silence_times_out() {
         let d = Arc::new(OnDemand::default());
         let (mut rx, _) = d.attach();
         let d2 = d.clone();
@@ -213,8 +209,7 @@ mod tests {
         }
         d.answered([], [ip("10.0.0.7")]);
         assert!(!waiter.await.unwrap());
-        assert_eq!(rx.recv().await, Some(Ask::Unsubscribe(ip("10.0.0.7"))));
-        assert!(d.subscribed().is_empty());
+        assert_eq!(d.subscribed(), [ip("10.0.0.7")], "kept: the control plane sends it if it appears");
         // Remembered: answered without asking.
         assert!(!d.lookup(ip("10.0.0.7"), LOOKUP_TIMEOUT, || false).await);
         assert!(rx.try_recv().is_err());

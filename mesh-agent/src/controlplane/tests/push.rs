@@ -400,6 +400,17 @@ async fn an_agent_looks_up_callers_it_does_not_hold() {
     assert_eq!(pods(&r), ["Kubernetes//Pod/c/client"]);
     assert_eq!(r.resources[0].aliases, ["/10.0.3.1"]);
     assert_eq!(r.removed_resources, ["/10.9.9.9"], "no workload there: answered at once");
+    // A pod that gets that address later is sent, since the address stays asked for.
+    let late = "
+kind: Pod
+metadata: {name: late, namespace: c, labels: {app: late}}
+spec: {nodeName: node-c}
+status: {podIP: 10.9.9.9}
+";
+    std::fs::write(cp.config.path().join("late.yaml"), late).unwrap();
+    let r = a.next_of(ADDRESS_TYPE_URL).await;
+    a.answer(&r, None).await;
+    assert_eq!(pods(&r), ["Kubernetes//Pod/c/late"]);
     // Kept up to date: the looked-up pod changes.
     let relabeled = NARROWED.replace("{name: client, namespace: c, labels: {app: client}}", "{name: client, namespace: c, labels: {app: client, version: v2}}");
     std::fs::write(cp.config.path().join("mesh.yaml"), relabeled).unwrap();
@@ -428,7 +439,7 @@ async fn the_agent_waits_for_a_looked_up_caller() {
     let t = std::time::Instant::now();
     assert!(state.lookup_workload_by_ip("10.9.9.9".parse().unwrap(), Duration::from_secs(5)).await.is_none());
     assert!(t.elapsed() < Duration::from_secs(2), "a miss is answered, not waited out: {:?}", t.elapsed());
-    assert_eq!(state.on_demand().subscribed(), [client_ip]);
+    assert_eq!(state.on_demand().subscribed(), [client_ip, "10.9.9.9".parse().unwrap()], "both stay asked for");
     client.abort();
     cp.stop().await;
 }
