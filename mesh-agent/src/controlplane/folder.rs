@@ -255,31 +255,37 @@ pub enum Object {
     EndpointSlice(Arc<super::kube::EndpointSlice>),
 }
 
+/// One kind's objects: a persistent map, so that handing out the whole config after a
+/// change copies no map (a clone shares every node; a change copies only its path), and
+/// the model finds what changed since its last build by comparing two of them
+/// ([`imbl::OrdMap::diff`] skips the nodes they share).
+pub type Map<K, V> = imbl::OrdMap<K, V>;
+
 /// Everything the folder holds now, by kind (objects shared, see [`Object`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Objects {
-    pub namespaces: BTreeMap<String, Arc<Namespace>>,
-    pub service_accounts: BTreeMap<(String, String), Arc<ServiceAccount>>,
-    pub services: BTreeMap<(String, String), Arc<Service>>,
-    pub pods: BTreeMap<(String, String), Arc<Pod>>,
-    pub authorization_policies: BTreeMap<(String, String), Arc<AuthorizationPolicy>>,
+    pub namespaces: Map<String, Arc<Namespace>>,
+    pub service_accounts: Map<(String, String), Arc<ServiceAccount>>,
+    pub services: Map<(String, String), Arc<Service>>,
+    pub pods: Map<(String, String), Arc<Pod>>,
+    pub authorization_policies: Map<(String, String), Arc<AuthorizationPolicy>>,
     /// With the order they were read in (file, then document): the tie-break of
     /// PeerAuthentications of one age.
-    pub peer_authentications: BTreeMap<(String, String), (usize, Arc<PeerAuthentication>)>,
-    pub request_authentications: BTreeMap<(String, String), Arc<super::requestauth::RequestAuthentication>>,
+    pub peer_authentications: Map<(String, String), (usize, Arc<PeerAuthentication>)>,
+    pub request_authentications: Map<(String, String), Arc<super::requestauth::RequestAuthentication>>,
     /// `networking.istio.io` kinds, validated; see `networking::convert` for their
     /// served forms.
-    pub virtual_services: BTreeMap<(String, String), Arc<VirtualService>>,
-    pub destination_rules: BTreeMap<(String, String), Arc<DestinationRule>>,
-    pub gateways: BTreeMap<(String, String), Arc<Gateway>>,
-    pub service_entries: BTreeMap<(String, String), Arc<ServiceEntry>>,
-    pub sidecars: BTreeMap<(String, String), Arc<Sidecar>>,
-    pub workload_entries: BTreeMap<(String, String), Arc<WorkloadEntry>>,
+    pub virtual_services: Map<(String, String), Arc<VirtualService>>,
+    pub destination_rules: Map<(String, String), Arc<DestinationRule>>,
+    pub gateways: Map<(String, String), Arc<Gateway>>,
+    pub service_entries: Map<(String, String), Arc<ServiceEntry>>,
+    pub sidecars: Map<(String, String), Arc<Sidecar>>,
+    pub workload_entries: Map<(String, String), Arc<WorkloadEntry>>,
     /// From the Kubernetes source only; the model does not read them.
-    pub nodes: BTreeMap<String, Arc<super::kube::Node>>,
+    pub nodes: Map<String, Arc<super::kube::Node>>,
     /// `discovery.k8s.io/v1`, from either source: the endpoints of Services without a
     /// selector (see `model::endpoints`).
-    pub endpoint_slices: BTreeMap<(String, String), Arc<super::kube::EndpointSlice>>,
+    pub endpoint_slices: Map<(String, String), Arc<super::kube::EndpointSlice>>,
 }
 
 impl Objects {
@@ -327,7 +333,7 @@ impl Objects {
 
 /// The objects of namespace `ns` in a map keyed `(namespace, name)`: a range, not a scan.
 pub fn in_namespace<'a, T>(
-    map: &'a BTreeMap<(String, String), T>,
+    map: &'a Map<(String, String), T>,
     ns: &'a str,
 ) -> impl Iterator<Item = (&'a (String, String), &'a T)> + 'a {
     map.range((ns.to_string(), String::new())..).take_while(move |((n, _), _)| n == ns)
@@ -353,6 +359,10 @@ pub struct Folder {
     defs: HashMap<ObjectKey, BTreeMap<Origin, Object>>,
     /// The keys each file defines now.
     file_keys: HashMap<PathBuf, Vec<ObjectKey>>,
+    /// Each file's good documents by their text: a document read before, word for word,
+    /// is not parsed again and keeps its object (the same `Arc`, so the model sees it
+    /// unchanged); a file with one edit costs one parse.
+    documents: HashMap<PathBuf, HashMap<String, (ObjectKey, Object)>>,
     /// `last_good` by kind.
     objects: Objects,
 }
@@ -683,6 +693,7 @@ impl Folder {
         for path in gone {
             self.retract(&path, &mut touched);
             self.parsed.remove(&path);
+            self.documents.remove(&path);
             changed.insert(Arc::from(path.as_path()));
         }
         // Every changed file's old definitions go before any new one is added, so that
@@ -703,6 +714,7 @@ impl Folder {
                     // Known, so that its kept objects go when it does.
                     self.file_keys.insert(path.clone(), Vec::new());
                     self.parsed.remove(&path);
+                    self.documents.remove(&path);
                     keep_files.push(origin_file.clone());
                     changed.insert(origin_file);
                 }
@@ -712,8 +724,14 @@ impl Folder {
             let file = path.display().to_string();
             let mut all_good = true;
             let mut keys = Vec::new();
+            let known = self.documents.remove(&path).unwrap_or_default();
+            let mut good = HashMap::new();
             for (i, doc) in split_documents(&text).iter().enumerate() {
-                match parse_document(&file, doc) {
+                let parsed = match known.get(doc.text) {
+                    Some((key, obj)) => Parsed::Ok(key.clone(), obj.clone()),
+                    None => parse_document(&file, doc),
+                };
+                match parsed {
                     Parsed::Empty => {}
                     Parsed::Skipped(kind) => {
                         tracing::debug!(file, line = doc.first_line, kind, "config: skipping a kind this version does not use");
@@ -730,6 +748,7 @@ impl Folder {
                                 ),
                             });
                         }
+                        good.insert(doc.text.to_string(), (key.clone(), obj.clone()));
                         defs.insert((origin_file.clone(), i), obj);
                         touched.insert(key.clone());
                         keys.push(key);
@@ -744,6 +763,7 @@ impl Folder {
                 }
             }
             self.file_keys.insert(path.clone(), keys);
+            self.documents.insert(path.clone(), good);
             if all_good {
                 self.parsed.insert(path, text);
             } else {
@@ -1087,6 +1107,30 @@ metadata: {name: t, namespace: demo}
             assert_eq!(errors.len(), 1, "{errors:?}");
         }
         assert!(!folder.parsed.keys().any(|p| p.ends_with("a.yaml")));
+    }
+
+    /// A changed file is parsed again only in its changed documents: the others keep
+    /// their objects (the same `Arc`), which the model takes as unchanged.
+    #[test]
+    fn unchanged_documents_keep_their_objects() {
+        let mut folder = Folder::default();
+        let (first, _) = apply(&mut folder, &[("a.yaml", GOOD)]);
+        let edited = GOOD.replace("podIP: 10.0.0.5", "podIP: 10.0.0.6");
+        let (o, errors) = apply(&mut folder, &[("a.yaml", &edited)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(o, apply(&mut Folder::default(), &[("a.yaml", &edited)]).0);
+        let key = ("demo".to_string(), "client".to_string());
+        assert!(!Arc::ptr_eq(&first.pods[&key], &o.pods[&key]), "the edited pod is new");
+        assert!(Arc::ptr_eq(&first.namespaces["demo"], &o.namespaces["demo"]), "the namespace is the same object");
+        let svc = ("demo".to_string(), "echo".to_string());
+        assert!(Arc::ptr_eq(&first.services[&svc], &o.services[&svc]));
+        // A document that was rejected is parsed again when it comes back.
+        let bad = edited.replace("podIP: 10.0.0.6", "podIP: nope");
+        let (_, errors) = apply(&mut folder, &[("a.yaml", &bad)]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let (o, errors) = apply(&mut folder, &[("a.yaml", GOOD)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(o, first);
     }
 
     /// Applying only what changed gives what reading everything afresh gives, after

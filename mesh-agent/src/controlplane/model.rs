@@ -238,7 +238,7 @@ fn replace(map: &mut Resources, fresh: BTreeMap<String, Resource>) {
 /// The objects of namespace `ns` and, for another namespace, of the root namespace
 /// (whose policies and Sidecars apply in every namespace).
 fn own_and_root<'a, T>(
-    map: &'a BTreeMap<(String, String), T>,
+    map: &'a super::folder::Map<(String, String), T>,
     ns: &'a str,
 ) -> impl Iterator<Item = (&'a (String, String), &'a T)> + 'a {
     in_namespace(map, ns).chain(in_namespace(map, ROOT_NAMESPACE).filter(move |_| ns != ROOT_NAMESPACE))
