@@ -352,6 +352,8 @@ type Origin = (Arc<Path>, usize);
 pub struct Folder {
     /// What serves now: each object's last good version and where it came from.
     last_good: HashMap<ObjectKey, (Origin, Object)>,
+    /// The keys of `last_good` by the file they came from.
+    served_from: HashMap<Arc<Path>, HashSet<ObjectKey>>,
     /// Each file whose documents all parsed: its text (an unchanged file is skipped).
     parsed: HashMap<PathBuf, String>,
     /// Every good definition of each key now, by origin: the last one serves (a key
@@ -775,7 +777,7 @@ impl Folder {
         }
         // What a changed file served is settled again too (it may have to go, or stay
         // as the last good version of a rejected document).
-        touched.extend(self.last_good.iter().filter(|(_, ((f, _), _))| changed.contains(f)).map(|(k, _)| k.clone()));
+        touched.extend(changed.iter().filter_map(|f| self.served_from.get(f)).flatten().cloned());
         let mut peer_authentications = false;
         for key in touched {
             let serving = self.defs.get(&key).and_then(|d| d.iter().next_back()).map(|(o, obj)| (o.clone(), obj.clone()));
@@ -787,17 +789,21 @@ impl Folder {
                     keep_keys.contains(&key) || keep_origins.contains(origin) || keep_files.contains(&origin.0)
                 }).cloned(),
             };
-            if let Some((_, obj)) = self.last_good.get(&key) {
+            if let Some(((file, _), obj)) = self.last_good.remove(&key) {
                 peer_authentications |= matches!(obj, Object::PeerAuthentication(_));
-                self.objects.remove_named(&nn, obj);
-            }
-            match next {
-                Some((origin, obj)) => {
-                    peer_authentications |= matches!(obj, Object::PeerAuthentication(_));
-                    self.objects.insert_named(nn, 0, obj.clone());
-                    self.last_good.insert(key, (origin, obj));
+                self.objects.remove_named(&nn, &obj);
+                if let Some(keys) = self.served_from.get_mut(&file) {
+                    keys.remove(&key);
+                    if keys.is_empty() {
+                        self.served_from.remove(&file);
+                    }
                 }
-                None => drop(self.last_good.remove(&key)),
+            }
+            if let Some((origin, obj)) = next {
+                peer_authentications |= matches!(obj, Object::PeerAuthentication(_));
+                self.objects.insert_named(nn, 0, obj.clone());
+                self.served_from.entry(origin.0.clone()).or_default().insert(key.clone());
+                self.last_good.insert(key, (origin, obj));
             }
         }
         if peer_authentications {
@@ -882,49 +888,54 @@ impl Changes {
 }
 
 /// Watches `dir` (inotify, recursive) and sends `()` once per debounced burst of changes:
-/// after `quiet` without events, or at most `max` after the first one. What changed is
-/// gathered in the returned [`Changes`], which the reader takes.
-/// The returned watcher must be kept alive.
+/// `quiet` after the last event, or at most `max` after the first one, both counted from
+/// when the events happened. What changed is gathered in the returned [`Changes`], which
+/// the reader takes. The returned watcher must be kept alive.
 pub fn watch(
     dir: &Path,
     quiet: Duration,
     max: Duration,
 ) -> Result<Watch, Error> {
     use notify::Watcher as _;
-    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<Option<Vec<PathBuf>>>();
+    use std::sync::mpsc::RecvTimeoutError;
+    use std::time::Instant;
+    let watch_error = |source| Error::Watch { dir: dir.display().to_string(), source };
+    let (raw_tx, raw_rx) = std::sync::mpsc::channel::<(Instant, Option<Vec<PathBuf>>)>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
         Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
         Ok(ev) => {
-            let _ = raw_tx.send((!ev.paths.is_empty()).then_some(ev.paths));
+            let _ = raw_tx.send((Instant::now(), (!ev.paths.is_empty()).then_some(ev.paths)));
         }
         Err(e) => {
             tracing::warn!("config: file watch error: {e}; reloading to be safe");
-            let _ = raw_tx.send(None);
+            let _ = raw_tx.send((Instant::now(), None));
         }
     })
-    .map_err(|source| Error::Watch { dir: dir.display().to_string(), source })?;
-    watcher
-        .watch(dir, notify::RecursiveMode::Recursive)
-        .map_err(|source| Error::Watch { dir: dir.display().to_string(), source })?;
+    .map_err(watch_error)?;
+    watcher.watch(dir, notify::RecursiveMode::Recursive).map_err(watch_error)?;
     let (tx, rx) = mpsc::channel(1);
     let pending = Arc::new(std::sync::Mutex::new(Changes::default()));
     let (gathered, dir) = (pending.clone(), dir.to_path_buf());
-    tokio::spawn(async move {
-        while let Some(first) = raw_rx.recv().await {
+    // A thread, not a task: the runtime's timer wakes on whole milliseconds (1-2 ms
+    // after the deadline, measured), a thread's timed wait close to it. It ends when
+    // the watcher is dropped.
+    let debounce = move || {
+        while let Ok((first_at, first)) = raw_rx.recv() {
             let mut burst = Changes::default();
             burst.add(&dir, first.as_deref());
-            let deadline = tokio::time::Instant::now() + max;
+            let (deadline, mut last) = (first_at + max, first_at);
             loop {
-                let quiet_end = (tokio::time::Instant::now() + quiet).min(deadline);
-                match tokio::time::timeout_at(quiet_end, raw_rx.recv()).await {
-                    Ok(Some(paths)) => {
+                let quiet_end = (last + quiet).min(deadline);
+                match raw_rx.recv_timeout(quiet_end.saturating_duration_since(Instant::now())) {
+                    Ok((at, paths)) => {
                         burst.add(&dir, paths.as_deref());
-                        if tokio::time::Instant::now() >= deadline {
+                        last = at;
+                        if Instant::now() >= deadline {
                             break;
                         }
                     }
-                    Ok(None) => return,
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
             {
@@ -937,7 +948,8 @@ pub fn watch(
                 return;
             }
         }
-    });
+    };
+    std::thread::Builder::new().name("config-debounce".into()).spawn(debounce).map_err(|e| watch_error(notify::Error::io(e)))?;
     Ok((watcher, rx, pending))
 }
 
