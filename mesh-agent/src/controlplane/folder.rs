@@ -261,6 +261,30 @@ pub enum Object {
 /// ([`imbl::OrdMap::diff`] skips the nodes they share).
 pub type Map<K, V> = imbl::OrdMap<K, V>;
 
+impl Object {
+    /// Whether `other` is this very object (the same `Arc`), not only an equal one.
+    pub fn same(&self, other: &Object) -> bool {
+        use Object::*;
+        match (self, other) {
+            (Namespace(a), Namespace(b)) => Arc::ptr_eq(a, b),
+            (ServiceAccount(a), ServiceAccount(b)) => Arc::ptr_eq(a, b),
+            (Service(a), Service(b)) => Arc::ptr_eq(a, b),
+            (Pod(a), Pod(b)) => Arc::ptr_eq(a, b),
+            (AuthorizationPolicy(a), AuthorizationPolicy(b)) => Arc::ptr_eq(a, b),
+            (PeerAuthentication(a), PeerAuthentication(b)) => Arc::ptr_eq(a, b),
+            (RequestAuthentication(a), RequestAuthentication(b)) => Arc::ptr_eq(a, b),
+            (VirtualService(a), VirtualService(b)) => Arc::ptr_eq(a, b),
+            (DestinationRule(a), DestinationRule(b)) => Arc::ptr_eq(a, b),
+            (Gateway(a), Gateway(b)) => Arc::ptr_eq(a, b),
+            (ServiceEntry(a), ServiceEntry(b)) => Arc::ptr_eq(a, b),
+            (Sidecar(a), Sidecar(b)) => Arc::ptr_eq(a, b),
+            (WorkloadEntry(a), WorkloadEntry(b)) => Arc::ptr_eq(a, b),
+            (EndpointSlice(a), EndpointSlice(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// Everything the folder holds now, by kind (objects shared, see [`Object`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Objects {
@@ -789,6 +813,16 @@ impl Folder {
                     keep_keys.contains(&key) || keep_origins.contains(origin) || keep_files.contains(&origin.0)
                 }).cloned(),
             };
+            // The same object (perhaps from another document index): the maps keep it
+            // as they are (an insert copies its path, and a file with one edit settles
+            // all of its keys); only where it came from may change.
+            if let (Some((origin, obj)), Some((now, same))) = (self.last_good.get_mut(&key), next.as_ref()) {
+                if same.same(obj) && origin.0 == now.0 {
+                    peer_authentications |= *origin != *now && matches!(obj, Object::PeerAuthentication(_));
+                    *origin = now.clone();
+                    continue;
+                }
+            }
             if let Some(((file, _), obj)) = self.last_good.remove(&key) {
                 peer_authentications |= matches!(obj, Object::PeerAuthentication(_));
                 self.objects.remove_named(&nn, &obj);
@@ -1162,6 +1196,10 @@ metadata: {name: t, namespace: demo}
             vec![("a.yaml", GOOD.replace("name: demo\n", "name: demo2\n")), ("c.yaml", format!("{}---\n{}", pa("p0", "PERMISSIVE"), ns("demo")))],
             // PeerAuthentications across files: reading order follows file order.
             vec![("a.yaml", GOOD.to_string()), ("b.yaml", pa("z", "STRICT")), ("c.yaml", pa("a", "STRICT"))],
+            // Within one file: the same objects swap places, then move down a document.
+            vec![("b.yaml", format!("{}---\n{}", pa("z", "STRICT"), pa("a", "STRICT")))],
+            vec![("b.yaml", format!("{}---\n{}", pa("a", "STRICT"), pa("z", "STRICT")))],
+            vec![("b.yaml", format!("{}---\n{}---\n{}", ns("x"), pa("a", "STRICT"), pa("z", "STRICT")))],
             vec![("a.yaml", GOOD.to_string())],
             vec![],
         ];
