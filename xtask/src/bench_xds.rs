@@ -280,6 +280,17 @@ async fn bench(layout: Layout, changes: usize) -> Result<()> {
          keeps each stream's encode buffer at its largest message), and what an agent holds \
          is a pointer to the shared view: 3.5 GiB at the start of this work, under 0.5 GiB now.\n",
     );
+    doc.push_str(
+        "\nThe incremental reload (a changed file's unchanged documents keep their objects; \
+         `Objects` in persistent maps; the builder diffs the last build's objects against the \
+         new ones and looks only at what changed), the debounce on its own thread and the \
+         batched collector, side by side with the build before them (two runs each, \
+         alternating, one session): scale a service, all ACKed p50/p99 176/181 and 177/189 ms \
+         before, 143/148 and 157/163 ms after (p50 0.81x and 0.89x); the one-namespace policy \
+         131/137 and 128/140 ms before, 110/113 and 112/117 ms after (0.84x); control-plane CPU \
+         per change 53-54 ms before, 31-38 ms after; memory unchanged. The 150 ms p99 target \
+         was met in one of those two runs: what is left is the fan-out to 1,000 agents.\n",
+    );
     println!("\n{doc}");
     let path = crate::doc::replace_section(SECTION, &doc)?;
     println!("written to {}", path.display());
