@@ -588,7 +588,7 @@ pub fn picks<'a>(
     targets: impl Iterator<Item = &'a TargetRef>,
     pod_namespace: &str,
     labels: &BTreeMap<String, String>,
-    services: &BTreeMap<(String, String), std::sync::Arc<super::folder::Service>>,
+    services: &super::folder::Map<(String, String), std::sync::Arc<super::folder::Service>>,
 ) -> bool {
     let mut targets = targets.peekable();
     if targets.peek().is_some() {
@@ -601,7 +601,7 @@ pub fn picks<'a>(
 
 /// Whether the Service `namespace/name` exists and selects a pod with these labels.
 pub fn service_selects(
-    services: &BTreeMap<(String, String), std::sync::Arc<super::folder::Service>>,
+    services: &super::folder::Map<(String, String), std::sync::Arc<super::folder::Service>>,
     namespace: &str,
     name: &str,
     labels: &BTreeMap<String, String>,

@@ -53,7 +53,7 @@ impl EgressHost {
 /// The egress hosts of the Sidecar that applies to a pod of `namespace` with
 /// `labels`; `None` when no Sidecar applies (every host).
 pub fn for_pod(
-    sidecars: &BTreeMap<(String, String), Arc<Sidecar>>,
+    sidecars: &super::folder::Map<(String, String), Arc<Sidecar>>,
     root_namespace: &str,
     namespace: &str,
     labels: &BTreeMap<String, String>,

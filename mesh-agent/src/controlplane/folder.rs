@@ -255,31 +255,61 @@ pub enum Object {
     EndpointSlice(Arc<super::kube::EndpointSlice>),
 }
 
+/// One kind's objects: a persistent map, so that handing out the whole config after a
+/// change copies no map (a clone shares every node; a change copies only its path), and
+/// the model finds what changed since its last build by comparing two of them
+/// ([`imbl::OrdMap::diff`] skips the nodes they share).
+pub type Map<K, V> = imbl::OrdMap<K, V>;
+
+impl Object {
+    /// Whether `other` is this very object (the same `Arc`), not only an equal one.
+    pub fn same(&self, other: &Object) -> bool {
+        use Object::*;
+        match (self, other) {
+            (Namespace(a), Namespace(b)) => Arc::ptr_eq(a, b),
+            (ServiceAccount(a), ServiceAccount(b)) => Arc::ptr_eq(a, b),
+            (Service(a), Service(b)) => Arc::ptr_eq(a, b),
+            (Pod(a), Pod(b)) => Arc::ptr_eq(a, b),
+            (AuthorizationPolicy(a), AuthorizationPolicy(b)) => Arc::ptr_eq(a, b),
+            (PeerAuthentication(a), PeerAuthentication(b)) => Arc::ptr_eq(a, b),
+            (RequestAuthentication(a), RequestAuthentication(b)) => Arc::ptr_eq(a, b),
+            (VirtualService(a), VirtualService(b)) => Arc::ptr_eq(a, b),
+            (DestinationRule(a), DestinationRule(b)) => Arc::ptr_eq(a, b),
+            (Gateway(a), Gateway(b)) => Arc::ptr_eq(a, b),
+            (ServiceEntry(a), ServiceEntry(b)) => Arc::ptr_eq(a, b),
+            (Sidecar(a), Sidecar(b)) => Arc::ptr_eq(a, b),
+            (WorkloadEntry(a), WorkloadEntry(b)) => Arc::ptr_eq(a, b),
+            (EndpointSlice(a), EndpointSlice(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// Everything the folder holds now, by kind (objects shared, see [`Object`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Objects {
-    pub namespaces: BTreeMap<String, Arc<Namespace>>,
-    pub service_accounts: BTreeMap<(String, String), Arc<ServiceAccount>>,
-    pub services: BTreeMap<(String, String), Arc<Service>>,
-    pub pods: BTreeMap<(String, String), Arc<Pod>>,
-    pub authorization_policies: BTreeMap<(String, String), Arc<AuthorizationPolicy>>,
+    pub namespaces: Map<String, Arc<Namespace>>,
+    pub service_accounts: Map<(String, String), Arc<ServiceAccount>>,
+    pub services: Map<(String, String), Arc<Service>>,
+    pub pods: Map<(String, String), Arc<Pod>>,
+    pub authorization_policies: Map<(String, String), Arc<AuthorizationPolicy>>,
     /// With the order they were read in (file, then document): the tie-break of
     /// PeerAuthentications of one age.
-    pub peer_authentications: BTreeMap<(String, String), (usize, Arc<PeerAuthentication>)>,
-    pub request_authentications: BTreeMap<(String, String), Arc<super::requestauth::RequestAuthentication>>,
+    pub peer_authentications: Map<(String, String), (usize, Arc<PeerAuthentication>)>,
+    pub request_authentications: Map<(String, String), Arc<super::requestauth::RequestAuthentication>>,
     /// `networking.istio.io` kinds, validated; see `networking::convert` for their
     /// served forms.
-    pub virtual_services: BTreeMap<(String, String), Arc<VirtualService>>,
-    pub destination_rules: BTreeMap<(String, String), Arc<DestinationRule>>,
-    pub gateways: BTreeMap<(String, String), Arc<Gateway>>,
-    pub service_entries: BTreeMap<(String, String), Arc<ServiceEntry>>,
-    pub sidecars: BTreeMap<(String, String), Arc<Sidecar>>,
-    pub workload_entries: BTreeMap<(String, String), Arc<WorkloadEntry>>,
+    pub virtual_services: Map<(String, String), Arc<VirtualService>>,
+    pub destination_rules: Map<(String, String), Arc<DestinationRule>>,
+    pub gateways: Map<(String, String), Arc<Gateway>>,
+    pub service_entries: Map<(String, String), Arc<ServiceEntry>>,
+    pub sidecars: Map<(String, String), Arc<Sidecar>>,
+    pub workload_entries: Map<(String, String), Arc<WorkloadEntry>>,
     /// From the Kubernetes source only; the model does not read them.
-    pub nodes: BTreeMap<String, Arc<super::kube::Node>>,
+    pub nodes: Map<String, Arc<super::kube::Node>>,
     /// `discovery.k8s.io/v1`, from either source: the endpoints of Services without a
     /// selector (see `model::endpoints`).
-    pub endpoint_slices: BTreeMap<(String, String), Arc<super::kube::EndpointSlice>>,
+    pub endpoint_slices: Map<(String, String), Arc<super::kube::EndpointSlice>>,
 }
 
 impl Objects {
@@ -327,7 +357,7 @@ impl Objects {
 
 /// The objects of namespace `ns` in a map keyed `(namespace, name)`: a range, not a scan.
 pub fn in_namespace<'a, T>(
-    map: &'a BTreeMap<(String, String), T>,
+    map: &'a Map<(String, String), T>,
     ns: &'a str,
 ) -> impl Iterator<Item = (&'a (String, String), &'a T)> + 'a {
     map.range((ns.to_string(), String::new())..).take_while(move |((n, _), _)| n == ns)
@@ -346,6 +376,8 @@ type Origin = (Arc<Path>, usize);
 pub struct Folder {
     /// What serves now: each object's last good version and where it came from.
     last_good: HashMap<ObjectKey, (Origin, Object)>,
+    /// The keys of `last_good` by the file they came from.
+    served_from: HashMap<Arc<Path>, HashSet<ObjectKey>>,
     /// Each file whose documents all parsed: its text (an unchanged file is skipped).
     parsed: HashMap<PathBuf, String>,
     /// Every good definition of each key now, by origin: the last one serves (a key
@@ -353,6 +385,10 @@ pub struct Folder {
     defs: HashMap<ObjectKey, BTreeMap<Origin, Object>>,
     /// The keys each file defines now.
     file_keys: HashMap<PathBuf, Vec<ObjectKey>>,
+    /// Each file's good documents by their text: a document read before, word for word,
+    /// is not parsed again and keeps its object (the same `Arc`, so the model sees it
+    /// unchanged); a file with one edit costs one parse.
+    documents: HashMap<PathBuf, HashMap<String, (ObjectKey, Object)>>,
     /// `last_good` by kind.
     objects: Objects,
 }
@@ -683,6 +719,7 @@ impl Folder {
         for path in gone {
             self.retract(&path, &mut touched);
             self.parsed.remove(&path);
+            self.documents.remove(&path);
             changed.insert(Arc::from(path.as_path()));
         }
         // Every changed file's old definitions go before any new one is added, so that
@@ -703,6 +740,7 @@ impl Folder {
                     // Known, so that its kept objects go when it does.
                     self.file_keys.insert(path.clone(), Vec::new());
                     self.parsed.remove(&path);
+                    self.documents.remove(&path);
                     keep_files.push(origin_file.clone());
                     changed.insert(origin_file);
                 }
@@ -712,8 +750,14 @@ impl Folder {
             let file = path.display().to_string();
             let mut all_good = true;
             let mut keys = Vec::new();
+            let known = self.documents.remove(&path).unwrap_or_default();
+            let mut good = HashMap::new();
             for (i, doc) in split_documents(&text).iter().enumerate() {
-                match parse_document(&file, doc) {
+                let parsed = match known.get(doc.text) {
+                    Some((key, obj)) => Parsed::Ok(key.clone(), obj.clone()),
+                    None => parse_document(&file, doc),
+                };
+                match parsed {
                     Parsed::Empty => {}
                     Parsed::Skipped(kind) => {
                         tracing::debug!(file, line = doc.first_line, kind, "config: skipping a kind this version does not use");
@@ -730,6 +774,7 @@ impl Folder {
                                 ),
                             });
                         }
+                        good.insert(doc.text.to_string(), (key.clone(), obj.clone()));
                         defs.insert((origin_file.clone(), i), obj);
                         touched.insert(key.clone());
                         keys.push(key);
@@ -744,6 +789,7 @@ impl Folder {
                 }
             }
             self.file_keys.insert(path.clone(), keys);
+            self.documents.insert(path.clone(), good);
             if all_good {
                 self.parsed.insert(path, text);
             } else {
@@ -755,7 +801,7 @@ impl Folder {
         }
         // What a changed file served is settled again too (it may have to go, or stay
         // as the last good version of a rejected document).
-        touched.extend(self.last_good.iter().filter(|(_, ((f, _), _))| changed.contains(f)).map(|(k, _)| k.clone()));
+        touched.extend(changed.iter().filter_map(|f| self.served_from.get(f)).flatten().cloned());
         let mut peer_authentications = false;
         for key in touched {
             let serving = self.defs.get(&key).and_then(|d| d.iter().next_back()).map(|(o, obj)| (o.clone(), obj.clone()));
@@ -767,17 +813,31 @@ impl Folder {
                     keep_keys.contains(&key) || keep_origins.contains(origin) || keep_files.contains(&origin.0)
                 }).cloned(),
             };
-            if let Some((_, obj)) = self.last_good.get(&key) {
-                peer_authentications |= matches!(obj, Object::PeerAuthentication(_));
-                self.objects.remove_named(&nn, obj);
-            }
-            match next {
-                Some((origin, obj)) => {
-                    peer_authentications |= matches!(obj, Object::PeerAuthentication(_));
-                    self.objects.insert_named(nn, 0, obj.clone());
-                    self.last_good.insert(key, (origin, obj));
+            // The same object (perhaps from another document index): the maps keep it
+            // as they are (an insert copies its path, and a file with one edit settles
+            // all of its keys); only where it came from may change.
+            if let (Some((origin, obj)), Some((now, same))) = (self.last_good.get_mut(&key), next.as_ref()) {
+                if same.same(obj) && origin.0 == now.0 {
+                    peer_authentications |= *origin != *now && matches!(obj, Object::PeerAuthentication(_));
+                    *origin = now.clone();
+                    continue;
                 }
-                None => drop(self.last_good.remove(&key)),
+            }
+            if let Some(((file, _), obj)) = self.last_good.remove(&key) {
+                peer_authentications |= matches!(obj, Object::PeerAuthentication(_));
+                self.objects.remove_named(&nn, &obj);
+                if let Some(keys) = self.served_from.get_mut(&file) {
+                    keys.remove(&key);
+                    if keys.is_empty() {
+                        self.served_from.remove(&file);
+                    }
+                }
+            }
+            if let Some((origin, obj)) = next {
+                peer_authentications |= matches!(obj, Object::PeerAuthentication(_));
+                self.objects.insert_named(nn, 0, obj.clone());
+                self.served_from.entry(origin.0.clone()).or_default().insert(key.clone());
+                self.last_good.insert(key, (origin, obj));
             }
         }
         if peer_authentications {
@@ -862,49 +922,54 @@ impl Changes {
 }
 
 /// Watches `dir` (inotify, recursive) and sends `()` once per debounced burst of changes:
-/// after `quiet` without events, or at most `max` after the first one. What changed is
-/// gathered in the returned [`Changes`], which the reader takes.
-/// The returned watcher must be kept alive.
+/// `quiet` after the last event, or at most `max` after the first one, both counted from
+/// when the events happened. What changed is gathered in the returned [`Changes`], which
+/// the reader takes. The returned watcher must be kept alive.
 pub fn watch(
     dir: &Path,
     quiet: Duration,
     max: Duration,
 ) -> Result<Watch, Error> {
     use notify::Watcher as _;
-    let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<Option<Vec<PathBuf>>>();
+    use std::sync::mpsc::RecvTimeoutError;
+    use std::time::Instant;
+    let watch_error = |source| Error::Watch { dir: dir.display().to_string(), source };
+    let (raw_tx, raw_rx) = std::sync::mpsc::channel::<(Instant, Option<Vec<PathBuf>>)>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| match ev {
         Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
         Ok(ev) => {
-            let _ = raw_tx.send((!ev.paths.is_empty()).then_some(ev.paths));
+            let _ = raw_tx.send((Instant::now(), (!ev.paths.is_empty()).then_some(ev.paths)));
         }
         Err(e) => {
             tracing::warn!("config: file watch error: {e}; reloading to be safe");
-            let _ = raw_tx.send(None);
+            let _ = raw_tx.send((Instant::now(), None));
         }
     })
-    .map_err(|source| Error::Watch { dir: dir.display().to_string(), source })?;
-    watcher
-        .watch(dir, notify::RecursiveMode::Recursive)
-        .map_err(|source| Error::Watch { dir: dir.display().to_string(), source })?;
+    .map_err(watch_error)?;
+    watcher.watch(dir, notify::RecursiveMode::Recursive).map_err(watch_error)?;
     let (tx, rx) = mpsc::channel(1);
     let pending = Arc::new(std::sync::Mutex::new(Changes::default()));
     let (gathered, dir) = (pending.clone(), dir.to_path_buf());
-    tokio::spawn(async move {
-        while let Some(first) = raw_rx.recv().await {
+    // A thread, not a task: the runtime's timer wakes on whole milliseconds (1-2 ms
+    // after the deadline, measured), a thread's timed wait close to it. It ends when
+    // the watcher is dropped.
+    let debounce = move || {
+        while let Ok((first_at, first)) = raw_rx.recv() {
             let mut burst = Changes::default();
             burst.add(&dir, first.as_deref());
-            let deadline = tokio::time::Instant::now() + max;
+            let (deadline, mut last) = (first_at + max, first_at);
             loop {
-                let quiet_end = (tokio::time::Instant::now() + quiet).min(deadline);
-                match tokio::time::timeout_at(quiet_end, raw_rx.recv()).await {
-                    Ok(Some(paths)) => {
+                let quiet_end = (last + quiet).min(deadline);
+                match raw_rx.recv_timeout(quiet_end.saturating_duration_since(Instant::now())) {
+                    Ok((at, paths)) => {
                         burst.add(&dir, paths.as_deref());
-                        if tokio::time::Instant::now() >= deadline {
+                        last = at;
+                        if Instant::now() >= deadline {
                             break;
                         }
                     }
-                    Ok(None) => return,
-                    Err(_) => break,
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
             {
@@ -917,7 +982,8 @@ pub fn watch(
                 return;
             }
         }
-    });
+    };
+    std::thread::Builder::new().name("config-debounce".into()).spawn(debounce).map_err(|e| watch_error(notify::Error::io(e)))?;
     Ok((watcher, rx, pending))
 }
 
@@ -1089,6 +1155,30 @@ metadata: {name: t, namespace: demo}
         assert!(!folder.parsed.keys().any(|p| p.ends_with("a.yaml")));
     }
 
+    /// A changed file is parsed again only in its changed documents: the others keep
+    /// their objects (the same `Arc`), which the model takes as unchanged.
+    #[test]
+    fn unchanged_documents_keep_their_objects() {
+        let mut folder = Folder::default();
+        let (first, _) = apply(&mut folder, &[("a.yaml", GOOD)]);
+        let edited = GOOD.replace("podIP: 10.0.0.5", "podIP: 10.0.0.6");
+        let (o, errors) = apply(&mut folder, &[("a.yaml", &edited)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(o, apply(&mut Folder::default(), &[("a.yaml", &edited)]).0);
+        let key = ("demo".to_string(), "client".to_string());
+        assert!(!Arc::ptr_eq(&first.pods[&key], &o.pods[&key]), "the edited pod is new");
+        assert!(Arc::ptr_eq(&first.namespaces["demo"], &o.namespaces["demo"]), "the namespace is the same object");
+        let svc = ("demo".to_string(), "echo".to_string());
+        assert!(Arc::ptr_eq(&first.services[&svc], &o.services[&svc]));
+        // A document that was rejected is parsed again when it comes back.
+        let bad = edited.replace("podIP: 10.0.0.6", "podIP: nope");
+        let (_, errors) = apply(&mut folder, &[("a.yaml", &bad)]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let (o, errors) = apply(&mut folder, &[("a.yaml", GOOD)]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(o, first);
+    }
+
     /// Applying only what changed gives what reading everything afresh gives, after
     /// edits, moves between files, duplicates, deletions and PeerAuthentication order.
     #[test]
@@ -1106,6 +1196,10 @@ metadata: {name: t, namespace: demo}
             vec![("a.yaml", GOOD.replace("name: demo\n", "name: demo2\n")), ("c.yaml", format!("{}---\n{}", pa("p0", "PERMISSIVE"), ns("demo")))],
             // PeerAuthentications across files: reading order follows file order.
             vec![("a.yaml", GOOD.to_string()), ("b.yaml", pa("z", "STRICT")), ("c.yaml", pa("a", "STRICT"))],
+            // Within one file: the same objects swap places, then move down a document.
+            vec![("b.yaml", format!("{}---\n{}", pa("z", "STRICT"), pa("a", "STRICT")))],
+            vec![("b.yaml", format!("{}---\n{}", pa("a", "STRICT"), pa("z", "STRICT")))],
+            vec![("b.yaml", format!("{}---\n{}---\n{}", ns("x"), pa("a", "STRICT"), pa("z", "STRICT")))],
             vec![("a.yaml", GOOD.to_string())],
             vec![],
         ];

@@ -484,8 +484,13 @@ fn set(objects: &mut Objects, (ns, name): &Key, old: Option<&Item>, new: Option<
         None => {}
     }
     if reorder {
-        for (rank, (_, (order, _))) in objects.peer_authentications.iter_mut().enumerate() {
-            *order = rank;
+        let pas = &mut objects.peer_authentications;
+        let moved: Vec<(Key, usize)> =
+            pas.iter().enumerate().filter(|(rank, (_, (order, _)))| order != rank).map(|(rank, (k, _))| (k.clone(), rank)).collect();
+        for (k, rank) in moved {
+            if let Some(pa) = pas.get_mut(&k) {
+                pa.0 = rank;
+            }
         }
     }
 }

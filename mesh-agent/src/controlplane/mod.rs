@@ -273,9 +273,15 @@ pub async fn serve_with_admin(
         tracing::info!("control plane: shutting down");
         stop_reloader.abort();
     };
-    let result = tonic::transport::Server::builder()
-        .serve_with_incoming_shutdown(routes, tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-        .await;
+    // Pushes are small and latency is what counts: no Nagle delay on agent connections
+    // (tonic sets TCP_NODELAY only on listeners it binds itself).
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    });
+    let result = tonic::transport::Server::builder().serve_with_incoming_shutdown(routes, incoming, shutdown).await;
     reloader.abort();
     admin.abort();
     result.map_err(Error::Serve)

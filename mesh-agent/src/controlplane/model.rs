@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+mod changes;
 mod endpoints;
 
 use super::authorization::{self, ROOT_NAMESPACE};
@@ -135,7 +136,7 @@ fn address_resource(addr: wl::Address) -> Resource {
 type SelectingService<'a> = (String, &'a BTreeMap<String, String>, Vec<endpoints::ServicePort<'a>>);
 
 /// The mesh's trust domain and its aliases (Istio's meshConfig.trustDomainAliases).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct TrustDomains {
     pub own: String,
     pub aliases: Vec<String>,
@@ -175,23 +176,30 @@ pub fn build_with(objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> 
     Builder::default().build(objects, tds, jwks)
 }
 
-/// Builds snapshots one after another, reusing what did not change: a pod's Workload
-/// is encoded again only when the pod, or anything of its namespace that goes into it
-/// (the Namespace, its Services and AuthorizationPolicies, the root namespace's
-/// policies), is a different object than at the previous build, or when what is
-/// computed for the pod alone changed (its converted PeerAuthentications, the Services
-/// EndpointSlices put it in). Objects are shared (`Arc`), so "different" is a pointer
-/// comparison. EndpointSlices are compared by their result for the pod rather than by
+/// Builds snapshots one after another, reusing what did not change. The objects of
+/// the previous build are kept (persistent maps: a cheap copy), and comparing them with
+/// the new ones ([`changes::Changes`]) says which pods to look at: those added or
+/// changed, those of a namespace whose Namespace, Services, AuthorizationPolicies or
+/// Sidecars changed (every pod for the root namespace's policies and Sidecars), and
+/// those whose converted PeerAuthentications or EndpointSlice entries changed. Each
+/// of these is encoded again only when the pod, or anything of its namespace that goes
+/// into it, is a different object than at its last build (objects are shared, `Arc`,
+/// so "different" is a pointer comparison), or when what is computed for the pod alone
+/// changed. EndpointSlices are compared by their result for the pod rather than by
 /// pointer: in Kubernetes a slice changes at every readiness flip of any of its pods,
-/// and only the pods whose entry changed need encoding again.
+/// and only the pods whose entry changed need encoding again. Services, policies and
+/// the networking kinds are converted again only when objects of their inputs changed.
 ///
 /// Each build starts from a copy of the previous snapshot (persistent maps: the copy
 /// is cheap) and replaces only what changed, so an unchanged resource stays the same
-/// `Arc` and a build costs little more than the pods that changed.
+/// `Arc` and a build costs what changed, not the size of the cluster.
 #[derive(Default)]
 pub struct Builder {
     last: Snapshot,
-    /// Builds so far: a memo not seen in the current build is a pod that is gone.
+    /// The objects and trust domains of the last build.
+    inputs: Option<(Objects, TrustDomains)>,
+    /// Builds so far: after a build that walks every pod, a memo not seen in it is a
+    /// pod that is gone.
     builds: u64,
     pods: HashMap<(String, String), Memo>,
     /// Identities by (node, identity): how many pods run them.
@@ -199,6 +207,10 @@ pub struct Builder {
     /// Address names that are not pods (Services, ServiceEntry hosts and endpoints,
     /// WorkloadEntries), as last built.
     others: BTreeSet<String>,
+    /// The converted PeerAuthentications, as last built.
+    converted: peerauth::convert::Converted,
+    /// The Services EndpointSlices put each pod in, as last built.
+    sliced: BTreeMap<(String, String), BTreeMap<String, Vec<wl::Port>>>,
 }
 
 /// A pod's Workload as last built, and what it was built from.
@@ -238,7 +250,7 @@ fn replace(map: &mut Resources, fresh: BTreeMap<String, Resource>) {
 /// The objects of namespace `ns` and, for another namespace, of the root namespace
 /// (whose policies and Sidecars apply in every namespace).
 fn own_and_root<'a, T>(
-    map: &'a BTreeMap<(String, String), T>,
+    map: &'a super::folder::Map<(String, String), T>,
     ns: &'a str,
 ) -> impl Iterator<Item = (&'a (String, String), &'a T)> + 'a {
     in_namespace(map, ns).chain(in_namespace(map, ROOT_NAMESPACE).filter(move |_| ns != ROOT_NAMESPACE))
@@ -262,15 +274,117 @@ fn namespace_context(objects: &Objects, ns: &str, trust_domain: &str) -> u64 {
     h.finish()
 }
 
+/// What a build computes once per namespace, for the pods it looks at.
+#[derive(Default)]
+struct PerNamespace<'a> {
+    contexts: HashMap<&'a str, u64>,
+    services: HashMap<&'a str, Vec<SelectingService<'a>>>,
+}
+
+/// The keys whose entries differ between two sorted maps (on one side only, or unequal).
+fn differing<K: Ord + Clone, V: PartialEq>(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>, out: &mut BTreeSet<K>) {
+    super::scope::sorted_diff(old.iter(), new.iter(), |a, b| a == b, |k, _| {
+        out.insert(k.clone());
+    });
+}
+
 impl Builder {
     pub fn build(&mut self, objects: &Objects, tds: &TrustDomains, jwks: &dyn Fn(&str) -> Option<String>) -> Snapshot {
         let trust_domain = tds.own.as_str();
         let mut snap = self.last.clone();
         self.builds += 1;
-        // Everything but pods is rebuilt in full (there are few of them) into `fresh`
-        // maps, then synced into the snapshot.
+        let changes = match &self.inputs {
+            Some((old, old_tds)) if old_tds == tds => changes::Changes::between(old, objects),
+            _ => changes::Changes::everything(),
+        };
+        self.inputs = Some((objects.clone(), tds.clone()));
+        // Pods whose converted PeerAuthentications or EndpointSlice entries changed.
+        let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut converted_changed = false;
+        if changes.peer_authentications || (changes.any_pod() && !objects.peer_authentications.is_empty()) {
+            let converted = peer_authentications(objects);
+            differing(&self.converted.selected, &converted.selected, &mut touched);
+            converted_changed = converted.policies != self.converted.policies;
+            self.converted = converted;
+        }
+        // Before the pods: a pod lists the policies that are served.
+        if changes.authorization_policies || converted_changed {
+            let fresh = self.authorizations(objects, tds);
+            replace(&mut snap.authorizations, fresh);
+        }
+        let mut slice_others = None;
+        if changes.services || changes.endpoint_slices {
+            let sliced = endpoints::from_slices(objects);
+            differing(&self.sliced, &sliced.pods, &mut touched);
+            self.sliced = sliced.pods;
+            slice_others = Some(sliced.others);
+        }
+        let mut per_ns = PerNamespace::default();
+        if changes.every_pod {
+            for (key, pod) in &objects.pods {
+                self.pod(&mut snap, objects, &mut per_ns, trust_domain, key, pod);
+            }
+            // Pods that are gone.
+            let gone: Vec<(String, String)> =
+                self.pods.iter().filter(|(_, m)| m.seen != self.builds).map(|(k, _)| k.clone()).collect();
+            for key in &gone {
+                self.forget_pod(&mut snap, key);
+            }
+        } else {
+            touched.extend(changes.pods.iter().cloned());
+            for ns in &changes.namespaces {
+                touched.extend(in_namespace(&objects.pods, ns).map(|(k, _)| k.clone()));
+            }
+            for key in &touched {
+                if let Some((key, pod)) = objects.pods.get_key_value(key) {
+                    self.pod(&mut snap, objects, &mut per_ns, trust_domain, key, pod);
+                }
+            }
+            for key in &changes.gone {
+                self.forget_pod(&mut snap, key);
+            }
+        }
+        let mut request_authentications = BTreeMap::new();
+        for ((ns, name), r) in &objects.request_authentications {
+            let mut served = super::requestauth::convert(ns, name, &r.spec, jwks);
+            if !served.selector.is_empty() || r.spec.targets().next().is_some() {
+                served.by_workload = true;
+                let picked = |pns: &str, labels: &BTreeMap<String, String>| {
+                    authorization::picks(ns, r.spec.selector.as_ref(), r.spec.targets(), pns, labels, &objects.services)
+                };
+                // Outside the root namespace it picks pods of its own namespace only.
+                let pods: Vec<_> =
+                    if ns == ROOT_NAMESPACE { objects.pods.iter().collect() } else { in_namespace(&objects.pods, ns).collect() };
+                served.workloads = pods
+                    .into_iter()
+                    .filter(|((pns, _), pod)| in_mesh(objects, pod) && picked(pns, &pod.metadata.labels))
+                    .map(|((pns, pname), _)| workload_uid(pns, pname))
+                    .filter(|uid| snap.resources.contains_key(uid))
+                    .collect();
+            }
+            request_authentications
+                .insert(format!("{ns}/{name}"), resource(crate::proto::REQUEST_AUTHENTICATION_TYPE_URL, &served));
+        }
+        replace(&mut snap.request_authentications, request_authentications);
+        if changes.services || changes.endpoint_slices || changes.networking {
+            let mut others = services(objects);
+            let slice_others = slice_others.unwrap_or_else(|| endpoints::from_slices(objects).others);
+            for (uid, w) in slice_others {
+                others.insert(uid, address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(w)) }));
+            }
+            let (mut virtual_services, mut destination_rules) = (BTreeMap::new(), BTreeMap::new());
+            networking_resources(objects, trust_domain, &mut others, &mut virtual_services, &mut destination_rules);
+            sync(&mut snap.resources, &mut self.others, others);
+            replace(&mut snap.virtual_services, virtual_services);
+            replace(&mut snap.destination_rules, destination_rules);
+        }
+        self.last = snap.clone();
+        snap
+    }
+
+    /// Every ALLOW and DENY AuthorizationPolicy and converted PeerAuthentication, served.
+    fn authorizations(&self, objects: &Objects, tds: &TrustDomains) -> BTreeMap<String, Resource> {
         let mut authorizations: BTreeMap<String, Resource> = BTreeMap::new();
-        let mut others: BTreeMap<String, Resource> = BTreeMap::new();
         for ((ns, name), p) in &objects.authorization_policies {
             if let Some(authz) = authorization::convert(ns, name, &authorization::aliased(&p.spec, tds)) {
                 let mut r = resource(crate::proto::AUTHORIZATION_TYPE_URL, &authz);
@@ -291,8 +405,7 @@ impl Builder {
                 authorizations.insert(format!("{ns}/{name}"), r);
             }
         }
-        let converted = peer_authentications(objects);
-        for (key, authz) in &converted.policies {
+        for (key, authz) in &self.converted.policies {
             if authorizations.contains_key(key) {
                 tracing::warn!(policy = %key, "an AuthorizationPolicy uses the name of a converted PeerAuthentication \
                     (names starting with istio_converted_ or converted_peer_authentication_ are reserved); \
@@ -300,183 +413,166 @@ impl Builder {
             }
             authorizations.insert(key.clone(), resource(crate::proto::AUTHORIZATION_TYPE_URL, authz));
         }
-        // Services first: their ports and selectors give each pod's `services` map. By
-        // namespace, so a pod is matched against its own namespace's services only.
-        let mut services: BTreeMap<&str, Vec<SelectingService>> = BTreeMap::new();
-        for ((ns, name), svc) in &objects.services {
-            let hostname = service_hostname(ns, name);
-            let ports = endpoints::service_ports(&svc.spec);
-            let mut ips: Vec<&str> = svc.spec.cluster_ips.iter().map(String::as_str).collect();
-            if let Some(ip) = svc.spec.cluster_ip.as_deref() {
-                if !ips.contains(&ip) {
-                    ips.insert(0, ip);
+        authorizations
+    }
+
+    /// Brings pod `key`'s identity and Workload up to date, unless nothing that goes
+    /// into them changed since its last build.
+    fn pod<'a>(
+        &mut self,
+        snap: &mut Snapshot,
+        objects: &'a Objects,
+        per_ns: &mut PerNamespace<'a>,
+        trust_domain: &str,
+        key: &'a (String, String),
+        pod: &'a Arc<Pod>,
+    ) {
+        let (ns, name) = key;
+        let builds = self.builds;
+        let context = *per_ns.contexts.entry(ns.as_str()).or_insert_with(|| namespace_context(objects, ns, trust_domain));
+        let selected = self.converted.selected.get(key).map_or(&[][..], Vec::as_slice);
+        let from_slices = self.sliced.get(key).cloned().unwrap_or_default();
+        if let Some(m) = self.pods.get_mut(key) {
+            if Arc::ptr_eq(&m.pod, pod) && m.context == context && m.selected == selected && m.sliced == from_slices {
+                m.seen = builds;
+                return;
+            }
+        }
+        let selected = selected.to_vec();
+        let key = key.clone();
+        // New or changed: its identity and Workload again.
+        let old = self.pods.remove(&key);
+        let sa = pod.service_account().to_string();
+        let node = pod.spec.node_name.clone().unwrap_or_default();
+        let identity = (!node.is_empty()).then(|| {
+            (node.clone(), Identity { trust_domain: trust_domain.into(), namespace: ns.clone(), service_account: sa.clone() })
+        });
+        if let Some(id) = &identity {
+            *self.identities.entry(id.clone()).or_default() += 1;
+            snap.identities.insert(id.clone());
+        }
+        if let Some(id) = old.as_ref().and_then(|m| m.identity.as_ref()) {
+            forget_identity(&mut self.identities, &mut snap.identities, id);
+        }
+        let ips = pod.ips();
+        let uid = workload_uid(ns, name);
+        // Not scheduled or not started yet: nothing can reach it, no Workload.
+        let has = !ips.is_empty();
+        if has {
+            let services = per_ns.services.entry(ns.as_str()).or_insert_with(|| selecting_services(objects, ns));
+            let mut svc_map: BTreeMap<String, wl::PortList> = services
+                .iter()
+                .filter(|(_, selector, _)| selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v)))
+                .filter_map(|(key, _, ports)| Some((key.clone(), wl::PortList { ports: endpoints::pod_ports(pod, ports)? })))
+                .collect();
+            // Services without a selector, from their EndpointSlices (never also above).
+            for (key, ports) in &from_slices {
+                svc_map.insert(key.clone(), wl::PortList { ports: ports.clone() });
+            }
+            let labels = &pod.metadata.labels;
+            let (canonical_name, canonical_revision) = canonical(labels, name);
+            let tunnel = if in_mesh(objects, pod) { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None };
+            let mut authorization_policies: Vec<String> = own_and_root(&objects.authorization_policies, ns)
+                .filter(|((pns, _), p)| {
+                    authorization::picks(pns, p.spec.selector.as_ref(), p.spec.targets(), ns, labels, &objects.services)
+                })
+                .map(|((pns, pname), _)| format!("{pns}/{pname}"))
+                .filter(|key| snap.authorizations.contains_key(key))
+                .collect();
+            authorization_policies.sort();
+            for key in &selected {
+                if !authorization_policies.contains(key) {
+                    authorization_policies.push(key.clone());
                 }
             }
-            let addresses = ips
-                .iter()
-                .filter_map(|ip| ip.parse::<IpAddr>().ok()) // "None" (headless) and "" have no VIP
-                .map(|ip| wl::NetworkAddress { network: String::new(), address: ip_bytes(&ip) })
-                .collect();
-            let proto = wl::Service {
+            let proto = wl::Workload {
+                uid: uid.clone(),
                 name: name.clone(),
                 namespace: ns.clone(),
-                hostname: hostname.clone(),
-                addresses,
-                ports: ports.iter().map(|p| p.port).collect(),
-                subject_alt_names: vec![],
+                addresses: ips.iter().map(ip_bytes).collect(),
+                tunnel_protocol: tunnel as i32,
+                trust_domain: trust_domain.into(),
+                service_account: sa,
+                node,
+                canonical_name,
+                canonical_revision,
+                workload_type: wl::WorkloadType::Pod as i32,
+                workload_name: name.clone(),
+                services: svc_map,
+                cluster_id: CLUSTER_ID.into(),
+                authorization_policies,
+                ..Default::default()
             };
-            let key = format!("{ns}/{hostname}");
-            others.insert(key.clone(), address_resource(wl::Address { r#type: Some(wl::address::Type::Service(proto)) }));
-            if !svc.spec.selector.is_empty() {
-                services.entry(ns.as_str()).or_default().push((key, &svc.spec.selector, ports));
+            let r = address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(proto)) });
+            if snap.resources.get(&uid).is_none_or(|old| old.version != r.version) {
+                snap.resources.insert(uid.clone(), Arc::new(r));
             }
+        } else if old.as_ref().is_some_and(|m| m.uid.is_some()) {
+            snap.resources.remove(&uid);
         }
-        let mut sliced = endpoints::from_slices(objects);
-        for (uid, w) in std::mem::take(&mut sliced.others) {
-            others.insert(uid, address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(w)) }));
+        let egress = has.then(|| super::egress::for_pod(&objects.sidecars, ROOT_NAMESPACE, ns, &pod.metadata.labels)).flatten();
+        match egress {
+            Some(hosts) if snap.egress.get(&uid).is_none_or(|old| **old != hosts) => {
+                snap.egress.insert(uid.clone(), Arc::new(hosts));
+            }
+            Some(_) => {}
+            None if snap.egress.contains_key(&uid) => drop(snap.egress.remove(&uid)),
+            None => {}
         }
-        let mut contexts: HashMap<&str, u64> = HashMap::new();
-        let builds = self.builds;
-        for (key, pod) in &objects.pods {
-            let (ns, name) = key;
-            let context = *contexts.entry(ns.as_str()).or_insert_with(|| namespace_context(objects, ns, trust_domain));
-            let selected = converted.selected.get(key).map_or(&[][..], Vec::as_slice);
-            let from_slices = sliced.pods.remove(key).unwrap_or_default();
-            if let Some(m) = self.pods.get_mut(key) {
-                if Arc::ptr_eq(&m.pod, pod) && m.context == context && m.selected == selected && m.sliced == from_slices {
-                    m.seen = builds;
-                    continue;
-                }
-            }
-            let selected = selected.to_vec();
-            let key = key.clone();
-            // New or changed: its identity and Workload again.
-            let old = self.pods.remove(&key);
-            let sa = pod.service_account().to_string();
-            let node = pod.spec.node_name.clone().unwrap_or_default();
-            let identity = (!node.is_empty()).then(|| {
-                (node.clone(), Identity { trust_domain: trust_domain.into(), namespace: ns.clone(), service_account: sa.clone() })
-            });
-            if let Some(id) = &identity {
-                *self.identities.entry(id.clone()).or_default() += 1;
-                snap.identities.insert(id.clone());
-            }
-            if let Some(id) = old.as_ref().and_then(|m| m.identity.as_ref()) {
-                forget_identity(&mut self.identities, &mut snap.identities, id);
-            }
-            let ips = pod.ips();
-            let uid = workload_uid(ns, name);
-            // Not scheduled or not started yet: nothing can reach it, no Workload.
-            let has = !ips.is_empty();
-            if has {
-                let mut svc_map: BTreeMap<String, wl::PortList> = services
-                    .get(ns.as_str())
-                    .into_iter()
-                    .flatten()
-                    .filter(|(_, selector, _)| selector.iter().all(|(k, v)| pod.metadata.labels.get(k) == Some(v)))
-                    .filter_map(|(key, _, ports)| Some((key.clone(), wl::PortList { ports: endpoints::pod_ports(pod, ports)? })))
-                    .collect();
-                // Services without a selector, from their EndpointSlices (never also above).
-                for (key, ports) in &from_slices {
-                    svc_map.insert(key.clone(), wl::PortList { ports: ports.clone() });
-                }
-                let labels = &pod.metadata.labels;
-                let (canonical_name, canonical_revision) = canonical(labels, name);
-                let tunnel = if in_mesh(objects, pod) { wl::TunnelProtocol::Hbone } else { wl::TunnelProtocol::None };
-                let mut authorization_policies: Vec<String> = own_and_root(&objects.authorization_policies, ns)
-                    .filter(|((pns, _), p)| {
-                        authorization::picks(pns, p.spec.selector.as_ref(), p.spec.targets(), ns, labels, &objects.services)
-                    })
-                    .map(|((pns, pname), _)| format!("{pns}/{pname}"))
-                    .filter(|key| authorizations.contains_key(key))
-                    .collect();
-                authorization_policies.sort();
-                for key in &selected {
-                    if !authorization_policies.contains(key) {
-                        authorization_policies.push(key.clone());
-                    }
-                }
-                let proto = wl::Workload {
-                    uid: uid.clone(),
-                    name: name.clone(),
-                    namespace: ns.clone(),
-                    addresses: ips.iter().map(ip_bytes).collect(),
-                    tunnel_protocol: tunnel as i32,
-                    trust_domain: trust_domain.into(),
-                    service_account: sa,
-                    node,
-                    canonical_name,
-                    canonical_revision,
-                    workload_type: wl::WorkloadType::Pod as i32,
-                    workload_name: name.clone(),
-                    services: svc_map,
-                    cluster_id: CLUSTER_ID.into(),
-                    authorization_policies,
-                    ..Default::default()
-                };
-                let r = address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(proto)) });
-                if snap.resources.get(&uid).is_none_or(|old| old.version != r.version) {
-                    snap.resources.insert(uid.clone(), Arc::new(r));
-                }
-            } else if old.as_ref().is_some_and(|m| m.uid.is_some()) {
-                snap.resources.remove(&uid);
-            }
-            let egress = has.then(|| super::egress::for_pod(&objects.sidecars, ROOT_NAMESPACE, ns, &pod.metadata.labels)).flatten();
-            match egress {
-                Some(hosts) if snap.egress.get(&uid).is_none_or(|old| **old != hosts) => {
-                    snap.egress.insert(uid.clone(), Arc::new(hosts));
-                }
-                Some(_) => {}
-                None if snap.egress.contains_key(&uid) => drop(snap.egress.remove(&uid)),
-                None => {}
-            }
-            let memo = Memo { pod: pod.clone(), context, selected, sliced: from_slices, uid: has.then_some(uid), identity, seen: builds };
-            self.pods.insert(key, memo);
-        }
-        // Pods that are gone.
-        let (identities, ids) = (&mut self.identities, &mut snap.identities);
-        self.pods.retain(|_, m| {
-            if m.seen == builds {
-                return true;
-            }
-            if let Some(uid) = &m.uid {
-                snap.resources.remove(uid);
-                snap.egress.remove(uid);
-            }
-            if let Some(id) = &m.identity {
-                forget_identity(identities, ids, id);
-            }
-            false
-        });
-        let mut request_authentications = BTreeMap::new();
-        for ((ns, name), r) in &objects.request_authentications {
-            let mut served = super::requestauth::convert(ns, name, &r.spec, jwks);
-            if !served.selector.is_empty() || r.spec.targets().next().is_some() {
-                served.by_workload = true;
-                let picked = |pns: &str, labels: &BTreeMap<String, String>| {
-                    authorization::picks(ns, r.spec.selector.as_ref(), r.spec.targets(), pns, labels, &objects.services)
-                };
-                served.workloads = objects
-                    .pods
-                    .iter()
-                    .filter(|((pns, _), pod)| in_mesh(objects, pod) && picked(pns, &pod.metadata.labels))
-                    .map(|((pns, pname), _)| workload_uid(pns, pname))
-                    .filter(|uid| snap.resources.contains_key(uid))
-                    .collect();
-            }
-            request_authentications
-                .insert(format!("{ns}/{name}"), resource(crate::proto::REQUEST_AUTHENTICATION_TYPE_URL, &served));
-        }
-        let (mut virtual_services, mut destination_rules) = (BTreeMap::new(), BTreeMap::new());
-        networking_resources(objects, trust_domain, &mut others, &mut virtual_services, &mut destination_rules);
-        sync(&mut snap.resources, &mut self.others, others);
-        replace(&mut snap.authorizations, authorizations);
-        replace(&mut snap.request_authentications, request_authentications);
-        replace(&mut snap.virtual_services, virtual_services);
-        replace(&mut snap.destination_rules, destination_rules);
-        self.last = snap.clone();
-        snap
+        let memo = Memo { pod: pod.clone(), context, selected, sliced: from_slices, uid: has.then_some(uid), identity, seen: builds };
+        self.pods.insert(key, memo);
     }
+
+    /// Pod `key` is gone: its Workload and its share of its identity go.
+    fn forget_pod(&mut self, snap: &mut Snapshot, key: &(String, String)) {
+        let Some(m) = self.pods.remove(key) else { return };
+        if let Some(uid) = &m.uid {
+            snap.resources.remove(uid);
+            snap.egress.remove(uid);
+        }
+        if let Some(id) = &m.identity {
+            forget_identity(&mut self.identities, &mut snap.identities, id);
+        }
+    }
+}
+
+/// Every Kubernetes Service as an Address, by resource name `<namespace>/<hostname>`.
+fn services(objects: &Objects) -> BTreeMap<String, Resource> {
+    let mut out = BTreeMap::new();
+    for ((ns, name), svc) in &objects.services {
+        let hostname = service_hostname(ns, name);
+        let mut ips: Vec<&str> = svc.spec.cluster_ips.iter().map(String::as_str).collect();
+        if let Some(ip) = svc.spec.cluster_ip.as_deref() {
+            if !ips.contains(&ip) {
+                ips.insert(0, ip);
+            }
+        }
+        let addresses = ips
+            .iter()
+            .filter_map(|ip| ip.parse::<IpAddr>().ok()) // "None" (headless) and "" have no VIP
+            .map(|ip| wl::NetworkAddress { network: String::new(), address: ip_bytes(&ip) })
+            .collect();
+        let proto = wl::Service {
+            name: name.clone(),
+            namespace: ns.clone(),
+            hostname: hostname.clone(),
+            addresses,
+            ports: endpoints::service_ports(&svc.spec).iter().map(|p| p.port).collect(),
+            subject_alt_names: vec![],
+        };
+        out.insert(format!("{ns}/{hostname}"), address_resource(wl::Address { r#type: Some(wl::address::Type::Service(proto)) }));
+    }
+    out
+}
+
+/// The Services of namespace `ns` with a selector, as its pods are matched against them.
+fn selecting_services<'a>(objects: &'a Objects, ns: &'a str) -> Vec<SelectingService<'a>> {
+    in_namespace(&objects.services, ns)
+        .filter(|(_, svc)| !svc.spec.selector.is_empty())
+        .map(|((ns, name), svc)| {
+            (format!("{ns}/{}", service_hostname(ns, name)), &svc.spec.selector, endpoints::service_ports(&svc.spec))
+        })
+        .collect()
 }
 
 /// One pod fewer runs `id`: the last one takes it out of `ids`.
@@ -627,6 +723,23 @@ kind: AuthorizationPolicy
 metadata: {name: sel, namespace: a}
 spec: {selector: {matchLabels: {app: y}}, rules: [{}]}
 ";
+        const P4: &str = "kind: Pod\nmetadata: {name: p4, namespace: a, labels: {app: x}}\nspec: {nodeName: n3}\nstatus: {podIP: 10.0.0.9}\n";
+        const ROUTES: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x, namespace: a}\n\
+            spec: {hosts: [x], http: [{route: [{destination: {host: x}}]}]}\n---\napiVersion: networking.istio.io/v1\n\
+            kind: DestinationRule\nmetadata: {name: x, namespace: a}\nspec: {host: x, subsets: [{name: v1, labels: {version: v1}}]}\n";
+        let ra = |ns: &str, spec: &str| {
+            format!("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: {ns}}}\n\
+                spec: {{{spec}, jwtRules: [{{issuer: i, jwksUri: 'http://idp/keys'}}]}}\n")
+        };
+        let pa = |name: &str, spec: &str| {
+            format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: a}}\nspec: {{{spec}}}\n")
+        };
+        let pas = format!("{}---\n{}", pa("all", "mtls: {mode: STRICT}"), pa("y", "selector: {matchLabels: {app: y}}, mtls: {mode: PERMISSIVE}"));
+        let relabelled = base.replace("{app: y}}\nspec: {nodeName: n2", "{app: x}}\nspec: {nodeName: n2");
+        let entries = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: vm, namespace: a}\n\
+            spec: {hosts: [vm.a.internal], addresses: [240.0.0.8], ports: [{number: 80, name: http, protocol: HTTP}], \
+            resolution: STATIC, workloadSelector: {labels: {app: vm}}}\n---\napiVersion: networking.istio.io/v1\n\
+            kind: WorkloadEntry\nmetadata: {name: vm-1, namespace: a}\nspec: {address: 10.2.0.9, labels: {app: vm}}\n";
         let edits: Vec<(&str, String)> = vec![
             ("the start", base.to_string()),
             ("nothing", base.to_string()),
@@ -652,6 +765,18 @@ spec: {selector: {matchLabels: {app: y}}, rules: [{}]}
             ("a PeerAuthentication", format!("{base}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: s, namespace: a}}\nspec: {{selector: {{matchLabels: {{app: x}}}}, mtls: {{mode: STRICT}}}}\n")),
             ("a Sidecar", format!("{base}---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: a}}\nspec: {{egress: [{{hosts: ['./*']}}]}}\n")),
             ("a root Sidecar", format!("{base}---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{egress: [{{hosts: ['*/*.svc.cluster.local']}}]}}\n")),
+            ("a pod is added", format!("{base}---\n{P4}")),
+            ("a RequestAuthentication by selector", format!("{base}---\n{}", ra("a", "selector: {matchLabels: {app: x}}"))),
+            ("a pod's labels under it", format!("{}---\n{}", relabelled, ra("a", "selector: {matchLabels: {app: x}}"))),
+            ("a RequestAuthentication by Service", format!("{base}---\n{}", ra("a", "targetRefs: [{kind: Service, name: x}]"))),
+            ("a root RequestAuthentication", format!("{base}---\n{}", ra("istio-system", "selector: {matchLabels: {app: x}}"))),
+            ("a namespace-wide PeerAuthentication with an exception", format!("{base}---\n{pas}")),
+            ("and a pod more", format!("{base}---\n{pas}---\n{P4}")),
+            ("and the exception's pod relabelled", format!("{relabelled}---\n{pas}---\n{P4}")),
+            ("an AuthorizationPolicy by Service", format!("{base}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: svc, namespace: a}}\nspec: {{targetRefs: [{{kind: Service, name: x}}], action: DENY, rules: [{{}}]}}\n")),
+            ("a ServiceEntry and a WorkloadEntry", format!("{base}---\n{entries}")),
+            ("a WorkloadEntry's labels", format!("{base}---\n{}", entries.replace("labels: {app: vm}", "labels: {app: other}"))),
+            ("a VirtualService and a DestinationRule", format!("{base}---\n{ROUTES}")),
             ("back to the start", base.to_string()),
         ];
         let tds = TrustDomains::new("cluster.local", &[]);
@@ -673,6 +798,10 @@ spec: {selector: {matchLabels: {app: y}}, rules: [{}]}
             }
             prev = Some(inc);
         }
+        // Other trust domains: every pod again.
+        let (o, _) = folder.apply(vec![("d0.yaml".into(), Ok(base.to_string()))]);
+        let other = TrustDomains::new("other.td", &["cluster.local".into()]);
+        assert_eq!(builder.build(&o, &other, &|_| None), build_with(&o, &other, &|_| None), "after a trust domain change");
     }
 
     /// A policy too large to serve fails closed: a DENY of everything it selects, with
@@ -856,6 +985,13 @@ metadata: {{name: by-service, namespace: mesh}}
 spec:
   targetRefs: [{{kind: Service, name: echo}}]
   jwtRules: [{{issuer: k, jwksUri: 'http://idp/keys'}}]
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: root, namespace: istio-system}}
+spec:
+  selector: {{matchLabels: {{app: echo}}}}
+  jwtRules: [{{issuer: r, jwksUri: 'http://idp/keys'}}]
 "));
         let snap = build_with(&o, &TrustDomains::new("td", &[]), &|u| (u == "http://idp/keys").then(|| "{}".to_string()));
         let ra = |k: &str| {
@@ -867,5 +1003,6 @@ spec:
         assert!(ra("mesh/by-service").by_workload, "targetRefs: only the Service's pods");
         assert_eq!(ra("mesh/by-service").workloads, vec![workload_uid("mesh", "a")]);
         assert_eq!(ra("mesh/all").rules[0].jwks, "{}", "fetched keys are inlined");
+        assert_eq!(ra("istio-system/root").workloads, vec![workload_uid("mesh", "a")], "the root namespace's picks in every namespace");
     }
 }

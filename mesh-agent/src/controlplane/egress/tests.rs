@@ -1,7 +1,7 @@
 use super::*;
 use crate::controlplane::folder::Folder;
 
-fn sidecars(yaml: &str) -> BTreeMap<(String, String), Arc<Sidecar>> {
+fn sidecars(yaml: &str) -> crate::controlplane::folder::Map<(String, String), Arc<Sidecar>> {
     let (o, errors) = Folder::default().apply(vec![("s.yaml".into(), Ok(yaml.to_string()))]);
     assert!(errors.is_empty(), "{errors:?}");
     o.sidecars
@@ -69,7 +69,7 @@ fn the_sidecar_that_applies_and_what_it_admits() {
     }
     // A Sidecar without egress leaves egress open; no Sidecar at all: every host.
     assert_eq!(for_pod(&s, "istio-system", "lab", &labels(&[])), None);
-    assert_eq!(for_pod(&BTreeMap::new(), "istio-system", "shop", &labels(&[])), None);
+    assert_eq!(for_pod(&Default::default(), "istio-system", "shop", &labels(&[])), None);
 }
 
 #[test]

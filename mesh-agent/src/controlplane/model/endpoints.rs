@@ -16,7 +16,7 @@
 //! The slices of Services with a selector are not read: Kubernetes' endpointslice
 //! controller writes them from the same selector (pods only), and they change at every
 //! pod readiness flip, which would re-encode pods for nothing.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::super::folder::{Objects, Pod, ServiceSpec, TargetPort};
@@ -74,7 +74,7 @@ pub struct SliceEndpoints {
     /// By pod `(namespace, name)`: the Services its slices put it in (resource name
     /// `<ns>/<hostname>`), with ports. A pod's entry goes into its Workload, so the
     /// model compares it to the last build's to know whether to encode the pod again.
-    pub pods: HashMap<(String, String), BTreeMap<String, Vec<wl::Port>>>,
+    pub pods: BTreeMap<(String, String), BTreeMap<String, Vec<wl::Port>>>,
     /// Workloads of endpoints that are not pods, by uid.
     pub others: BTreeMap<String, wl::Workload>,
 }
