@@ -91,6 +91,30 @@ pub struct NodeNeeds {
     pub demanded: BTreeSet<IpAddr>,
 }
 
+impl NodeNeeds {
+    /// Whether agents with these needs and with `other` receive the same resources of
+    /// `type_url` from any one view: the fields [`Index::admits`] reads for that type
+    /// are equal. A push may then look only at the names that changed, even for an
+    /// agent whose needs changed in other fields (a new pod on its node changes its
+    /// workloads, which the Address type does not read while its pods may call anything).
+    pub fn same_for(&self, other: &NodeNeeds, type_url: &str) -> bool {
+        match type_url {
+            ADDRESS_TYPE_URL => {
+                self.services == other.services
+                    && self.peers == other.peers
+                    && self.demanded == other.demanded
+                    && (self.services == Services::All || self.workloads == other.workloads)
+            }
+            AUTHORIZATION_TYPE_URL => self.policies == other.policies && self.namespaces == other.namespaces,
+            REQUEST_AUTHENTICATION_TYPE_URL => self.namespaces == other.namespaces && self.workloads == other.workloads,
+            VIRTUAL_SERVICE_TYPE_URL | DESTINATION_RULE_TYPE_URL => {
+                self.services == other.services && self.namespaces == other.namespaces
+            }
+            _ => self == other,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct AuthnMeta {
     mesh_wide: bool,

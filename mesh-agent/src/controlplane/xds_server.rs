@@ -63,18 +63,26 @@ impl View {
 }
 
 /// Names added, changed or removed from `old` to `new`, with the encoded size each had
-/// in `old` (0 if new). Both are sorted: one pass over them in step, where a resource
-/// that is the same `Arc` in both (the builder keeps unchanged ones) costs a pointer
-/// comparison.
+/// in `old` (0 if new). The builder keeps unchanged resources and the subtrees of the
+/// persistent map that hold them, so imbl's diff skips what the two share and looks
+/// only at the paths to what changed.
 fn changes(old: &super::model::Resources, new: &super::model::Resources) -> BTreeMap<String, usize> {
+    use imbl::ordmap::DiffItem;
     let mut out = BTreeMap::new();
-    if old.ptr_eq(new) {
-        return out;
+    for d in old.diff(new) {
+        match d {
+            DiffItem::Add(name, _) => {
+                out.insert(name.clone(), 0);
+            }
+            DiffItem::Remove(name, o) => {
+                out.insert(name.clone(), o.any.value.len());
+            }
+            DiffItem::Update { old: (name, o), new: (_, r) } if o.version != r.version => {
+                out.insert(name.clone(), o.any.value.len());
+            }
+            DiffItem::Update { .. } => {}
+        }
     }
-    let same = |o: &&Arc<Served>, r: &&Arc<Served>| Arc::ptr_eq(o, r) || o.version == r.version;
-    super::scope::sorted_diff(old.iter(), new.iter(), same, |name, o| {
-        out.insert(name.to_string(), o.map_or(0, |o| o.any.value.len()));
-    });
     out
 }
 
@@ -582,7 +590,9 @@ impl Connection {
         let Some(sub) = self.subs.get_mut(type_url) else { return true };
         let (delta, count, bytes) = match &sub.holds {
             Holds::Scope { view: at, .. } if at.generation == view.generation => return true,
-            Holds::Scope { view: at, needs: had } if at.generation + 1 == view.generation && (Arc::ptr_eq(had, &needs) || **had == *needs) => {
+            Holds::Scope { view: at, needs: had }
+                if at.generation + 1 == view.generation && (Arc::ptr_eq(had, &needs) || had.same_for(&needs, type_url)) =>
+            {
                 let delta = diff_changed(&sub.holds, view, &needs, type_url);
                 let old = view.changed.get(type_url);
                 let (mut was, mut had_count) = (0, 0);
@@ -900,23 +910,23 @@ spec: {rules: [{from: [{source: {principals: [cluster.local/ns/a/sa/default]}}]}
             }
             for node in ["n1", "n2", "n3", "n4", "n9"] {
                 for t in TYPES {
-                    let needs = v1.index.needs(node);
+                    let (needs, next) = (v1.index.needs(node), v2.index.needs(node));
                     let versions: HashMap<String, String> = scope_type(&v1.snap, &v1.index, &needs, t)
                         .iter()
                         .map(|(n, r)| (n.to_string(), r.version.clone()))
                         .collect();
                     let named = Holds::Named(Held::from_versions(versions));
                     let scope = Holds::Scope { view: v1.clone(), needs: needs.clone() };
-                    if *needs != *v2.index.needs(node) {
-                        continue; // the incremental diff is for agents whose needs stay
+                    if !needs.same_for(&next, t) {
+                        continue; // the incremental diff is for agents whose needs for `t` stay
                     }
-                    let full = diff(&named, t, &scope_type(&v2.snap, &v2.index, &needs, t));
-                    assert_eq!(diff(&scope, t, &scope_type(&v2.snap, &v2.index, &needs, t)), full, "edit {i}, {node}, {t}: a held scope is what was named");
-                    let mut inc = diff_changed(&scope, &v2, &needs, t);
+                    let full = diff(&named, t, &scope_type(&v2.snap, &v2.index, &next, t));
+                    assert_eq!(diff(&scope, t, &scope_type(&v2.snap, &v2.index, &next, t)), full, "edit {i}, {node}, {t}: a held scope is what was named");
+                    let mut inc = diff_changed(&scope, &v2, &next, t);
                     inc.removed.sort();
                     assert_eq!(inc, full, "edit {i}, {node}, {t}");
-                    let now = Holds::Scope { view: v2.clone(), needs: needs.clone() };
-                    assert!(diff(&now, t, &scope_type(&v2.snap, &v2.index, &needs, t)).is_empty());
+                    let now = Holds::Scope { view: v2.clone(), needs: next.clone() };
+                    assert!(diff(&now, t, &scope_type(&v2.snap, &v2.index, &next, t)).is_empty());
                 }
             }
         }
