@@ -96,6 +96,10 @@ enum Cmd {
         /// Changes measured (alternating kinds).
         #[arg(long, default_value_t = 20)]
         changes: usize,
+        /// With a mesh default Sidecar (egress `./*`): changes reach only the agents
+        /// whose pods may call what changed; writes its own section.
+        #[arg(long)]
+        sidecar: bool,
     },
     /// What an on-demand lookup of a caller costs: first and second requests from fresh
     /// callers to a node that holds them (no Sidecar) and to one that looks them up (a
@@ -127,7 +131,9 @@ fn main() -> Result<()> {
         Cmd::BenchFastpath { seconds, round_trips, rounds } => bench_fastpath::run(seconds, round_trips, rounds.clamp(1, 20)),
         Cmd::BenchL7 { requests, rounds } => bench_l7::run(requests, rounds.clamp(1, 20)),
         Cmd::BenchOndemand { callers, rounds } => bench_ondemand::run(callers.clamp(1, 50), rounds.clamp(1, 10)),
-        Cmd::BenchXds { workloads, services, nodes, changes } => bench_xds::run(workloads, services, nodes, changes.clamp(1, 200)),
+        Cmd::BenchXds { workloads, services, nodes, changes, sidecar } => {
+            bench_xds::run(workloads, services, nodes, changes.clamp(1, 200), sidecar)
+        }
         Cmd::Cleanup => {
             mesh_tests::cleanup::cleanup_stale();
             Ok(())

@@ -96,14 +96,16 @@ impl NodeNeeds {
     /// `type_url` from any one view: the fields [`Index::admits`] reads for that type
     /// are equal. A push may then look only at the names that changed, even for an
     /// agent whose needs changed in other fields (a new pod on its node changes its
-    /// workloads, which the Address type does not read while its pods may call anything).
+    /// workloads, and a policy naming a namespace its peers, which the Address type
+    /// does not read while its pods may call anything).
     pub fn same_for(&self, other: &NodeNeeds, type_url: &str) -> bool {
         match type_url {
+            // Every workload while the node's pods may call anything: then only the
+            // services matter.
             ADDRESS_TYPE_URL => {
                 self.services == other.services
-                    && self.peers == other.peers
-                    && self.demanded == other.demanded
-                    && (self.services == Services::All || self.workloads == other.workloads)
+                    && (self.services == Services::All
+                        || (self.peers == other.peers && self.demanded == other.demanded && self.workloads == other.workloads))
             }
             AUTHORIZATION_TYPE_URL => self.policies == other.policies && self.namespaces == other.namespaces,
             REQUEST_AUTHENTICATION_TYPE_URL => self.namespaces == other.namespaces && self.workloads == other.workloads,
@@ -406,6 +408,30 @@ impl Index {
     /// The needs of `node` (nothing scheduled there: empty).
     pub fn needs(&self, node: &str) -> Arc<NodeNeeds> {
         self.nodes.get(node).cloned().unwrap_or_else(|| self.none.clone())
+    }
+
+    /// The names of `type_url` whose admission may differ between an agent with `old`
+    /// needs and one with `new` (both in this index): none when [`NodeNeeds::same_for`];
+    /// `None` when finding them means looking at every resource (services or anything
+    /// but the Address type's workloads differ). A policy that names a namespace, a pod
+    /// landing on the node, a lookup: only the workloads they concern.
+    pub fn affected(&self, old: &NodeNeeds, new: &NodeNeeds, type_url: &str) -> Option<Vec<String>> {
+        if old.same_for(new, type_url) {
+            return Some(Vec::new());
+        }
+        if type_url != ADDRESS_TYPE_URL || old.services != new.services {
+            return None;
+        }
+        // The same narrowed services: only workloads come or go.
+        let mut out: BTreeSet<String> = old.workloads.symmetric_difference(&new.workloads).cloned().collect();
+        for ip in old.demanded.symmetric_difference(&new.demanded) {
+            out.extend(self.workloads_at(*ip));
+        }
+        if old.peers != new.peers {
+            let differs = |w: &WorkloadMeta| old.peers.matches(&w.identity) != new.peers.matches(&w.identity);
+            out.extend(self.workloads.iter().filter(|(_, w)| differs(w)).map(|(uid, _)| uid.clone()));
+        }
+        Some(out.into_iter().collect())
     }
 
     /// The uids of the workloads that have address `ip`.

@@ -188,10 +188,13 @@ pub fn diff(holds: &Holds, type_url: &str, scoped: &Scoped<'_>) -> Delta {
 
 /// The same as [`diff`] for a client that holds its scope of the view before `view`,
 /// with the same needs: only the names that changed are looked at.
-pub fn diff_changed(holds: &Holds, view: &View, needs: &NodeNeeds, type_url: &str) -> Delta {
+/// `also` names more to look at: those whose admission differs between the needs the
+/// client held its scope for and `needs` ([`Index::affected`]).
+pub fn diff_changed(holds: &Holds, view: &View, needs: &NodeNeeds, type_url: &str, also: &[String]) -> Delta {
     let mut d = Delta::default();
-    let Some(changed) = view.changed.get(type_url) else { return d };
-    for name in changed.keys() {
+    let changed = view.changed.get(type_url);
+    let names: BTreeSet<&String> = changed.into_iter().flat_map(|c| c.keys()).chain(also).collect();
+    for name in names {
         match Holds::served(view, needs, type_url, name) {
             Some(r) if !holds.has_version(type_url, name, &r.version) => d.resources.push(wire(name, r)),
             Some(_) => {}
@@ -588,17 +591,26 @@ impl Connection {
         }
         let needs = self.needs(view);
         let Some(sub) = self.subs.get_mut(type_url) else { return true };
-        let (delta, count, bytes) = match &sub.holds {
-            Holds::Scope { view: at, .. } if at.generation == view.generation => return true,
-            Holds::Scope { view: at, needs: had }
-                if at.generation + 1 == view.generation && (Arc::ptr_eq(had, &needs) || had.same_for(&needs, type_url)) =>
-            {
-                let delta = diff_changed(&sub.holds, view, &needs, type_url);
+        // Holding its scope of the previous view: the names that changed, and those its
+        // changed needs concern (`None`: look at everything).
+        let also = match &sub.holds {
+            Holds::Scope { view: at, needs: had } if at.generation + 1 == view.generation => {
+                if Arc::ptr_eq(had, &needs) { Some(Vec::new()) } else { view.index.affected(had, &needs, type_url) }
+            }
+            _ => None,
+        };
+        let (delta, count, bytes) = match (&sub.holds, also) {
+            (Holds::Scope { view: at, .. }, _) if at.generation == view.generation => return true,
+            (Holds::Scope { .. }, Some(also)) => {
+                let delta = diff_changed(&sub.holds, view, &needs, type_url, &also);
                 let old = view.changed.get(type_url);
+                let now = resources_of(&view.snap, type_url);
                 let (mut was, mut had_count) = (0, 0);
                 for n in delta.names() {
                     if sub.holds.contains(type_url, &n) {
-                        was += old.and_then(|o| o.get(&n)).copied().unwrap_or(0);
+                        // Its size when held: as the view's changes recorded it, else as it is.
+                        let size = old.and_then(|o| o.get(&n)).copied();
+                        was += size.or_else(|| now.and_then(|m| m.get(&n)).map(|r| r.any.value.len())).unwrap_or(0);
                         had_count += 1;
                     }
                 }
@@ -917,12 +929,12 @@ spec: {rules: [{from: [{source: {principals: [cluster.local/ns/a/sa/default]}}]}
                         .collect();
                     let named = Holds::Named(Held::from_versions(versions));
                     let scope = Holds::Scope { view: v1.clone(), needs: needs.clone() };
-                    if !needs.same_for(&next, t) {
-                        continue; // the incremental diff is for agents whose needs for `t` stay
-                    }
+                    let Some(also) = v2.index.affected(&needs, &next, t) else {
+                        continue; // needs that take a look at everything: the full diff
+                    };
                     let full = diff(&named, t, &scope_type(&v2.snap, &v2.index, &next, t));
                     assert_eq!(diff(&scope, t, &scope_type(&v2.snap, &v2.index, &next, t)), full, "edit {i}, {node}, {t}: a held scope is what was named");
-                    let mut inc = diff_changed(&scope, &v2, &next, t);
+                    let mut inc = diff_changed(&scope, &v2, &next, t, &also);
                     inc.removed.sort();
                     assert_eq!(inc, full, "edit {i}, {node}, {t}");
                     let now = Holds::Scope { view: v2.clone(), needs: next.clone() };
