@@ -66,6 +66,7 @@ impl Admin {
                     "uid": w.uid, "name": w.name, "namespace": w.namespace,
                     "addresses": w.addresses, "identity": w.identity().to_string(), "node": w.node,
                     "protocol": if w.protocol == TunnelProtocol::Hbone { "HBONE" } else { "NONE" },
+                    "healthy": w.healthy,
                 })
             })
             .collect();

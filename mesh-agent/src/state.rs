@@ -62,6 +62,9 @@ pub struct Workload {
     pub addresses: Vec<IpAddr>,
     pub protocol: TunnelProtocol,
     pub labels: BTreeMap<String, String>,
+    /// False for a pod that is not ready: not picked as a service endpoint (it is
+    /// still reached by its own address).
+    pub healthy: bool,
 }
 
 impl Workload {

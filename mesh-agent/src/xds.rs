@@ -111,6 +111,7 @@ pub fn convert(name: &str, addr: wl::Address) -> Result<Converted, ConvertError>
                 addresses,
                 protocol,
                 labels: BTreeMap::new(),
+                healthy: w.status != wl::WorkloadStatus::Unhealthy as i32,
             };
             Ok(Converted::Workload(workload, services, w.authorization_policies))
         }

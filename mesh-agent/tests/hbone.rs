@@ -118,6 +118,7 @@ fn workload(name: &str, sa: &str, ip: IpAddr) -> Workload {
         addresses: vec![ip],
         protocol: TunnelProtocol::Hbone,
         labels: Default::default(),
+        healthy: true,
     }
 }
 

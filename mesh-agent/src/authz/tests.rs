@@ -285,6 +285,7 @@ fn workload(name: &str, ns: &str, sa: &str, addr: &str) -> Arc<Workload> {
         addresses: vec![ip(addr)],
         protocol: TunnelProtocol::Hbone,
         labels: Default::default(),
+        healthy: true,
     })
 }
 

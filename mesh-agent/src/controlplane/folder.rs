@@ -198,6 +198,20 @@ pub struct PodStatus {
     pub pod_ip: Option<IpAddr>,
     #[serde(default, rename = "podIPs")]
     pub pod_ips: Vec<PodIp>,
+    /// `Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`.
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<PodCondition>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct PodCondition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `True`, `False` or `Unknown`.
+    #[serde(default)]
+    pub status: String,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -206,6 +220,16 @@ pub struct PodIp {
 }
 
 impl Pod {
+    /// Whether it may take traffic as a service endpoint, as the EndpointSlice
+    /// controller judges it: its `Ready` condition is `True`, and it has not finished
+    /// (`Succeeded`, `Failed`). A pod written without conditions (a folder of YAML, the
+    /// demo) is ready.
+    pub fn ready(&self) -> bool {
+        let finished = matches!(self.status.phase.as_deref(), Some("Succeeded" | "Failed"));
+        let condition = self.status.conditions.iter().find(|c| c.kind == "Ready");
+        !finished && condition.is_none_or(|c| c.status == "True")
+    }
+
     pub fn service_account(&self) -> &str {
         self.spec.service_account_name.as_deref().filter(|s| !s.is_empty()).unwrap_or("default")
     }

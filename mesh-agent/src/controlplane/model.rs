@@ -501,6 +501,8 @@ impl Builder {
                 services: svc_map,
                 cluster_id: CLUSTER_ID.into(),
                 authorization_policies,
+                // Not ready: agents keep it out of its services' endpoints (istiod's form).
+                status: if pod.ready() { wl::WorkloadStatus::Healthy } else { wl::WorkloadStatus::Unhealthy } as i32,
                 ..Default::default()
             };
             let r = address_resource(wl::Address { r#type: Some(wl::address::Type::Workload(proto)) });
@@ -746,6 +748,7 @@ spec: {selector: {matchLabels: {app: y}}, rules: [{}]}
             ("a pod's address", base.replace("10.0.0.2", "10.0.0.3")),
             ("a pod's labels", base.replace("{app: y}}\nspec: {nodeName: n2", "{app: x}}\nspec: {nodeName: n2")),
             ("a pod loses its address", base.replace("status: {podIP: 10.0.0.2}", "status: {}")),
+            ("a pod is not ready", base.replace("status: {podIP: 10.0.0.2}", "status: {podIP: 10.0.0.2, conditions: [{type: Ready, status: 'False'}]}")),
             ("a pod moves node", base.replace("nodeName: n2", "nodeName: n1")),
             ("a pod is gone", base.replace("name: q1", "name: q1, labels: {}}\n---\nkind: ConfigMap\nmetadata: {name: q1x")),
             ("a service's selector", base.replace("selector: {app: x}", "selector: {app: y}")),
@@ -897,6 +900,28 @@ spec:
             assert_eq!(workload(&s, uid).services[key].ports, ports, "{uid}");
         }
         assert!(workload(&s, "Kubernetes//Pod/plain/c").services.is_empty(), "other namespace");
+    }
+
+    /// A pod is HEALTHY only when ready (its Ready condition True, not finished); a pod
+    /// written without conditions is ready.
+    #[test]
+    fn pod_readiness_is_the_workload_status() {
+        let pod = |status: &str| {
+            format!("kind: Namespace\nmetadata: {{name: a, labels: {{istio.io/dataplane-mode: ambient}}}}\n---\nkind: Pod\nmetadata: {{name: p, namespace: a}}\nspec: {{nodeName: n1}}\nstatus: {status}\n")
+        };
+        let table: &[(&str, wl::WorkloadStatus)] = &[
+            ("{podIP: 10.0.0.1}", wl::WorkloadStatus::Healthy),
+            ("{podIP: 10.0.0.1, phase: Running, conditions: [{type: Ready, status: 'True'}]}", wl::WorkloadStatus::Healthy),
+            ("{podIP: 10.0.0.1, phase: Running, conditions: [{type: Ready, status: 'False'}]}", wl::WorkloadStatus::Unhealthy),
+            ("{podIP: 10.0.0.1, phase: Pending, conditions: [{type: PodScheduled, status: 'True'}, {type: Ready, status: Unknown}]}", wl::WorkloadStatus::Unhealthy),
+            ("{podIP: 10.0.0.1, phase: Running, conditions: [{type: PodScheduled, status: 'True'}]}", wl::WorkloadStatus::Healthy),
+            ("{podIP: 10.0.0.1, phase: Succeeded, conditions: [{type: Ready, status: 'True'}]}", wl::WorkloadStatus::Unhealthy),
+            ("{podIP: 10.0.0.1, phase: Failed}", wl::WorkloadStatus::Unhealthy),
+        ];
+        for (status, want) in table {
+            let s = build(&objects(&pod(status)), "td");
+            assert_eq!(workload(&s, "Kubernetes//Pod/a/p").status, *want as i32, "{status}");
+        }
     }
 
     #[test]

@@ -289,6 +289,7 @@ mod tests {
             addresses: vec!["10.0.0.1".parse().unwrap()],
             protocol: TunnelProtocol::Hbone,
             labels: Default::default(),
+            healthy: true,
         });
         let a: Identity = "spiffe://cluster.local/ns/default/sa/a".parse().unwrap();
         let b: Identity = "spiffe://cluster.local/ns/default/sa/b".parse().unwrap();

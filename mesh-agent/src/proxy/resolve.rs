@@ -80,7 +80,8 @@ fn resolve_service(
         .endpoints
         .iter()
         .filter_map(|(uid, overrides)| {
-            let w = state.find_workload(uid)?;
+            // A pod that is not ready takes no traffic through its services.
+            let w = state.find_workload(uid).filter(|w| w.healthy)?;
             let target = overrides.get(&port).copied().unwrap_or(sp.target_port);
             if target == 0 {
                 return None;
@@ -127,6 +128,7 @@ mod tests {
             addresses: vec![ip.parse().unwrap()],
             protocol,
             labels: BTreeMap::new(),
+            healthy: true,
         }
     }
 
@@ -157,6 +159,10 @@ mod tests {
         s.upsert_service(svc("empty", "10.96.0.4", &[(80, 8080)], &[("gone", &[])]));
         // named target port (0) resolved only by a per-endpoint override.
         s.upsert_service(svc("named", "10.96.0.5", &[(80, 0)], &[("b1", &[]), ("b2", &[(80, 7070)])]));
+        // starting: b1 and a pod that is not ready yet; only-starting: just that pod.
+        s.upsert_workload(Workload { healthy: false, ..wl("b3", "10.0.0.13", TunnelProtocol::Hbone) });
+        s.upsert_service(svc("starting", "10.96.0.6", &[(80, 8080)], &[("b1", &[]), ("b3", &[])]));
+        s.upsert_service(svc("only-starting", "10.96.0.7", &[(80, 8080)], &[("b3", &[])]));
         s
     }
 
@@ -192,6 +198,12 @@ mod tests {
             ("10.96.0.4:80", 0, "error: service default/empty.default.svc.cluster.local has no ready endpoint for port 80"),
             ("10.96.0.5:80", 0, "hbone b2 10.0.0.12:7070 via named"),
             ("10.96.0.5:80", 1, "hbone b2 10.0.0.12:7070 via named"),
+            // a pod that is not ready is never picked through its service, but still
+            // reached by its own address
+            ("10.96.0.6:80", 0, "hbone b1 10.0.0.11:8080 via starting"),
+            ("10.96.0.6:80", 1, "hbone b1 10.0.0.11:8080 via starting"),
+            ("10.96.0.7:80", 0, "error: service default/only-starting.default.svc.cluster.local has no ready endpoint for port 80"),
+            ("10.0.0.13:8080", 0, "hbone b3 10.0.0.13:8080"),
             // workload addresses: mesh -> same ip:port over HBONE, otherwise passthrough
             ("10.0.0.11:8080", 0, "hbone b1 10.0.0.11:8080"),
             ("10.0.0.20:5432", 0, "pass legacy 10.0.0.20:5432"),
