@@ -559,21 +559,12 @@ impl Connection {
             }
         }
         d.resources = found.into_values().collect();
-        let count = sub.count;
         sub.holds = Holds::Scope { view: view.clone(), needs: new };
         if d.is_empty() {
             return true;
         }
         tracing::debug!(parent: span, found = d.resources.len(), missing = ?d.removed, "xds: on-demand lookup answered");
-        let nonce = self.next_nonce();
-        self.metrics.push(short_type(T), Reason::OnDemand.as_str(), d.bytes() as u64);
-        {
-            let mut a = registered.agent.lock().unwrap();
-            let t = a.types.entry(T.to_string()).or_default();
-            t.sent(nonce, d.names(), view.published, Reason::OnDemand);
-            t.held = count;
-        }
-        self.send(response(T, nonce, d), span).await
+        self.push(T, &view, d, Reason::OnDemand, registered, span).await
     }
 
     /// Brings one type up to `view`; sends when something changed (or `always`).
@@ -640,11 +631,27 @@ impl Connection {
             return true;
         }
         tracing::debug!(parent: span, type_url, changed = delta.resources.len(), removed = delta.removed.len(), reason = reason.as_str(), "xds: push");
+        self.push(type_url, view, delta, reason, registered, span).await
+    }
+
+    /// Sends `delta` of `type_url` (in parts of at most [`PART_BYTES`]), each part
+    /// recorded for the agent's answer with what its subscription holds once the delta
+    /// is in. First answers (initial, resume) also wait for their answers in its turn.
+    async fn push(
+        &mut self,
+        type_url: &'static str,
+        view: &View,
+        delta: Delta,
+        reason: Reason,
+        registered: &Connected,
+        span: &tracing::Span,
+    ) -> bool {
+        let held = self.subs.get(type_url).map_or(0, |s| s.count);
         let parts = delta.split(PART_BYTES);
         let last = parts.len() - 1;
         for (i, part) in parts.into_iter().enumerate() {
             let nonce = self.next_nonce();
-            if reason != Reason::Change {
+            if matches!(reason, Reason::Initial | Reason::Resume) {
                 if let Some(turn) = &mut self.turn {
                     turn.unanswered.insert(nonce);
                 }
@@ -654,7 +661,7 @@ impl Connection {
                 let mut a = registered.agent.lock().unwrap();
                 let t = a.types.entry(type_url.to_string()).or_default();
                 t.sent(nonce, part.names(), view.published, reason);
-                (t.held, t.generation) = (count, view.generation);
+                (t.held, t.generation) = (held, view.generation);
             }
             let mut resp = response(type_url, nonce, part);
             if i < last {
