@@ -36,8 +36,8 @@ fn timed(pod: &Pod, url: &str) -> Result<f64> {
 
 fn percentile(v: &[f64], p: f64) -> f64 {
     let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0)
+    v.sort_by(f64::total_cmp);
+    crate::bench_xds::percentile(&v, p)
 }
 
 pub fn run(callers: usize, rounds: u32) -> Result<()> {
